@@ -1,0 +1,22 @@
+"""Plain constants, importable at DAG-parse time without pulling in pydantic models or httpx."""
+
+from __future__ import annotations
+
+IMAGEN_4 = "google/imagen-4"
+DEFAULT_CONN_ID = "cloudflare_workers_ai_default"
+CONN_TYPE = "cloudflare_workers_ai"
+
+ASPECT_RATIOS: tuple[str, ...] = ("1:1", "3:4", "4:3", "9:16", "16:9")
+PERSON_GENERATION: tuple[str, ...] = ("dont_allow", "allow_adult", "allow_all")
+
+#: Pixel size of each aspect ratio (Google's Imagen 4 1K sizes), as (width, height).
+IMAGE_SIZES: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "3:4": (896, 1280),
+    "4:3": (1280, 896),
+    "9:16": (768, 1408),
+    "16:9": (1408, 768),
+}
+
+#: Google limits Imagen 4 prompts to about 480 tokens; 2,000 characters stays clear of it for English.
+MAX_PROMPT_CHARS = 2000

@@ -1,0 +1,393 @@
+"""
+The emulator's HTTP application: Cloudflare's Workers AI routes under ``/client/v4``, the generated
+images, and control routes under ``/__emulator__`` for fault injection and request counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import threading
+from collections import Counter, OrderedDict, deque
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from airflow_provider_imagen.emulator import images
+from airflow_provider_imagen.emulator.faults import TRANSIENT_PRESETS, Fault, make_fault
+
+if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
+DEFAULT_TOKEN = "emulator-token"
+IMAGEN_SIZES = {
+    "1:1": (1024, 1024),
+    "3:4": (896, 1280),
+    "4:3": (1280, 896),
+    "9:16": (768, 1408),
+    "16:9": (1408, 768),
+}
+PERSON_GENERATION = ("dont_allow", "allow_adult", "allow_all")
+FLUX = "@cf/black-forest-labs/flux-1-schnell"
+SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
+#: Third-party models answer in the proxied ``state`` shape; ``@cf/`` models in the v4 envelope.
+PROXIED_MODELS = {"google/imagen-4"}
+MAX_BODY_BYTES = 1_000_000
+MAX_LATENCY_SECONDS = 120.0
+MAX_REMEMBERED_IMAGES = 100_000
+MAX_RECORDED_REQUESTS = 1_000
+
+
+@dataclass
+class EmulatorConfig:
+    """
+    How the emulator behaves.
+
+    :param token: the API token it accepts.
+    :param latency: seconds each generation takes (bounded to 120).
+    :param public_url: base of the image URLs it returns; the request's own base URL when unset.
+    :param failure_rate: share (0..1) of API requests answered with a random transient fault.
+    :param token_status: what ``tokens/verify`` reports: ``active``, ``disabled`` or ``expired``.
+    :param seed: seed of the random failures, for repeatable drills.
+    """
+
+    token: str = field(default=DEFAULT_TOKEN, repr=False)
+    latency: float = 0.0
+    public_url: str | None = None
+    failure_rate: float = 0.0
+    token_status: str = "active"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.latency <= MAX_LATENCY_SECONDS:
+            raise ValueError(f"latency must be 0..{MAX_LATENCY_SECONDS} seconds, got {self.latency}")
+        if not 0 <= self.failure_rate <= 1:
+            raise ValueError(f"failure_rate must be between 0 and 1, got {self.failure_rate}")
+        if self.token_status not in ("active", "disabled", "expired"):
+            raise ValueError(f"token_status must be active, disabled or expired, got {self.token_status!r}")
+
+
+class EmulatorState:
+    """Everything the emulator remembers: queued faults, counters, and the images it promised."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.initial = config
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.config = EmulatorConfig(**asdict(self.initial))
+            self.rng = random.Random(self.config.seed)
+            self.faults: deque[Fault] = deque()
+            self.counts: Counter[str] = Counter()
+            self.images: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
+            self.recent: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDED_REQUESTS)
+
+    def next_fault(self) -> Fault | None:
+        with self.lock:
+            if self.faults:
+                self.counts["faults_served"] += 1
+                return self.faults.popleft()
+            if self.config.failure_rate and self.rng.random() < self.config.failure_rate:
+                self.counts["faults_served"] += 1
+                return make_fault(self.rng.choice(TRANSIENT_PRESETS))
+        return None
+
+    def remember_image(self, image_id: str, prompt: str, width: int, height: int) -> None:
+        with self.lock:
+            self.images[image_id] = (prompt, width, height)
+            self.images.move_to_end(image_id)
+            while len(self.images) > MAX_REMEMBERED_IMAGES:
+                self.images.popitem(last=False)
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "api_requests": self.counts["api"],
+                "image_requests": self.counts["image"],
+                "verify_requests": self.counts["verify"],
+                "faults_served": self.counts["faults_served"],
+                "faults_pending": len(self.faults),
+                "by_model": {k[6:]: v for k, v in self.counts.items() if k.startswith("model:")},
+                "recent": list(self.recent),
+            }
+
+
+# --- Cloudflare's bodies ----------------------------------------------------------------------------
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(payload, separators=(",", ":")), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def envelope_error(
+    status: int, code: int | str | None, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    body = {"success": False, "errors": [{"code": code, "message": message}], "messages": [], "result": None}
+    return _json(body, status, headers)
+
+
+def _envelope_ok(result: Any) -> Response:
+    return _json({"success": True, "errors": [], "messages": [], "result": result})
+
+
+_HTML_PAGE = (
+    "<!DOCTYPE html><html><head><title>{status} {reason}</title></head><body><center><h1>{status} {reason}</h1>"
+    "</center><hr><center>cloudflare</center></body></html>"
+)
+_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+class DroppedResponse(Response):
+    """Starts a response, sends part of it, and lets the connection close: what a dying edge does."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"state": "Comp', "more_body": True})
+
+
+async def fault_response(fault: Fault) -> Response | None:
+    """The answer for ``fault``; ``None`` for a ``slow`` fault, whose normal answer follows its delay."""
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    status = fault.status or 200
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+    message = fault.message or "Injected fault"
+    kind = fault.kind
+    if kind == "slow":
+        return None
+    if kind in ("error", "success_false"):
+        return envelope_error(status, fault.code, message, headers)
+    if kind in ("proxied_error", "state_failed"):
+        return _json({"state": "Failed", "error": {"code": fault.code, "message": message}}, status, headers)
+    if kind == "unknown_state":
+        return _json({"state": fault.state, "result": {}}, status, headers)
+    if kind == "no_image":
+        return _json({"state": "Completed", "result": {}, "gatewayMetadata": {"keySource": "Unified"}}, status)
+    if kind == "html":
+        page = _HTML_PAGE.format(status=status, reason=_REASONS.get(status, "Error"))
+        return Response(page, status_code=status, headers=headers, media_type="text/html")
+    if kind == "empty":
+        return Response(b"", status_code=status, headers=headers)
+    if kind == "truncated":
+        return Response(b'{"state": "Completed", "result": {"ima', status_code=status, media_type="application/json")
+    return DroppedResponse()
+
+
+# --- Input checks, as Cloudflare enforces the Imagen 4 schema ------------------------------------------
+
+
+def imagen_input_problem(payload: Any) -> str | None:
+    if not isinstance(payload, dict):
+        return "Type mismatch of '/', 'object' expected"
+    prompt = payload.get("prompt")
+    if prompt is None:
+        return "required properties at '/' are 'prompt'"
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "'/prompt' must be a non-empty string"
+    ratio = payload.get("aspect_ratio")
+    if ratio is not None and ratio not in IMAGEN_SIZES:
+        return f"'/aspect_ratio' must be one of {', '.join(IMAGEN_SIZES)}"
+    people = payload.get("person_generation")
+    if people is not None and people not in PERSON_GENERATION:
+        return f"'/person_generation' must be one of {', '.join(PERSON_GENERATION)}"
+    extra = sorted(set(payload) - {"prompt", "aspect_ratio", "person_generation"})
+    if extra:
+        return f"additional properties not allowed at '/': {', '.join(extra)}"
+    return None
+
+
+def create_app(config: EmulatorConfig | None = None) -> FastAPI:
+    """Build the emulator's application. ``app.state.emulator`` is its :class:`EmulatorState`."""
+    state = EmulatorState(config or EmulatorConfig())
+    app = FastAPI(title="Cloudflare Workers AI emulator", docs_url="/__emulator__/docs", redoc_url=None)
+    app.state.emulator = state
+
+    def authorized(request: Request) -> Response | None:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer ") or not header[7:].strip():
+            return envelope_error(401, 10001, "Unable to authenticate request")
+        if header[7:].strip() != state.config.token:
+            return envelope_error(403, 10000, "Authentication error")
+        return None
+
+    def record(request: Request, model: str | None, body: Any) -> None:
+        with state.lock:
+            state.counts["api"] += 1
+            if model:
+                state.counts[f"model:{model}"] += 1
+            state.recent.append(
+                {
+                    "path": request.url.path,
+                    "model": model,
+                    "input": body,
+                    "gateway_headers": {k: v for k, v in request.headers.items() if k.startswith("cf-aig-")},
+                }
+            )
+
+    async def read_json(request: Request) -> tuple[Any, Response | None]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            return None, envelope_error(413, 3006, "Request is too large")
+        try:
+            return json.loads(raw), None
+        except ValueError:
+            return None, envelope_error(400, 5004, "Invalid data: the body is not valid JSON")
+
+    async def generate(request: Request, model: str, inputs: Any, proxied: bool) -> Response:
+        fault = state.next_fault()
+        if fault is not None:
+            answer = await fault_response(fault)
+            if answer is not None:
+                return answer
+        if state.config.latency:
+            await asyncio.sleep(state.config.latency)
+
+        if model in PROXIED_MODELS:
+            problem = imagen_input_problem(inputs)
+            if problem:
+                return envelope_error(400, 5004, f"Invalid input: {problem}")
+            width, height = IMAGEN_SIZES[inputs.get("aspect_ratio") or "1:1"]
+            image_id = images.image_id(model, inputs)
+            state.remember_image(image_id, inputs["prompt"], width, height)
+            base = state.config.public_url or str(request.base_url).rstrip("/")
+            result = {"image": f"{base}/images/{image_id}.png"}
+            if proxied:
+                return _json({"gatewayMetadata": {"keySource": "Unified"}, "result": result, "state": "Completed"})
+            return _envelope_ok(result)
+
+        if model in (FLUX, SDXL):
+            prompt = inputs.get("prompt") if isinstance(inputs, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                return envelope_error(400, 5004, "Invalid input: required properties at '/' are 'prompt'")
+            if model == FLUX:
+                jpeg = await run_in_threadpool(images.render, prompt, 1024, 1024, "JPEG")
+                return _envelope_ok({"image": base64.b64encode(jpeg).decode("ascii")})
+            png = await run_in_threadpool(images.render, prompt, 1024, 1024, "PNG")
+            # SDXL sends raw bytes, and (like the real one) does not promise an accurate content type.
+            return Response(png, media_type="application/octet-stream")
+        return envelope_error(400, 5007, f"No such model {model}")
+
+    @app.post("/client/v4/accounts/{account_id}/ai/run")
+    async def run_model_in_body(account_id: str, request: Request) -> Response:
+        denied = authorized(request)
+        body, problem = await read_json(request)
+        model = body.get("model") if isinstance(body, dict) else None
+        record(
+            request, model if isinstance(model, str) else None, body.get("input") if isinstance(body, dict) else body
+        )
+        if denied is not None:
+            return denied
+        if problem is not None:
+            return problem
+        if not isinstance(model, str) or not model:
+            return envelope_error(400, 3003, "Incomplete request: 'model' is required")
+        if "input" not in body:
+            return envelope_error(400, 3003, "Incomplete request: 'input' is required")
+        return await generate(request, model, body["input"], proxied=model in PROXIED_MODELS)
+
+    @app.post("/client/v4/accounts/{account_id}/ai/run/{model:path}")
+    async def run_model_in_path(account_id: str, model: str, request: Request) -> Response:
+        denied = authorized(request)
+        body, problem = await read_json(request)
+        record(request, model, body)
+        if denied is not None:
+            return denied
+        if problem is not None:
+            return problem
+        return await generate(request, model, body, proxied=False)
+
+    @app.get("/client/v4/accounts/{account_id}/tokens/verify")
+    async def verify_token(account_id: str, request: Request) -> Response:
+        with state.lock:
+            state.counts["verify"] += 1
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        fault = state.next_fault()
+        if fault is not None:
+            answer = await fault_response(fault)
+            if answer is not None:
+                return answer
+        status = state.config.token_status
+        return _json(
+            {
+                "success": True,
+                "errors": [],
+                "messages": [{"code": 10000, "message": f"This API Token is valid and {status}"}],
+                "result": {"id": "emulator-token-id", "status": status},
+            }
+        )
+
+    @app.get("/images/{image_id}.png")
+    async def image(image_id: str) -> Response:
+        with state.lock:
+            state.counts["image"] += 1
+            known = state.images.get(image_id)
+        if known is None:
+            return Response("Not Found", status_code=404, media_type="text/plain")
+        png = await run_in_threadpool(images.render, *known)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+
+    # --- Control routes -------------------------------------------------------------------------
+
+    @app.post("/__emulator__/faults")
+    async def queue_faults(request: Request) -> Response:
+        body = await request.json()
+        items = body.get("faults", [body]) if isinstance(body, dict) else body
+        try:
+            faults = [make_fault(**item) for item in items]
+        except (TypeError, ValueError) as exc:
+            return _json({"error": str(exc)}, 422)
+        with state.lock:
+            state.faults.extend(faults)
+            pending = len(state.faults)
+        return _json({"queued": len(faults), "pending": pending})
+
+    @app.delete("/__emulator__/faults")
+    async def clear_faults() -> Response:
+        with state.lock:
+            state.faults.clear()
+        return _json({"pending": 0})
+
+    @app.get("/__emulator__/stats")
+    async def stats() -> Response:
+        return _json(state.stats())
+
+    @app.post("/__emulator__/reset")
+    async def reset() -> Response:
+        state.reset()
+        return _json({"reset": True})
+
+    @app.patch("/__emulator__/config")
+    async def configure(request: Request) -> Response:
+        changes = await request.json()
+        allowed = {"latency", "failure_rate", "token_status", "public_url", "seed"}
+        unknown = set(changes) - allowed
+        if unknown:
+            return _json({"error": f"unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}"}, 422)
+        with state.lock:
+            try:
+                state.config = EmulatorConfig(**{**asdict(state.config), **changes})
+            except (TypeError, ValueError) as exc:
+                return _json({"error": str(exc)}, 422)
+            if "seed" in changes:
+                state.rng = random.Random(changes["seed"])
+            shown = {k: v for k, v in asdict(state.config).items() if k != "token"}
+        return _json(shown)
+
+    return app

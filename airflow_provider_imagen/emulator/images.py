@@ -1,0 +1,75 @@
+"""
+Deterministic placeholder images: the size the real model would return, a colour taken from the
+input, and the prompt written on it so a person can tell images apart.
+
+Rendering uses Pillow (the ``emulator`` extra). Without it, PNGs are still served, as plain
+colour fields of the right size, written with zlib alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import textwrap
+import zlib
+from functools import lru_cache
+
+
+def image_id(model: str, inputs: dict[str, object]) -> str:
+    """The same input always names the same image."""
+    canonical = repr((model, sorted((k, str(v)) for k, v in inputs.items())))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _colour(seed: str) -> tuple[int, int, int]:
+    digest = hashlib.sha256(seed.encode()).digest()
+    # Mid-tone colours keep black text readable.
+    return (80 + digest[0] % 150, 80 + digest[1] % 150, 80 + digest[2] % 150)
+
+
+@lru_cache(maxsize=64)
+def render(prompt: str, width: int, height: int, fmt: str = "PNG") -> bytes:
+    """Encode one image; cached, since a pipeline usually downloads what it just generated."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        if fmt != "PNG":
+            raise RuntimeError(
+                "the emulator needs Pillow for JPEG images: pip install 'airflow-provider-imagen[emulator]'"
+            ) from None
+        return plain_png(width, height, _colour(prompt))
+
+    image = Image.new("RGB", (width, height), _colour(prompt))
+    draw = ImageDraw.Draw(image)
+    size = max(16, width // 24)
+    try:
+        font: ImageFont.FreeTypeFont | ImageFont.ImageFont = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    margin = width // 16
+    lines = textwrap.wrap(prompt, width=max(10, (width - 2 * margin) // max(1, int(size * 0.55))))[:12]
+    y = margin
+    draw.text((margin, y), f"Imagen emulator  {width}x{height}", fill=(20, 20, 20), font=font)
+    y += int(size * 2)
+    for line in lines:
+        draw.text((margin, y), line, fill=(0, 0, 0), font=font)
+        y += int(size * 1.3)
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        image.save(out, format="JPEG", quality=85)
+    else:
+        image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def plain_png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
+    """A valid single-colour RGB PNG, without Pillow."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + bytes(colour) * width
+    raw = zlib.compress(row * height, 6)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")

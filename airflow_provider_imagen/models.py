@@ -1,0 +1,225 @@
+"""Typed shapes of what goes to Cloudflare Workers AI and what comes back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from airflow_provider_imagen.constants import (
+    ASPECT_RATIOS,
+    IMAGE_SIZES,
+    IMAGEN_4,
+    MAX_PROMPT_CHARS,
+    PERSON_GENERATION,
+)
+from airflow_provider_imagen.errors import InvalidInputError
+
+__all__ = [
+    "ASPECT_RATIOS",
+    "IMAGEN_4",
+    "IMAGE_SIZES",
+    "PERSON_GENERATION",
+    "GatewayOptions",
+    "GeneratedImage",
+    "ImagenInput",
+    "RunResult",
+]
+
+AspectRatio = Literal["1:1", "3:4", "4:3", "9:16", "16:9"]
+PersonGeneration = Literal["dont_allow", "allow_adult", "allow_all"]
+
+
+def _describe(exc: ValidationError, what: str) -> str:
+    """Turn a pydantic error into one line per field naming the field, the problem and the allowed values."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in err["loc"]) or what
+        got = err.get("input")
+        shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{field}: {message} (got {shown})")
+    return f"Invalid {what}: " + "; ".join(lines)
+
+
+class ImagenInput(BaseModel):
+    """
+    The ``input`` object of an Imagen 4 request, checked before anything is sent.
+
+    :param prompt: what to draw; required, not blank, at most 2,000 characters.
+    :param aspect_ratio: one of ``1:1``, ``3:4``, ``4:3``, ``9:16``, ``16:9``; the model's default when omitted.
+    :param person_generation: one of ``dont_allow``, ``allow_adult``, ``allow_all``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    aspect_ratio: AspectRatio | None = None
+    person_generation: PersonGeneration | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        return value
+
+    @classmethod
+    def parse(cls, **values: Any) -> ImagenInput:
+        """Validate ``values``, raising :class:`InvalidInputError` that names each bad field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise InvalidInputError(_describe(exc, "Imagen input")) from None
+
+    def to_request(self) -> dict[str, str]:
+        """The JSON ``input`` object, leaving out what the caller did not set."""
+        return self.model_dump(exclude_none=True)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """``(width, height)`` Imagen 4 renders for this aspect ratio, when one is set."""
+        return IMAGE_SIZES.get(self.aspect_ratio) if self.aspect_ratio else None
+
+
+class GatewayOptions(BaseModel):
+    """
+    Per-request AI Gateway options, sent as Cloudflare's ``cf-aig-*`` headers.
+
+    :param gateway_id: the AI Gateway to route through (``cf-aig-gateway-id``); the account's
+        ``default`` gateway when omitted.
+    :param cache_ttl: seconds the gateway may cache the response (``cf-aig-cache-ttl``).
+    :param skip_cache: bypass the gateway cache for this request (``cf-aig-skip-cache``).
+    :param cache_key: a custom cache key (``cf-aig-cache-key``).
+    :param metadata: up to 5 string, number or boolean values logged with the request (``cf-aig-metadata``).
+    :param request_timeout: milliseconds the gateway waits for the model (``cf-aig-request-timeout``).
+    :param collect_log: whether the gateway keeps a log of this request (``cf-aig-collect-log``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    gateway_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    cache_ttl: int | None = Field(default=None, ge=0, le=2_592_000)
+    skip_cache: bool | None = None
+    cache_key: str | None = Field(default=None, min_length=1, max_length=1024)
+    metadata: dict[str, str | int | float | bool] | None = Field(default=None, max_length=5)
+    request_timeout: int | None = Field(default=None, gt=0, le=3_600_000)
+    collect_log: bool | None = None
+
+    @classmethod
+    def parse(cls, value: GatewayOptions | dict[str, Any] | None) -> GatewayOptions | None:
+        """Accept an instance, a plain dict (e.g. from a template) or ``None``."""
+        if value is None or isinstance(value, GatewayOptions):
+            return value
+        if not isinstance(value, dict):
+            raise InvalidInputError(
+                f"Invalid gateway options: expected a dict of {sorted(cls.model_fields)}, got {type(value).__name__}"
+            )
+        try:
+            return cls(**value)
+        except ValidationError as exc:
+            raise InvalidInputError(_describe(exc, "gateway options")) from None
+
+    def to_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.gateway_id is not None:
+            headers["cf-aig-gateway-id"] = self.gateway_id
+        if self.cache_ttl is not None:
+            headers["cf-aig-cache-ttl"] = str(self.cache_ttl)
+        if self.skip_cache is not None:
+            headers["cf-aig-skip-cache"] = "true" if self.skip_cache else "false"
+        if self.cache_key is not None:
+            headers["cf-aig-cache-key"] = self.cache_key
+        if self.metadata is not None:
+            headers["cf-aig-metadata"] = json.dumps(self.metadata, separators=(",", ":"))
+        if self.request_timeout is not None:
+            headers["cf-aig-request-timeout"] = str(self.request_timeout)
+        if self.collect_log is not None:
+            headers["cf-aig-collect-log"] = "true" if self.collect_log else "false"
+        return headers
+
+
+# --- Response shapes -------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    """One entry of a v4 envelope's ``errors``, or a failed state's ``error``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: int | str | None = None
+    message: str = ""
+
+
+class ProxiedResponse(BaseModel):
+    """Third-party models: ``{"state": "Completed", "result": {...}, "gatewayMetadata": {...}}``."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    state: str
+    result: dict[str, Any] | None = None
+    error: ErrorDetail | None = None
+    gateway_metadata: dict[str, Any] | None = Field(default=None, alias="gatewayMetadata")
+
+
+class V4Envelope(BaseModel):
+    """Cloudflare's classic ``{"success": ..., "errors": [...], "messages": [...], "result": ...}``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    success: bool
+    errors: list[ErrorDetail] = Field(default_factory=list)
+    messages: list[Any] = Field(default_factory=list)
+    result: Any = None
+
+
+class RunResult(BaseModel):
+    """
+    What one successful Workers AI call returned.
+
+    :param model: the model that ran.
+    :param result: the JSON ``result`` object, when the response was JSON.
+    :param content: the raw body, when the model answered with image bytes (e.g. SDXL).
+    :param gateway_metadata: AI Gateway metadata of a proxied model (``keySource`` etc.).
+    :param attempts: how many HTTP attempts the call took (1 means no retry).
+    :param elapsed_seconds: wall time of the call including retries.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    result: dict[str, Any] | None = None
+    content: bytes | None = Field(default=None, repr=False)
+    gateway_metadata: dict[str, Any] | None = None
+    attempts: int = 1
+    elapsed_seconds: float = 0.0
+
+
+class GeneratedImage(BaseModel):
+    """
+    A generated image: its URL (or its bytes, for models that return them) and how it was made.
+
+    ``to_xcom()`` gives the JSON-safe summary an operator pushes; the bytes never go to XCom.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    prompt: str
+    aspect_ratio: str | None = None
+    person_generation: str | None = None
+    url: str | None = None
+    data: bytes | None = Field(default=None, repr=False, exclude=True)
+    media_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    key_source: str | None = None
+    attempts: int = 1
+    elapsed_seconds: float = 0.0
+
+    def to_xcom(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

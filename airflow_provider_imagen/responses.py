@@ -1,0 +1,159 @@
+"""
+Reading whatever Cloudflare answered: every documented shape, on any HTTP status.
+
+Shared by the sync and async paths of the hook, which differ only in their awaits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from airflow_provider_imagen.errors import (
+    CloudflareServerError,
+    CloudflareWorkersAIError,
+    ImageGenerationFailedError,
+    classify,
+    parse_retry_after,
+)
+from airflow_provider_imagen.models import ErrorDetail, ProxiedResponse, RunResult, V4Envelope
+
+_IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The image's media type from its first bytes (PNG, JPEG, WebP, GIF), or ``None``: trust bytes, not headers."""
+    for signature, media_type in _IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return media_type
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def parse_response(response: httpx.Response, model: str) -> RunResult:
+    """
+    Turn one HTTP response into a :class:`RunResult`, or raise the matching error.
+
+    ``state`` other than ``Completed`` and ``success: false`` are errors even on HTTP 200.
+    """
+    status = response.status_code
+    body = response.content
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+
+    if 200 <= status < 300 and sniff_image_type(body):
+        return RunResult(model=model, content=body)
+
+    try:
+        payload: Any = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict):
+        raise _unreadable(status, body, retry_after)
+
+    if "state" in payload:
+        return _proxied(payload, status, model, retry_after)
+    if "success" in payload or "errors" in payload:
+        return _envelope(payload, status, model, retry_after)
+    if status >= 400:
+        detail = payload.get("error") or payload.get("message") or payload
+        code = detail.get("code") if isinstance(detail, dict) else None
+        text = detail.get("message", "") if isinstance(detail, dict) else str(detail)
+        raise classify(status, code, text or _reason(status), retry_after=retry_after)
+    return RunResult(model=model, result=payload)
+
+
+def _proxied(payload: dict[str, Any], status: int, model: str, retry_after: float | None) -> RunResult:
+    try:
+        parsed = ProxiedResponse.model_validate(payload)
+    except ValidationError:
+        raise _malformed(status, "a proxied response with an unexpected structure") from None
+    if parsed.state == "Completed" and status < 400:
+        return RunResult(model=model, result=parsed.result or {}, gateway_metadata=parsed.gateway_metadata)
+    if parsed.state == "Failed" or parsed.error is not None:
+        error = parsed.error or ErrorDetail(message="")
+        raise classify(status, error.code, error.message or "generation failed", retry_after=retry_after)
+    raise ImageGenerationFailedError(
+        f"unexpected state {parsed.state!r} (only 'Completed' means success)",
+        status_code=status,
+        code=None,
+        retryable=False,
+    )
+
+
+def _envelope(payload: dict[str, Any], status: int, model: str, retry_after: float | None) -> RunResult:
+    try:
+        parsed = V4Envelope.model_validate({"success": status < 400, **payload})
+    except ValidationError:
+        raise _malformed(status, "an API envelope with an unexpected structure") from None
+    if parsed.success and status < 400:
+        result = parsed.result if isinstance(parsed.result, dict) else {"value": parsed.result}
+        return RunResult(model=model, result=result)
+    first = parsed.errors[0] if parsed.errors else ErrorDetail(message="")
+    message = "; ".join(e.message for e in parsed.errors if e.message) or _reason(status)
+    raise classify(status, first.code, message, retry_after=retry_after)
+
+
+def decode_image_field(value: Any) -> tuple[str | None, bytes | None]:
+    """
+    Split a result's ``image`` into ``(url, bytes)``.
+
+    Imagen returns a URL; flux returns base64 (optionally as a ``data:`` URI).
+    """
+    if not isinstance(value, str) or not value:
+        return None, None
+    if value.startswith(("https://", "http://")):
+        return value, None
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None, None
+    return (None, data) if sniff_image_type(data) else (None, None)
+
+
+def _unreadable(status: int, body: bytes, retry_after: float | None) -> CloudflareWorkersAIError:
+    if status >= 400:
+        return classify(status, None, _summarise(body) or _reason(status), retry_after=retry_after)
+    if not body:
+        return _malformed(status, "an empty body")
+    return _malformed(status, f"a body that is not valid JSON ({_summarise(body)})")
+
+
+def _malformed(status: int, what: str) -> CloudflareServerError:
+    # Edges and proxies produce these; the next attempt usually gets a proper answer.
+    return CloudflareServerError(f"Cloudflare answered with {what}", status_code=status, retryable=True)
+
+
+_TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _summarise(body: bytes, limit: int = 200) -> str:
+    """A short, printable description of an unreadable body: an HTML page's title, or its start."""
+    if not body:
+        return ""
+    match = _TITLE.search(body[:4096])
+    if match:
+        return "HTML page: " + match.group(1).decode("utf-8", "replace").strip()[:limit]
+    text = body[:limit].decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
+    return text + ("..." if len(body) > limit else "")
+
+
+def _reason(status: int) -> str:
+    try:
+        return httpx.codes.get_reason_phrase(status) or f"HTTP {status}"
+    except ValueError:
+        return f"HTTP {status}"
