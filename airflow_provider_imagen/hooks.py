@@ -491,10 +491,12 @@ def _to_image(result: RunResult, image_input: ImagenInput) -> GeneratedImage:
     if data is None:
         url, data = decode_image_field((result.result or {}).get("image"))
     if url is None and data is None:
-        raise ImageGenerationFailedError(
+        error = ImageGenerationFailedError(
             "the model reported success but returned no image (expected result.image to be a URL or base64 image data)",
             status_code=200,
         )
+        _annotate(error, result.model, result.attempts)
+        raise error
     size = IMAGE_SIZES.get(image_input.aspect_ratio or "") if result.model == IMAGEN_4 else None
     return GeneratedImage(
         model=result.model,

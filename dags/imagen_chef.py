@@ -1,0 +1,28 @@
+"""
+People in the picture: ``person_generation="allow_adult"`` lets the model draw adults.
+
+Runs offline against the emulator (``scripts/quickstart.sh``) or against Cloudflare when the
+``cloudflare_workers_ai_default`` connection holds real credentials.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_imagen.operators import ImagenGenerateImageOperator
+
+with DAG(
+    dag_id="imagen_chef",
+    schedule=None,
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    tags=["imagen", "example"],
+    doc_md=__doc__,
+):
+    ImagenGenerateImageOperator(
+        task_id="generate_image",
+        prompt="A chef preparing sushi in a traditional Japanese kitchen, detailed close-up",
+        person_generation="allow_adult",
+    )

@@ -1,0 +1,27 @@
+"""
+The quickstart: one prompt, the model's defaults. The image URL is the task's XCom return value.
+
+Runs offline against the emulator (``scripts/quickstart.sh``) or against Cloudflare when the
+``cloudflare_workers_ai_default`` connection holds real credentials.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_imagen.operators import ImagenGenerateImageOperator
+
+with DAG(
+    dag_id="imagen_quickstart",
+    schedule=None,
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    tags=["imagen", "example"],
+    doc_md=__doc__,
+):
+    ImagenGenerateImageOperator(
+        task_id="generate_image",
+        prompt="A golden retriever puppy playing in autumn leaves",
+    )

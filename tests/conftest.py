@@ -1,0 +1,33 @@
+"""
+Test setup: a private Airflow home on SQLite, set before anything imports airflow.
+
+The ``imagen_emulator`` fixture comes from the package's own pytest plugin
+(``airflow_provider_imagen.emulator.pytest_plugin``), as users get it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_HOME = Path(tempfile.mkdtemp(prefix="imagen-airflow-home-"))
+
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
+os.environ.pop("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", None)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A fresh metadata database, made once per session for the tests that run DAGs."""
+    from airflow.utils import db
+
+    db.resetdb()
+    return _HOME
