@@ -97,3 +97,18 @@ print("RESULT=" + json.dumps(hook.model_dump(mode="json")))
     extra = form["extra_fields"]
     assert {"account_id", "gateway_id", "timeout", "max_retries"} <= {k.split("__")[-1] for k in extra}
     assert any(field["schema"].get("title") == "Account ID" for field in extra.values())
+
+
+def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    providers = subprocess.run([airflow, "providers", "list"], env=env, capture_output=True, text=True, timeout=120)
+    hooks = subprocess.run([airflow, "providers", "hooks"], env=env, capture_output=True, text=True, timeout=120)
+    assert "airflow-provider-imagen" in providers.stdout
+    assert "cloudflare_workers_ai" in hooks.stdout
+    assert "airflow_provider_imagen.hooks.CloudflareWorkersAIHook" in hooks.stdout

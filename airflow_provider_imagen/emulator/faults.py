@@ -86,7 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "too_large": {"status": 413, "code": 3006, "message": "Request is too large"},
     "internal": {"status": 500, "code": 3043, "message": "Internal server error"},
     "bad_gateway": {"kind": "html", "status": 502},
-    "unavailable": {"status": 503, "code": 3040, "message": "Service unavailable"},
+    "unavailable": {"status": 503, "message": "Service Unavailable"},
     "gateway_timeout": {"kind": "html", "status": 504},
     "provider_unavailable": {
         "kind": "state_failed",

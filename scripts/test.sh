@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a passing test suite: ./scripts/test.sh
+# Lints and type-checks, runs the tests on Airflow 3.3 (latest) and on 3.1 (the oldest supported),
+# then runs the README's quickstart command from a clean state.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/bootstrap.sh .venv 3.3.2
+scripts/bootstrap.sh .venv-airflow31 3.1.8
+
+echo "== ruff" >&2
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy" >&2
+.venv/bin/mypy
+
+status=0
+echo "== pytest on Airflow 3.3" >&2
+.venv/bin/python -m pytest "$@" || status=$?
+echo "== pytest on Airflow 3.1" >&2
+.venv-airflow31/bin/python -m pytest "$@" || status=$((status ? status : $?))
+if [ "$status" -ne 0 ]; then
+  echo "tests failed (exit $status)" >&2
+  exit "$status"
+fi
+
+echo "== quickstart from a clean state" >&2
+rm -rf .quickstart quickstart-output
+scripts/quickstart.sh
+test -s quickstart-output/imagen_quickstart.png

@@ -1,0 +1,252 @@
+"""The emulator over real HTTP: Cloudflare's routes, bodies and faults, and the hook against each fault."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from airflow_provider_imagen.emulator import PRESETS, images
+from airflow_provider_imagen.errors import (
+    CloudflareAuthenticationError,
+    CloudflareBadRequestError,
+    CloudflareRateLimitError,
+    CloudflareServerError,
+    ImageGenerationFailedError,
+)
+from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+
+
+@pytest.fixture
+def api(imagen_emulator):
+    headers = {"Authorization": f"Bearer {imagen_emulator.token}"}
+    with httpx.Client(base_url=f"{imagen_emulator.api_base}/accounts/acc", headers=headers) as client:
+        yield client
+
+
+def test_missing_and_wrong_tokens_get_cloudflares_error_bodies(imagen_emulator, api):
+    body = {"model": "google/imagen-4", "input": {"prompt": "x"}}
+    missing = httpx.post(f"{imagen_emulator.api_base}/accounts/acc/ai/run", json=body)
+    assert missing.status_code == 401
+    assert missing.json()["success"] is False and missing.json()["errors"][0]["code"] == 10001
+    wrong = httpx.post(
+        f"{imagen_emulator.api_base}/accounts/acc/ai/run", json=body, headers={"Authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 403
+    assert wrong.json()["errors"][0] == {"code": 10000, "message": "Authentication error"}
+    assert imagen_emulator.api_requests == 2  # refused requests are attempts too
+
+
+@pytest.mark.parametrize(
+    ("inputs", "problem"),
+    [
+        ({}, "required properties at '/' are 'prompt'"),
+        ({"prompt": " "}, "non-empty string"),
+        ({"prompt": "x", "aspect_ratio": "2:1"}, "aspect_ratio"),
+        ({"prompt": "x", "person_generation": "all"}, "person_generation"),
+        ({"prompt": "x", "seed": 1}, "additional properties"),
+    ],
+)
+def test_imagen_schema_is_enforced_with_the_400_envelope(api, inputs, problem):
+    response = api.post("/ai/run", json={"model": "google/imagen-4", "input": inputs})
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["code"] == 5004 and problem in error["message"]
+
+
+def test_proxied_success_shape_and_deterministic_urls(api):
+    body = {"model": "google/imagen-4", "input": {"prompt": "same", "aspect_ratio": "3:4"}}
+    first, second = api.post("/ai/run", json=body).json(), api.post("/ai/run", json=body).json()
+    assert first["state"] == "Completed" and first["gatewayMetadata"] == {"keySource": "Unified"}
+    assert first["result"]["image"] == second["result"]["image"]
+    png = httpx.get(first["result"]["image"]).content
+    assert png == httpx.get(second["result"]["image"]).content
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_images_are_rendered_on_download_not_on_generation(api):
+    images.render.cache_clear()
+    url = api.post("/ai/run", json={"model": "google/imagen-4", "input": {"prompt": "lazy"}}).json()["result"]["image"]
+    assert images.render.cache_info().currsize == 0
+    httpx.get(url)
+    httpx.get(url)
+    info = images.render.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+
+
+def test_unknown_image_is_a_404(imagen_emulator):
+    assert httpx.get(f"{imagen_emulator.url}/images/{'0' * 32}.png").status_code == 404
+
+
+def test_cloudflare_models_answer_in_their_own_shapes(api):
+    flux = api.post("/ai/run/@cf/black-forest-labs/flux-1-schnell", json={"prompt": "fox"})
+    assert flux.json()["success"] is True
+    assert base64.b64decode(flux.json()["result"]["image"])[:3] == b"\xff\xd8\xff"
+    sdxl = api.post("/ai/run/@cf/stabilityai/stable-diffusion-xl-base-1.0", json={"prompt": "fox"})
+    assert sdxl.content[:8] == b"\x89PNG\r\n\x1a\n"
+    in_body = api.post("/ai/run", json={"model": "@cf/black-forest-labs/flux-1-schnell", "input": {"prompt": "f"}})
+    assert in_body.json()["success"] is True
+    imagen_in_path = api.post("/ai/run/google/imagen-4", json={"prompt": "x"})
+    assert imagen_in_path.json()["result"]["image"].endswith(".png")
+    unknown = api.post("/ai/run", json={"model": "acme/nothing", "input": {"prompt": "x"}})
+    assert (unknown.status_code, unknown.json()["errors"][0]["code"]) == (400, 5007)
+
+
+def test_control_routes_queue_count_and_reset(imagen_emulator, api):
+    imagen_emulator.inject("capacity", times=2, retry_after="3")
+    body = {"model": "google/imagen-4", "input": {"prompt": "x"}}
+    first = api.post("/ai/run", json=body)
+    assert (first.status_code, first.headers["retry-after"], first.json()["errors"][0]["code"]) == (429, "3", 3040)
+    stats = imagen_emulator.stats()
+    assert (stats["api_requests"], stats["faults_served"], stats["faults_pending"]) == (1, 1, 1)
+    imagen_emulator.reset()
+    assert api.post("/ai/run", json=body).status_code == 200
+    assert imagen_emulator.stats()["faults_pending"] == 0
+    bad = httpx.post(f"{imagen_emulator.url}/__emulator__/faults", json={"preset": "nonsense"})
+    assert bad.status_code == 422 and "unknown fault preset" in bad.json()["error"]
+
+
+def _hook(**kwargs):
+    return CloudflareWorkersAIHook(max_retries=2, retry_backoff=0.01, max_retry_wait=2, **kwargs)
+
+
+# preset -> (error type, whether the hook retries it)
+EXPECTED = {
+    "capacity": (CloudflareRateLimitError, True),
+    "daily_limit": (CloudflareRateLimitError, False),
+    "wholesale_throttle": (CloudflareRateLimitError, True),
+    "wholesale_throttle_402": (CloudflareRateLimitError, True),
+    "wholesale_throttle_200": (CloudflareRateLimitError, True),
+    "unified_billing_unavailable": (CloudflareBadRequestError, False),
+    "invalid_data": (CloudflareBadRequestError, False),
+    "incomplete_request": (CloudflareBadRequestError, False),
+    "no_such_model": (CloudflareBadRequestError, False),
+    "input_error": (CloudflareBadRequestError, False),
+    "provider_auth": (CloudflareAuthenticationError, False),
+    "auth": (CloudflareAuthenticationError, False),
+    "invalid_model": (CloudflareBadRequestError, False),
+    "model_not_found": (CloudflareBadRequestError, False),
+    "timeout": (CloudflareServerError, True),
+    "aborted": (CloudflareServerError, True),
+    "too_large": (CloudflareBadRequestError, False),
+    "internal": (CloudflareServerError, True),
+    "bad_gateway": (CloudflareServerError, True),
+    "unavailable": (CloudflareServerError, True),
+    "gateway_timeout": (CloudflareServerError, True),
+    "provider_unavailable": (ImageGenerationFailedError, True),
+    "content_policy": (ImageGenerationFailedError, False),
+    "success_false": (CloudflareRateLimitError, True),
+    "unknown_state": (ImageGenerationFailedError, False),
+    "no_image": (ImageGenerationFailedError, False),
+    "html_502": (CloudflareServerError, True),
+    "empty": (CloudflareServerError, True),
+    "empty_502": (CloudflareServerError, True),
+    "truncated": (CloudflareServerError, True),
+    "drop": (CloudflareServerError, True),
+}
+
+
+def test_every_preset_has_an_expectation():
+    assert set(EXPECTED) | {"slow"} == set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED))
+def test_hook_against_each_fault_until_retries_run_out(imagen_emulator, preset):
+    error_type, retryable = EXPECTED[preset]
+    imagen_emulator.inject(preset, times=3)
+    with _hook() as hook, pytest.raises(error_type) as info:
+        hook.generate_image("a cat")
+    attempts = 3 if retryable else 1
+    assert info.value.attempts == attempts
+    assert imagen_emulator.api_requests == attempts
+    fault = PRESETS[preset]
+    if fault.get("message"):
+        assert fault["message"] in str(info.value)
+    if isinstance(fault.get("code"), int):
+        assert f"code {fault['code']}" in str(info.value)
+
+
+@pytest.mark.parametrize("preset", sorted(p for p, (_, retry) in EXPECTED.items() if retry))
+def test_hook_recovers_from_one_transient_fault(imagen_emulator, preset):
+    imagen_emulator.inject(preset)
+    with _hook() as hook:
+        image = hook.generate_image("a cat")
+    assert image.attempts == 2
+    assert httpx.get(image.url).status_code == 200
+
+
+def test_a_response_slower_than_the_timeout_is_retried(imagen_emulator):
+    imagen_emulator.inject("slow", delay=2.0)
+    started = time.monotonic()
+    with _hook(timeout=0.5) as hook:
+        image = hook.generate_image("a cat")
+    assert image.attempts == 2
+    assert time.monotonic() - started < 2.0  # the client gave up on the slow answer, it did not wait it out
+
+
+def test_async_hook_against_faults(imagen_emulator):
+    import asyncio
+
+    imagen_emulator.inject("capacity")
+    imagen_emulator.inject("drop")
+
+    async def generate():
+        async with _hook() as hook:
+            return await hook.agenerate_image("a cat", "16:9")
+
+    image = asyncio.run(generate())
+    assert (image.attempts, image.width) == (3, 1408)
+
+
+def test_random_failure_rate_is_absorbed_by_retries(imagen_emulator):
+    imagen_emulator.configure(failure_rate=0.3, seed=7)
+    with CloudflareWorkersAIHook(max_retries=6, retry_backoff=0.001, max_retry_wait=1) as hook:
+        results = [hook.generate_image(f"prompt {i}") for i in range(30)]
+    stats = imagen_emulator.stats()
+    assert len({r.url for r in results}) == 30
+    assert stats["faults_served"] > 0
+    assert stats["api_requests"] == 30 + stats["faults_served"]
+
+
+def test_test_connection_through_the_emulator(imagen_emulator):
+    assert _hook().test_connection()[0] is True
+    imagen_emulator.configure(token_status="expired")
+    ok, message = _hook().test_connection()
+    assert not ok and "expired" in message
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serves_on_loopback_with_its_flags():
+    port = _free_port()
+    command = [sys.executable, "-m", "airflow_provider_imagen.emulator.cli", "--port", str(port)]
+    command += ["--token", "cli-token", "--fault", "capacity", "--log-level", "warning"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    try:
+        url = f"http://127.0.0.1:{port}/client/v4/accounts/a/ai/run"
+        body = {"model": "google/imagen-4", "input": {"prompt": "cli"}}
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                first = httpx.post(url, json=body, headers={"Authorization": "Bearer cli-token"})
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "the emulator CLI did not start"
+                time.sleep(0.1)
+        assert first.status_code == 429  # the --fault queued at start
+        second = httpx.post(url, json=body, headers={"Authorization": "Bearer cli-token"})
+        assert second.json()["state"] == "Completed"
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert b"cli-token" not in process.stderr.read()  # the token is never logged
