@@ -113,6 +113,10 @@ class ImageGenerationFailedError(CloudflareWorkersAIError):
     """The model answered but produced no image (``state: "Failed"``, an unknown state, no image)."""
 
 
+class ImageDownloadError(CloudflareWorkersAIError):
+    """The generated image could not be fetched from its URL, or is not an acceptable image."""
+
+
 # Codes from Cloudflare's documentation, grouped by what a caller should do about them.
 _CAPACITY = {3040}
 _DAILY_LIMIT = {3036}

@@ -15,13 +15,15 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_imagen.emulator import images
 from airflow_provider_imagen.emulator.faults import TRANSIENT_PRESETS, Fault, make_fault
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from starlette.types import Receive, Scope, Send
 
 DEFAULT_TOKEN = "emulator-token"
@@ -85,9 +87,23 @@ class EmulatorState:
             self.config = EmulatorConfig(**asdict(self.initial))
             self.rng = random.Random(self.config.seed)
             self.faults: deque[Fault] = deque()
+            self.image_faults: deque[Fault] = deque()
             self.counts: Counter[str] = Counter()
             self.images: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
             self.recent: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDED_REQUESTS)
+
+    def next_image_fault(self) -> Fault | None:
+        with self.lock:
+            if self.image_faults:
+                self.counts["faults_served"] += 1
+                return self.image_faults.popleft()
+        return None
+
+    def queue(self, faults: list[Fault]) -> int:
+        with self.lock:
+            for fault in faults:
+                (self.image_faults if fault.target == "image" else self.faults).append(fault)
+            return len(self.faults) + len(self.image_faults)
 
     def next_fault(self) -> Fault | None:
         with self.lock:
@@ -113,7 +129,7 @@ class EmulatorState:
                 "image_requests": self.counts["image"],
                 "verify_requests": self.counts["verify"],
                 "faults_served": self.counts["faults_served"],
-                "faults_pending": len(self.faults),
+                "faults_pending": len(self.faults) + len(self.image_faults),
                 "by_model": {k[6:]: v for k, v in self.counts.items() if k.startswith("model:")},
                 "recent": list(self.recent),
             }
@@ -149,15 +165,16 @@ _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unav
 class DroppedResponse(Response):
     """Starts a response, sends part of it, and lets the connection close: what a dying edge does."""
 
+    def __init__(
+        self, head: bytes = b'{"state": "Comp', length: int = 4096, media_type: bytes = b"application/json"
+    ) -> None:
+        super().__init__()
+        self.head, self.length, self.content_type = head, length, media_type
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
-            }
-        )
-        await send({"type": "http.response.body", "body": b'{"state": "Comp', "more_body": True})
+        headers = [(b"content-type", self.content_type), (b"content-length", str(self.length).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.head, "more_body": True})
 
 
 async def fault_response(fault: Fault) -> Response | None:
@@ -186,6 +203,34 @@ async def fault_response(fault: Fault) -> Response | None:
     if kind == "truncated":
         return Response(b'{"state": "Completed", "result": {"ima', status_code=status, media_type="application/json")
     return DroppedResponse()
+
+
+async def image_fault_response(fault: Fault) -> Response | None:
+    """A broken image download; ``None`` for ``slow``, whose image follows its delay."""
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    if fault.kind == "slow":
+        return None
+    if fault.kind == "not_image":
+        page = b"<html><body>AccessDenied</body></html>"
+        return Response(page, media_type="image/png")  # the content type lies; the bytes tell
+    if fault.kind == "huge":
+        return StreamingResponse(_huge_png(fault.size), media_type="image/png")
+    if fault.kind == "drop":
+        return DroppedResponse(head=b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, length=1 << 20, media_type=b"image/png")
+    return Response(f"Error {fault.status}", status_code=fault.status or 500, media_type="text/plain")
+
+
+async def _huge_png(size: int) -> AsyncIterator[bytes]:
+    """``size`` bytes that start like a PNG, made on the fly so the emulator's memory stays flat."""
+    block = b"\x00" * (1 << 20)
+    signature = b"\x89PNG\r\n\x1a\n"
+    yield signature
+    left = size - len(signature)
+    while left > 0:
+        piece = block if left >= len(block) else block[:left]
+        left -= len(piece)
+        yield piece
 
 
 # --- Input checks, as Cloudflare enforces the Imagen 4 schema ------------------------------------------
@@ -340,6 +385,11 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             known = state.images.get(image_id)
         if known is None:
             return Response("Not Found", status_code=404, media_type="text/plain")
+        fault = state.next_image_fault()
+        if fault is not None:
+            answer = await image_fault_response(fault)
+            if answer is not None:
+                return answer
         png = await run_in_threadpool(images.render, *known)
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
 
@@ -353,15 +403,14 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             faults = [make_fault(**item) for item in items]
         except (TypeError, ValueError) as exc:
             return _json({"error": str(exc)}, 422)
-        with state.lock:
-            state.faults.extend(faults)
-            pending = len(state.faults)
+        pending = state.queue(faults)
         return _json({"queued": len(faults), "pending": pending})
 
     @app.delete("/__emulator__/faults")
     async def clear_faults() -> Response:
         with state.lock:
             state.faults.clear()
+            state.image_faults.clear()
         return _json({"pending": 0})
 
     @app.get("/__emulator__/stats")

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagen-emulator: {exc}", file=sys.stderr)
         return 2
     app = create_app(config)
-    app.state.emulator.faults.extend(faults)
+    app.state.emulator.queue(faults)
     connection = {
         "conn_type": "cloudflare_workers_ai",
         "host": f"http://{args.host}:{args.port}/client/v4",

@@ -24,6 +24,8 @@ FaultKind = Literal[
     "truncated",  # JSON cut off half way
     "drop",  # the connection closes in the middle of the response
     "slow",  # a normal answer, after `delay` seconds
+    "not_image",  # (image downloads) HTTP 200 with bytes that are not an image
+    "huge",  # (image downloads) a PNG-signed body of `size` bytes, streamed without a length
 ]
 
 
@@ -38,6 +40,8 @@ class Fault(BaseModel):
     :param retry_after: a ``Retry-After`` header value (seconds or an HTTP date), if any.
     :param delay: seconds to wait before answering (``slow``; bounded).
     :param state: the state an ``unknown_state`` fault reports.
+    :param target: ``api`` for Workers AI calls, ``image`` for downloads of generated images.
+    :param size: bytes a ``huge`` image body has.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -49,6 +53,8 @@ class Fault(BaseModel):
     retry_after: str | None = None
     delay: float = Field(default=0.0, ge=0.0, le=MAX_DELAY_SECONDS)
     state: str = "Running"
+    target: Literal["api", "image"] = "api"
+    size: int = Field(default=0, ge=0, le=2**31)
 
     @model_validator(mode="after")
     def _defaults(self) -> Fault:
@@ -107,6 +113,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "truncated": {"kind": "truncated", "status": 200},
     "drop": {"kind": "drop"},
     "slow": {"kind": "slow", "delay": 5.0},
+    # Downloads of the generated image.
+    "image_not_found": {"target": "image", "kind": "error", "status": 404},
+    "image_server_error": {"target": "image", "kind": "error", "status": 503},
+    "image_not_an_image": {"target": "image", "kind": "not_image"},
+    "image_drop": {"target": "image", "kind": "drop"},
+    "image_huge": {"target": "image", "kind": "huge", "size": 200 * 1024 * 1024},
+    "image_slow": {"target": "image", "kind": "slow", "delay": 5.0},
 }
 
 #: The presets a client is expected to retry: used for the random failure rate.
