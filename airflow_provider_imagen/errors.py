@@ -193,3 +193,55 @@ def _as_int(code: int | str | None) -> int | None:
     if isinstance(code, str) and code.isdigit():
         return int(code)
     return None
+
+
+def error_to_dict(error: BaseException) -> dict[str, object]:
+    """A JSON-safe description of ``error``, for trigger events and batch results."""
+    payload: dict[str, object] = {"type": type(error).__name__, "message": getattr(error, "message", str(error))}
+    if isinstance(error, CloudflareWorkersAIError):
+        payload.update(
+            status_code=error.status_code,
+            code=error.code,
+            retryable=error.retryable,
+            attempts=error.attempts,
+            model=error.model,
+        )
+    return payload
+
+
+def error_from_dict(payload: dict[str, object] | None) -> Exception:
+    """Rebuild the typed exception :func:`error_to_dict` described, so a task fails as the sync path would."""
+    payload = payload or {}
+    cls = _ERROR_TYPES.get(str(payload.get("type")), CloudflareWorkersAIError)
+    message = str(payload.get("message") or "unknown error")
+    if not issubclass(cls, CloudflareWorkersAIError):
+        return cls(message)
+    code = payload.get("code")
+    status = payload.get("status_code")
+    error = cls(
+        message,
+        status_code=status if isinstance(status, int) else None,
+        code=code if isinstance(code, (int, str)) else None,
+        retryable=bool(payload.get("retryable")),
+    )
+    attempts = payload.get("attempts")
+    error.attempts = attempts if isinstance(attempts, int) else 1
+    model = payload.get("model")
+    error.model = model if isinstance(model, str) else None
+    return error
+
+
+_ERROR_TYPES: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (
+        CloudflareWorkersAIError,
+        CloudflareAuthenticationError,
+        CloudflareRateLimitError,
+        CloudflareBadRequestError,
+        CloudflareServerError,
+        ImageGenerationFailedError,
+        ImageDownloadError,
+        InvalidInputError,
+        ConnectionConfigError,
+    )
+}

@@ -63,6 +63,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {"integration-name": "Cloudflare Workers AI", "python-modules": ["airflow_provider_imagen.operators"]}
         ],
+        "triggers": [
+            {"integration-name": "Cloudflare Workers AI", "python-modules": ["airflow_provider_imagen.triggers"]}
+        ],
+        "extra-links": ["airflow_provider_imagen.links.GeneratedImageLink"],
         "connection-types": [
             {
                 "connection-type": "cloudflare_workers_ai",

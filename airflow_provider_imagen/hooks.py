@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,7 @@ from airflow_provider_imagen.models import (
 from airflow_provider_imagen.responses import decode_image_field, parse_response, sniff_image_type
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from airflow.sdk import Connection
 
@@ -143,6 +145,37 @@ def _base_url(conn: Connection, fail: Any) -> str:
     return str(url).rstrip("/")
 
 
+class _SharedAsyncClients:
+    """
+    One ``httpx.AsyncClient`` per event loop and connection, shared by every hook that asks for it.
+
+    The triggerer runs hundreds of triggers in one event loop: sharing one pool keeps the number of
+    sockets and TLS sessions bounded instead of one pool per trigger.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[int, tuple[Any, ...]], tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], httpx.AsyncClient]) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        # Forget clients of loops that are gone (their ids may be reused by a new loop).
+        for stale in [k for k, (owner, _) in self._clients.items() if owner.is_closed()]:
+            del self._clients[stale]
+        entry = self._clients.get((id(loop), key))
+        if entry is None or entry[0] is not loop or entry[1].is_closed:
+            entry = (loop, make())
+            self._clients[(id(loop), key)] = entry
+        return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
+#: Large enough that hundreds of deferred generations run at once over HTTP/1.1.
+SHARED_POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+shared_async_clients = _SharedAsyncClients()
+
+
 class CloudflareWorkersAIHook(BaseHook):
     """
     Call Cloudflare Workers AI models, Imagen 4 first among them.
@@ -160,6 +193,8 @@ class CloudflareWorkersAIHook(BaseHook):
     :param retry_backoff: seconds before the first retry; doubles each time, with jitter.
     :param max_retry_wait: the longest single wait between attempts. A ``Retry-After`` longer than this
         ends the retries instead of blocking the task for that long.
+    :param share_async_client: use one ``AsyncClient`` per event loop and connection, shared with other
+        hooks (what triggers do); :meth:`aclose` then leaves it open for the others.
     """
 
     conn_name_attr = "cloudflare_conn_id"
@@ -175,6 +210,7 @@ class CloudflareWorkersAIHook(BaseHook):
         max_retries: int | None = None,
         retry_backoff: float = 1.0,
         max_retry_wait: float = 60.0,
+        share_async_client: bool = False,
     ) -> None:
         super().__init__()
         if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600):
@@ -186,6 +222,7 @@ class CloudflareWorkersAIHook(BaseHook):
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.max_retry_wait = max_retry_wait
+        self.share_async_client = share_async_client
         self._settings: ConnectionSettings | None = None
         self._client: httpx.Client | None = None
         self._async_client: httpx.AsyncClient | None = None
@@ -278,7 +315,11 @@ class CloudflareWorkersAIHook(BaseHook):
         """The hook's pooled asynchronous client, created on first use."""
         if self._async_client is None:
             settings = await self.aget_settings()
-            self._async_client = httpx.AsyncClient(**self._client_kwargs(settings))
+            kwargs = self._client_kwargs(settings)
+            if self.share_async_client:
+                key = (settings.base_url, settings.api_token, self.timeout or settings.timeout)
+                return shared_async_clients.get(key, lambda: httpx.AsyncClient(limits=SHARED_POOL_LIMITS, **kwargs))
+            self._async_client = httpx.AsyncClient(limits=SHARED_POOL_LIMITS, **kwargs)
         return self._async_client
 
     def close(self) -> None:
@@ -398,6 +439,70 @@ class CloudflareWorkersAIHook(BaseHook):
         result = await self.arun(model, image_input.to_request(), gateway_options=options)
         return _to_image(result, image_input)
 
+    async def agenerate_images(
+        self,
+        prompts: Sequence[str],
+        aspect_ratio: str | None = None,
+        person_generation: str | None = None,
+        *,
+        model: str = IMAGEN_4,
+        gateway_options: GatewayOptions | dict[str, Any] | None = None,
+        max_concurrency: int = 8,
+    ) -> list[GeneratedImage | CloudflareWorkersAIError]:
+        """
+        Generate one image per prompt, at most ``max_concurrency`` at a time, over one connection pool.
+
+        Every prompt is validated before the first request. A failed generation does not stop the others:
+        its place in the result holds the error, so results stay in prompt order.
+
+        :param prompts: what to draw, one image each.
+        :param aspect_ratio: shared by every image.
+        :param person_generation: shared by every image.
+        :param model: the text-to-image model.
+        :param gateway_options: AI Gateway options, as for :meth:`run`.
+        :param max_concurrency: how many requests may be in flight at once (1..1000).
+        :return: a :class:`GeneratedImage` or a :class:`CloudflareWorkersAIError` per prompt, in order.
+        """
+        inputs, options = _prepare_many(prompts, aspect_ratio, person_generation, gateway_options, max_concurrency)
+        gate = asyncio.Semaphore(max_concurrency)
+
+        async def one(image_input: ImagenInput) -> GeneratedImage | CloudflareWorkersAIError:
+            async with gate:
+                try:
+                    result = await self.arun(model, image_input.to_request(), gateway_options=options)
+                    return _to_image(result, image_input)
+                except CloudflareWorkersAIError as err:
+                    return err
+
+        return list(await asyncio.gather(*(one(image_input) for image_input in inputs)))
+
+    def generate_images(
+        self,
+        prompts: Sequence[str],
+        aspect_ratio: str | None = None,
+        person_generation: str | None = None,
+        *,
+        model: str = IMAGEN_4,
+        gateway_options: GatewayOptions | dict[str, Any] | None = None,
+        max_concurrency: int = 8,
+    ) -> list[GeneratedImage | CloudflareWorkersAIError]:
+        """The same as :meth:`agenerate_images`, from synchronous code (runs its own event loop)."""
+
+        async def run_all() -> list[GeneratedImage | CloudflareWorkersAIError]:
+            try:
+                return await self.agenerate_images(
+                    prompts,
+                    aspect_ratio,
+                    person_generation,
+                    model=model,
+                    gateway_options=gateway_options,
+                    max_concurrency=max_concurrency,
+                )
+            finally:
+                await self.aclose()  # the client belongs to this loop, which ends here
+
+        return asyncio.run(run_all())
+
     def test_connection(self) -> tuple[bool, str]:
         """Check the token with ``GET /accounts/{account_id}/tokens/verify`` (free, no model call)."""
         try:
@@ -483,6 +588,33 @@ def _prepare(
 ) -> tuple[ImagenInput, GatewayOptions | None]:
     image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
     return image_input, GatewayOptions.parse(gateway_options)
+
+
+def _prepare_many(
+    prompts: Sequence[str],
+    aspect_ratio: str | None,
+    person_generation: str | None,
+    gateway_options: GatewayOptions | dict[str, Any] | None,
+    max_concurrency: int,
+) -> tuple[list[ImagenInput], GatewayOptions | None]:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+        raise InvalidInputError(f"Invalid prompts: expected a non-empty list of strings, got {prompts!r:.80}")
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or not 1 <= max_concurrency <= 1000:
+        raise InvalidInputError(
+            f"Invalid max_concurrency: must be a whole number from 1 to 1000, got {max_concurrency!r}"
+        )
+    inputs, problems = [], []
+    for index, prompt in enumerate(prompts):
+        try:
+            inputs.append(
+                ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
+            )
+        except InvalidInputError as err:
+            problems.append(f"prompts[{index}]: {err}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise InvalidInputError(shown)
+    return inputs, GatewayOptions.parse(gateway_options)
 
 
 def _to_image(result: RunResult, image_input: ImagenInput) -> GeneratedImage:

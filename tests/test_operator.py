@@ -33,7 +33,14 @@ def test_plainly_wrong_literals_fail_when_the_dag_is_parsed(kwargs, message):
 
 def test_templated_values_are_left_for_execute():
     op = make(prompt="{{ params.p }}", aspect_ratio="{{ params.r }}")
-    assert op.template_fields == ("prompt", "aspect_ratio", "person_generation", "model", "gateway_options")
+    assert op.template_fields == (
+        "prompt",
+        "aspect_ratio",
+        "person_generation",
+        "model",
+        "gateway_options",
+        "output_path",
+    )
     op.render_template_fields({"params": {"p": "a cat", "r": "16:9"}})
     assert (op.prompt, op.aspect_ratio) == ("a cat", "16:9")
 
@@ -88,6 +95,7 @@ def _fast_hook(op):
     return CloudflareWorkersAIHook(op.cloudflare_conn_id, max_retries=op.max_retries, retry_backoff=0.01)
 
 
-def test_models_that_return_bytes_need_the_hook(imagen_emulator):
-    with pytest.raises(InvalidInputError, match="returned the image as bytes"):
+def test_models_that_return_bytes_need_output_path_before_any_request(imagen_emulator):
+    with pytest.raises(InvalidInputError, match="returns the image as bytes, not a URL: set output_path"):
         run(make(prompt="a fox", model="@cf/black-forest-labs/flux-1-schnell"))
+    assert imagen_emulator.api_requests == 0

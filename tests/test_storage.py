@@ -1,0 +1,89 @@
+"""Persisting images over real HTTP: streamed, capped, sniffed, atomic."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import httpx
+import pytest
+
+from airflow_provider_imagen.errors import ImageDownloadError, InvalidInputError
+from airflow_provider_imagen.storage import file_name_for, resolve_output_path, store_image
+
+
+@pytest.fixture
+def image_url(imagen_emulator):
+    with httpx.Client(headers={"Authorization": f"Bearer {imagen_emulator.token}"}) as client:
+        response = client.post(
+            f"{imagen_emulator.api_base}/accounts/a/ai/run",
+            json={"model": "google/imagen-4", "input": {"prompt": "A lighthouse", "aspect_ratio": "4:3"}},
+        )
+    return response.json()["result"]["image"]
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_folder_gets_a_deterministic_name(tmp_path, image_url):
+    inputs = {"model": "google/imagen-4", "aspect_ratio": "4:3"}
+    first = store_image(output_path=f"{tmp_path}/", url=image_url, prompt="A lighthouse", inputs=inputs)
+    again = store_image(output_path=str(tmp_path), url=image_url, prompt="A lighthouse", inputs=inputs)
+    assert str(first) == str(again)
+    assert first.name == file_name_for("A lighthouse", inputs, ".png")
+    assert first.name.startswith("a-lighthouse-") and first.name.endswith(".png")
+    assert files_in(tmp_path) == [first.name]  # no temporary file left behind
+    assert (tmp_path / first.name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explicit_file_and_file_uri(tmp_path, image_url):
+    target = tmp_path / "nested" / "out.png"
+    stored = store_image(output_path=f"file://{target}", url=image_url, prompt="p", inputs={})
+    assert stored.path == str(target) and target.stat().st_size > 1000
+
+
+def test_bytes_from_models_that_return_them(tmp_path, imagen_emulator):
+    with httpx.Client(headers={"Authorization": f"Bearer {imagen_emulator.token}"}) as client:
+        flux = client.post(
+            f"{imagen_emulator.api_base}/accounts/a/ai/run/@cf/black-forest-labs/flux-1-schnell", json={"prompt": "f"}
+        ).json()
+    data = base64.b64decode(flux["result"]["image"])
+    stored = store_image(output_path=f"{tmp_path}/", data=data, prompt="a fox", inputs={"model": "flux"})
+    assert stored.name.endswith(".jpg")
+
+
+@pytest.mark.parametrize(
+    ("preset", "fields", "message"),
+    [
+        ("image_not_found", {}, "HTTP 404"),
+        ("image_not_an_image", {}, "not a PNG, JPEG or WebP"),
+        ("image_huge", {"size": 3 * 1024 * 1024}, "larger than the 1,048,576-byte cap"),
+        ("image_drop", {}, "RemoteProtocolError"),
+        ("image_server_error", {}, "HTTP 503"),
+    ],
+)
+def test_failed_downloads_leave_nothing_at_the_output_path(tmp_path, imagen_emulator, image_url, preset, fields, message):
+    imagen_emulator.inject(preset, times=3, **fields)
+    with pytest.raises(ImageDownloadError, match=message):
+        store_image(output_path=f"{tmp_path}/", url=image_url, prompt="p", inputs={}, max_bytes=1024 * 1024)
+    assert files_in(tmp_path) == []
+
+
+def test_a_dropped_download_is_retried(tmp_path, imagen_emulator, image_url):
+    imagen_emulator.inject("image_drop")
+    stored = store_image(output_path=f"{tmp_path}/x.png", url=image_url, prompt="p", inputs={})
+    assert os.path.getsize(stored.path) > 1000
+    assert imagen_emulator.stats()["image_requests"] == 2
+
+
+def test_only_http_urls_are_followed(tmp_path):
+    with pytest.raises(ImageDownloadError, match="only http"):
+        store_image(output_path=f"{tmp_path}/", url="file:///etc/passwd", prompt="p", inputs={})
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", ["", "   ", 42, None, "1bad://x", "nosuchprotocol://bucket/key"])
+def test_bad_output_paths_are_rejected_by_name(bad):
+    with pytest.raises(InvalidInputError, match="output_path"):
+        resolve_output_path(bad)
