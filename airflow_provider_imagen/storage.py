@@ -61,8 +61,17 @@ def resolve_output_path(output_path: str | ObjectStoragePath) -> tuple[ObjectSto
         if text.startswith("~"):
             text = os.path.expanduser(text)
         text = "file://" + os.path.abspath(text)
-    elif not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        raise InvalidInputError(f"Invalid output_path: {output_path!r} is not a valid URI")
+    else:
+        scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", text)
+        if scheme is None:
+            raise InvalidInputError(f"Invalid output_path: {output_path!r} is not a valid URI")
+        import fsspec
+
+        if scheme.group(1) not in fsspec.available_protocols():
+            raise InvalidInputError(
+                f"Invalid output_path {output_path!r}: no filesystem is known for {scheme.group(1)}:// "
+                "(use a local path, file://, s3://, gs://, ...)"
+            )
     try:
         path = ObjectStoragePath(text)
     except Exception as exc:  # fsspec raises many types for unknown protocols or bad URIs

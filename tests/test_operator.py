@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 from airflow.sdk import DAG
 
-from airflow_provider_imagen.errors import CloudflareRateLimitError, InvalidInputError
+from airflow_provider_imagen.errors import CloudflareRateLimitError, CloudflareWorkersAIError, InvalidInputError
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator
 
 
@@ -98,4 +98,113 @@ def _fast_hook(op):
 def test_models_that_return_bytes_need_output_path_before_any_request(imagen_emulator):
     with pytest.raises(InvalidInputError, match="returns the image as bytes, not a URL: set output_path"):
         run(make(prompt="a fox", model="@cf/black-forest-labs/flux-1-schnell"))
+    assert imagen_emulator.api_requests == 0
+
+
+def test_deferrable_execute_defers_without_a_secret_and_resumes_with_the_same_xcoms(imagen_emulator):
+    import asyncio
+    import json
+
+    from airflow.exceptions import TaskDeferred
+
+    from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
+
+    op = make(prompt="A lighthouse", aspect_ratio="3:4", deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        run(op)
+    assert imagen_emulator.api_requests == 0  # nothing is sent by the worker
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, ImagenGenerateImageTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    assert imagen_emulator.token not in json.dumps(trigger.serialize()[1])
+
+    (event,) = asyncio.run(_collect(trigger))
+    ti = mock.Mock()
+    url = op.execute_complete({"ti": ti}, event.payload)
+    assert url == event.payload["image"]["url"]
+    summary = ti.xcom_push.call_args.kwargs["value"]
+    assert (summary["width"], summary["height"]) == (896, 1280)
+
+
+async def _collect(trigger):
+    return [event async for event in trigger.run()]
+
+
+def test_trigger_failure_fails_the_task_with_the_typed_message():
+    from airflow_provider_imagen.errors import CloudflareAuthenticationError
+
+    event = {
+        "status": "error",
+        "error": {
+            "type": "CloudflareAuthenticationError",
+            "message": "Authentication error",
+            "status_code": 403,
+            "code": 10000,
+            "retryable": False,
+            "attempts": 1,
+            "model": "google/imagen-4",
+        },
+    }
+    with pytest.raises(CloudflareAuthenticationError, match=r"HTTP 403, code 10000\): Authentication error"):
+        make(prompt="x").execute_complete({"ti": mock.Mock()}, event)
+
+
+def test_output_path_stores_the_image_and_pushes_stored_uri(imagen_emulator, tmp_path):
+    url, ti = run(make(prompt="A lighthouse", output_path=f"{tmp_path}/"))
+    pushed = {c.kwargs["key"]: c.kwargs["value"] for c in ti.xcom_push.call_args_list}
+    stored = pushed["stored_uri"]
+    assert stored.startswith(f"file://{tmp_path}/") and pushed["image"]["stored_uri"] == stored
+    assert url.startswith("http")
+
+
+def test_bytes_models_return_the_stored_uri(imagen_emulator, tmp_path):
+    result, _ = run(
+        make(prompt="a fox", model="@cf/stabilityai/stable-diffusion-xl-base-1.0", output_path=f"{tmp_path}/")
+    )
+    assert result.startswith(f"file://{tmp_path}/") and result.endswith(".png")
+
+
+def batch(**kwargs):
+    from airflow_provider_imagen.operators import ImagenGenerateImagesOperator
+
+    with DAG(dag_id="b", schedule=None, start_date=datetime(2025, 1, 1)):
+        return ImagenGenerateImagesOperator(task_id="batch", **kwargs)
+
+
+def test_batch_partial_failure_finishes_the_rest_then_fails_listing_each_prompt(imagen_emulator):
+    imagen_emulator.inject("daily_limit")
+    op = batch(prompts=["one", "two", "three"], max_concurrency=1)
+    ti = mock.Mock()
+    with pytest.raises(CloudflareWorkersAIError, match=r"1 of 3 images failed") as info:
+        op.execute({"ti": ti})
+    assert "[0] 'one'" in str(info.value) and "code 3036" in str(info.value)
+    pushed = {c.kwargs["key"]: c.kwargs["value"] for c in ti.xcom_push.call_args_list}
+    assert pushed["images"][0] is None and pushed["images"][1]["prompt"] == "two"
+    assert imagen_emulator.api_requests == 3
+
+
+def test_batch_can_return_failures_instead(imagen_emulator):
+    imagen_emulator.inject("content_policy")
+    ti = mock.Mock()
+    urls = batch(prompts=["one", "two"], max_concurrency=1, fail_on_error=False).execute({"ti": ti})
+    assert urls[0] is None and urls[1].startswith("http")
+    pushed = {c.kwargs["key"]: c.kwargs["value"] for c in ti.xcom_push.call_args_list}
+    (failure,) = pushed["failures"]
+    assert (failure["index"], failure["prompt"], failure["error"]["code"]) == (0, "one", "content_policy_violation")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": ["ok", "  "]}, r"prompts\[1\]"),
+        ({"prompts": "just one string"}, "non-empty list"),
+        ({"prompts": ["ok"], "max_concurrency": 0}, "max_concurrency"),
+    ],
+)
+def test_batch_rejects_bad_input_before_any_request(imagen_emulator, kwargs, message):
+    op = batch(prompts=["placeholder"])
+    for key, value in kwargs.items():
+        setattr(op, key, value)  # as rendered
+    with pytest.raises(InvalidInputError, match=message):
+        op.execute({"ti": mock.Mock()})
     assert imagen_emulator.api_requests == 0

@@ -63,7 +63,9 @@ def test_bytes_from_models_that_return_them(tmp_path, imagen_emulator):
         ("image_server_error", {}, "HTTP 503"),
     ],
 )
-def test_failed_downloads_leave_nothing_at_the_output_path(tmp_path, imagen_emulator, image_url, preset, fields, message):
+def test_failed_downloads_leave_nothing_at_the_output_path(
+    tmp_path, imagen_emulator, image_url, preset, fields, message
+):
     imagen_emulator.inject(preset, times=3, **fields)
     with pytest.raises(ImageDownloadError, match=message):
         store_image(output_path=f"{tmp_path}/", url=image_url, prompt="p", inputs={}, max_bytes=1024 * 1024)

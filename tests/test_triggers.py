@@ -15,7 +15,9 @@ FAST = {"retry_backoff": 0.01, "max_retry_wait": 1.0}
 
 
 def trigger(**kwargs):
-    return ImagenGenerateImageTrigger(**{"prompt": "A golden retriever puppy", "aspect_ratio": "16:9", **FAST, **kwargs})
+    return ImagenGenerateImageTrigger(
+        **{"prompt": "A golden retriever puppy", "aspect_ratio": "16:9", **FAST, **kwargs}
+    )
 
 
 async def events(t):

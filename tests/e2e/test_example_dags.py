@@ -46,7 +46,14 @@ def dagbag(airflow_db):
 
 def test_every_dag_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(SINGLE_IMAGE_DAGS) | {"imagen_mapped"} <= set(dagbag.dag_ids)
+    others = {
+        "imagen_mapped",
+        "imagen_deferrable_mapped",
+        "imagen_persist_asset",
+        "imagen_persist_asset_consumer",
+        "imagen_batch",
+    }
+    assert set(SINGLE_IMAGE_DAGS) | others == set(dagbag.dag_ids)
 
 
 def _xcom(dag_run, task_id, key="return_value", map_index=-1):
@@ -92,4 +99,64 @@ def test_mapped_dag_generates_one_image_per_prompt_and_collects_them_in_order(da
         url = _xcom(dag_run, "generate_image", map_index=index)
         assert collected[prompt] == url
         assert png_size(httpx.get(url).content) == SIZES["4:3"]
+    assert imagen_emulator.api_requests == len(PROMPTS)
+
+
+def test_deferrable_mapped_dag_runs_through_the_trigger_with_a_link_per_map_index(dagbag, imagen_emulator):
+    from dags.imagen_deferrable_mapped import PROMPTS
+
+    task = dagbag.get_dag("imagen_deferrable_mapped").get_task("generate_image")
+    assert task.partial_kwargs["deferrable"] is True
+    dag_run = dagbag.get_dag("imagen_deferrable_mapped").test()
+
+    assert dag_run.state == "success"
+    urls = []
+    for index, prompt in enumerate(PROMPTS):
+        url = _xcom(dag_run, "generate_image", map_index=index)
+        assert _xcom(dag_run, "generate_image", key="image", map_index=index)["prompt"] == prompt
+        # The "Generated image" link of each map index points at that index's own image.
+        assert _xcom(dag_run, "generate_image", key="_link_GeneratedImageLink", map_index=index) == url
+        assert png_size(httpx.get(url).content) == SIZES["16:9"]
+        urls.append(url)
+    assert len(set(urls)) == len(PROMPTS)
+    assert imagen_emulator.api_requests == len(PROMPTS)
+
+
+def test_persist_dag_stores_the_image_and_feeds_the_consumer_through_the_asset(
+    dagbag, imagen_emulator, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AIRFLOW_VAR_IMAGEN_OUTPUT_DIR", str(tmp_path))
+    producer = dagbag.get_dag("imagen_persist_asset").test()
+    assert producer.state == "success"
+
+    stored = _xcom(producer, "generate_and_store", key="stored_uri")
+    assert stored.startswith(f"file://{tmp_path}/") and stored.endswith(".png")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and stored.endswith(files[0])  # the image, and nothing partial beside it
+    assert png_size((tmp_path / files[0]).read_bytes()) == SIZES["1:1"]
+
+    consumer = dagbag.get_dag("imagen_persist_asset_consumer").test()
+    assert consumer.state == "success"
+    (checked,) = _xcom(consumer, "check_images")
+    assert checked["stored_uri"] == stored and checked["png"] is True
+
+
+def test_batch_dag_generates_every_prompt_in_order_into_a_folder(dagbag, imagen_emulator, tmp_path, monkeypatch):
+    from dags.imagen_batch import PROMPTS
+
+    monkeypatch.setenv("AIRFLOW_VAR_IMAGEN_OUTPUT_DIR", str(tmp_path))
+    dag_run = dagbag.get_dag("imagen_batch").test()
+
+    assert dag_run.state == "success"
+    urls = _xcom(dag_run, "generate_images")
+    stored = _xcom(dag_run, "generate_images", key="stored_uri")
+    summaries = _xcom(dag_run, "generate_images", key="images")
+    assert [s["prompt"] for s in summaries] == PROMPTS
+    assert [s["url"] for s in summaries] == urls
+    assert len(set(stored)) == len(PROMPTS)
+    for uri in stored:
+        path = uri.removeprefix("file://")
+        assert path.startswith(str(tmp_path / "batch"))
+        with open(path, "rb") as image:
+            assert png_size(image.read()) == SIZES["4:3"]
     assert imagen_emulator.api_requests == len(PROMPTS)

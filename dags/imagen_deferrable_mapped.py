@@ -1,0 +1,34 @@
+"""
+Deferrable, mapped generation: each prompt is a mapped task that hands the wait to the triggerer.
+
+Image generation takes seconds to tens of seconds. With ``deferrable=True`` the worker slot is freed as
+soon as the request is prepared; the triggerer makes the Cloudflare call (all deferred tasks share one
+connection pool) and the task resumes only to push its XComs. Each mapped task instance gets its own
+"Generated image" link in the UI.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_imagen.operators import ImagenGenerateImageOperator
+
+PROMPTS = [
+    "A golden retriever puppy playing in autumn leaves",
+    "An elegant Art Deco poster featuring a jazz singer under a spotlight",
+    "A sleek wireless headphone on a minimalist white marble surface with soft studio lighting",
+]
+
+with DAG(
+    dag_id="imagen_deferrable_mapped",
+    schedule=None,
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    tags=["imagen", "example"],
+    doc_md=__doc__,
+):
+    ImagenGenerateImageOperator.partial(task_id="generate_image", aspect_ratio="16:9", deferrable=True).expand(
+        prompt=PROMPTS
+    )
