@@ -63,6 +63,11 @@ def check_literal_inputs(prompt: object, aspect_ratio: object, person_generation
             )
 
 
+def _unset_if_empty(value: Any) -> Any:
+    """A template that renders to ``""`` means "not set"; any other value is validated as it is."""
+    return None if value == "" else value
+
+
 def _returns_bytes(model: str) -> bool:
     # Cloudflare's own text-to-image models answer with base64 or raw bytes, not a URL.
     return model.startswith(("@cf/", "@hf/"))
@@ -205,7 +210,9 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
 
         # Rendered templates are checked here, before anything is sent or deferred.
         ImagenInput.parse(
-            prompt=self.prompt, aspect_ratio=self.aspect_ratio or None, person_generation=self.person_generation or None
+            prompt=self.prompt,
+            aspect_ratio=_unset_if_empty(self.aspect_ratio),
+            person_generation=_unset_if_empty(self.person_generation),
         )
         GatewayOptions.parse(self.gateway_options)
         self._check_output()
@@ -220,8 +227,8 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
             self.defer(
                 trigger=ImagenGenerateImageTrigger(
                     prompt=self.prompt,
-                    aspect_ratio=self.aspect_ratio or None,
-                    person_generation=self.person_generation or None,
+                    aspect_ratio=_unset_if_empty(self.aspect_ratio),
+                    person_generation=_unset_if_empty(self.person_generation),
                     cloudflare_conn_id=self.cloudflare_conn_id,
                     model=self.model,
                     gateway_options=self.gateway_options,
@@ -234,8 +241,8 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         with self.get_hook() as hook:
             image = hook.generate_image(
                 self.prompt,
-                self.aspect_ratio or None,
-                self.person_generation or None,
+                _unset_if_empty(self.aspect_ratio),
+                _unset_if_empty(self.person_generation),
                 model=self.model,
                 gateway_options=self.gateway_options,
             )
@@ -351,8 +358,8 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         # Validation happens inside, before the first request.
         results = hook.generate_images(
             prompts,  # type: ignore[arg-type]
-            self.aspect_ratio or None,
-            self.person_generation or None,
+            _unset_if_empty(self.aspect_ratio),
+            _unset_if_empty(self.person_generation),
             model=self.model,
             gateway_options=self.gateway_options,
             max_concurrency=self.max_concurrency,

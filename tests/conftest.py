@@ -31,3 +31,18 @@ def airflow_db() -> Path:
 
     db.resetdb()
     return _HOME
+
+
+def register_dag(dag):
+    """Serialize a DAG defined inside a test so that ``dag.test()`` can run it (Airflow 3.1 and 3.3)."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag, sync_bag_to_db
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=os.devnull, collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag
