@@ -107,7 +107,8 @@ def make_operator(cls, **kwargs):
 
 
 async def _trigger_event(trigger):
-    return next(event async for event in trigger.run()).payload
+    (event,) = [event async for event in trigger.run()]  # a trigger fires exactly one event
+    return event.payload
 
 
 def run_sync_hook(output):
