@@ -167,6 +167,12 @@ class _SharedAsyncClients:
             self._clients[(id(loop), key)] = entry
         return entry[1]
 
+    async def aclose(self) -> None:
+        """Close the shared clients of the running event loop (e.g. when a triggerer or a test winds down)."""
+        loop = asyncio.get_running_loop()
+        for key in [k for k, (owner, _) in self._clients.items() if owner is loop]:
+            await self._clients.pop(key)[1].aclose()
+
     def __len__(self) -> int:
         return len(self._clients)
 

@@ -90,7 +90,9 @@ def test_hundreds_of_triggers_share_one_connection_pool(imagen_emulator):
 
     async def many():
         results = await asyncio.gather(*(events(trigger(prompt=f"prompt {i}")) for i in range(200)))
-        return results, len(shared_async_clients)
+        pools = len(shared_async_clients)
+        await shared_async_clients.aclose()
+        return results, pools
 
     results, pools = asyncio.run(many())
     assert all(payload["status"] == "success" for (payload,) in results)

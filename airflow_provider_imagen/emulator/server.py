@@ -150,6 +150,8 @@ class EmulatorServer:
             self._client = None
         if self._server is not None:
             self._server.should_exit = True
+            # Do not wait for in-flight answers (a queued slow fault may sleep for minutes).
+            self._server.force_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
