@@ -12,9 +12,14 @@ python="${PYTHON:-python3}"
 "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required")'
 
 stamp="$venv/.bootstrap-stamp"
-want="$airflow_version $(cat pyproject.toml | cksum)"
-if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0  # already set up for this pyproject.toml and Airflow version
+want="$airflow_version $(cksum < pyproject.toml)"
+extras="${EXTRAS:-}"
+if [ -x "$venv/bin/python" ] && [ -f "$stamp" ]; then
+  read -r have_version have_sum have_size have_extras < "$stamp" || true
+  # Up to date for this pyproject.toml and Airflow version, with the extras asked for (or more).
+  if [ "$have_version $have_sum $have_size" = "$want" ] && { [ -z "$extras" ] || [ "${have_extras:-}" = "$extras" ]; }; then
+    exit 0
+  fi
 fi
 
 # Airflow pays ~2 s per command without compiled bytecode, and this machine may forbid writing it lazily.
@@ -28,9 +33,9 @@ uv_bin="$(command -v uv || true)"
 echo "Setting up $venv with apache-airflow==$airflow_version ..." >&2
 if [ -n "$uv_bin" ]; then
   "$uv_bin" venv --quiet --allow-existing --python "$python" "$venv"
-  "$uv_bin" pip install --quiet --python "$venv/bin/python" "apache-airflow==$airflow_version" -e ".[dev]"
+  "$uv_bin" pip install --quiet --python "$venv/bin/python" "apache-airflow==$airflow_version" -e ".[dev${EXTRAS:+,$EXTRAS}]"
 else
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "apache-airflow==$airflow_version" -e ".[dev]"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "apache-airflow==$airflow_version" -e ".[dev${EXTRAS:+,$EXTRAS}]"
 fi
-echo "$want" > "$stamp"
+echo "$want $extras" > "$stamp"

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/bootstrap.sh .venv 3.3.2
+EXTRAS=bench scripts/bootstrap.sh .venv 3.3.2  # bench: the peers the benchmark smoke test compares
 scripts/bootstrap.sh .venv-airflow31 3.1.8
 
 echo "== ruff" >&2

@@ -1,0 +1,28 @@
+"""The benchmarks stay runnable: each one at a tiny size (the real run is ./scripts/bench.sh)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cloudflare") is None, reason="needs the 'bench' extra")
+def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
+    out = tmp_path / "results.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--repeat", "1", "--json", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["emulator"]["median_rps"] > 0
+    assert results["throughput"]["ours_s"] > 0 and results["throughput"]["bare_httpx_s"] > 0
+    assert results["cpu"]["ratio"] > 0
+    assert results["imports"]["ours: operators"] is not None
+    assert results["triggerer"]["pools"] == 1
+    assert results["memory"]["ours_peak_rss_delta_mb"] is not None
+    assert "| 1. batch of" in completed.stdout
