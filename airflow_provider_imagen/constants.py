@@ -18,5 +18,8 @@ IMAGE_SIZES: dict[str, tuple[int, int]] = {
     "16:9": (1408, 768),
 }
 
+#: The default cap on a downloaded image: Imagen 4 1K PNGs are a few MB; the cap stops a host filling a disk.
+MAX_IMAGE_BYTES = 100 * 1024 * 1024
+
 #: Google limits Imagen 4 prompts to about 480 tokens; 2,000 characters stays clear of it for English.
 MAX_PROMPT_CHARS = 2000

@@ -10,6 +10,7 @@ from airflow_provider_imagen.constants import (
     ASPECT_RATIOS,
     DEFAULT_CONN_ID,
     IMAGEN_4,
+    MAX_IMAGE_BYTES,
     MAX_PROMPT_CHARS,
     PERSON_GENERATION,
 )
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
     from airflow_provider_imagen.models import GeneratedImage
-
-#: The default cap on a downloaded image (100 MiB); Imagen 4 1K PNGs are a few MB.
-DEFAULT_MAX_IMAGE_BYTES = 100 * 1024 * 1024
 
 
 def _default_deferrable() -> bool:
@@ -185,7 +183,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         model: str = IMAGEN_4,
         gateway_options: dict[str, Any] | None = None,
         output_path: str | ObjectStoragePath | None = None,
-        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
         deferrable: bool | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
@@ -324,7 +322,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         cloudflare_conn_id: str = DEFAULT_CONN_ID,
         model: str = IMAGEN_4,
         gateway_options: dict[str, Any] | None = None,
-        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
         timeout: float | None = None,
         max_retries: int | None = None,
         **kwargs: Any,

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
 from airflow_provider_imagen.errors import ImageDownloadError, InvalidInputError
 from airflow_provider_imagen.responses import sniff_image_type
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-#: Imagen 4 1K PNGs are a few MB; the cap stops a misbehaving host from filling a disk.
-DEFAULT_MAX_IMAGE_BYTES = 100 * 1024 * 1024
 DEFAULT_DOWNLOAD_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
 DOWNLOAD_ATTEMPTS = 3
@@ -98,7 +97,7 @@ def download_to_file(
     destination: Any,
     *,
     client: httpx.Client | None = None,
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_bytes: int = MAX_IMAGE_BYTES,
     timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
 ) -> str:
     """
@@ -162,7 +161,7 @@ def store_image(
     inputs: dict[str, Any],
     url: str | None = None,
     data: bytes | None = None,
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_bytes: int = MAX_IMAGE_BYTES,
     timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
     client: httpx.Client | None = None,
 ) -> ObjectStoragePath:

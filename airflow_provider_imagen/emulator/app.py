@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
 DEFAULT_TOKEN = "emulator-token"
+# The emulator states Cloudflare's schema itself rather than importing the provider's models, so that the
+# provider's validation is tested against an independent statement of it.
 IMAGEN_SIZES = {
     "1:1": (1024, 1024),
     "3:4": (896, 1280),
