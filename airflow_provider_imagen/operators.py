@@ -14,7 +14,12 @@ from airflow_provider_imagen.constants import (
     MAX_PROMPT_CHARS,
     PERSON_GENERATION,
 )
-from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.errors import (
+    CloudflareWorkersAIError,
+    InvalidInputError,
+    error_from_dict,
+    error_to_dict,
+)
 from airflow_provider_imagen.links import GeneratedImageLink
 
 if TYPE_CHECKING:
@@ -248,7 +253,6 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         """Resume after the trigger: the same XComs as the synchronous path, or the same typed error."""
-        from airflow_provider_imagen.errors import error_from_dict
         from airflow_provider_imagen.models import GeneratedImage
 
         if not isinstance(event, dict) or event.get("status") != "success":
@@ -348,8 +352,6 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
     def execute(self, context: Context) -> list[str | None]:
         import asyncio
 
-        from airflow_provider_imagen.errors import CloudflareWorkersAIError, error_to_dict
-
         self._check_output()
         prompts = list(self.prompts) if isinstance(self.prompts, (list, tuple)) else self.prompts
         hook = self.get_hook()
@@ -403,11 +405,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         self.log.info("Generated %d of %d images with %s", len(prompts) - len(failures), len(prompts), self.model)
         if failures and self.fail_on_error:
             lines = "\n".join(f"  [{f['index']}] {f['prompt']!r}: {f['reason']}" for f in failures)
-            raise _batch_error(len(failures), len(prompts), lines)
+            raise CloudflareWorkersAIError(
+                f"{len(failures)} of {len(prompts)} images failed (the others succeeded):\n{lines}"
+            )
         return returned
-
-
-def _batch_error(failed: int, total: int, lines: str) -> Exception:
-    from airflow_provider_imagen.errors import CloudflareWorkersAIError
-
-    return CloudflareWorkersAIError(f"{failed} of {total} images failed (the others succeeded):\n{lines}")

@@ -46,3 +46,17 @@ def register_dag(dag):
     bag.bag_dag(dag)
     sync_bag_to_db(bag, "dags-folder", None)
     return dag
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    """
+    Shorten the exponential backoff of hooks and triggers created without an explicit ``retry_backoff``
+    (operators and DAG runs), so drills take seconds. Retry-After is still honoured in full.
+    """
+    from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+    from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
+
+    for cls in (CloudflareWorkersAIHook, ImagenGenerateImageTrigger):
+        defaults = dict(cls.__init__.__kwdefaults__)
+        monkeypatch.setattr(cls.__init__, "__kwdefaults__", {**defaults, "retry_backoff": 0.01})

@@ -30,7 +30,6 @@ from airflow_provider_imagen.errors import (
 )
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator, ImagenGenerateImagesOperator
-from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 
 MAX_RETRIES = 2
 ATTEMPTS = MAX_RETRIES + 1
@@ -87,14 +86,8 @@ DOWNLOAD_ROWS = {
 
 
 @pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    """Keep exponential backoff tiny so the matrix runs in seconds; Retry-After is still honoured in full."""
-    defaults = dict(CloudflareWorkersAIHook.__init__.__kwdefaults__)
-    monkeypatch.setattr(CloudflareWorkersAIHook.__init__, "__kwdefaults__", {**defaults, "retry_backoff": 0.01})
-    trigger_defaults = dict(ImagenGenerateImageTrigger.__init__.__kwdefaults__)
-    monkeypatch.setattr(
-        ImagenGenerateImageTrigger.__init__, "__kwdefaults__", {**trigger_defaults, "retry_backoff": 0.01}
-    )
+def _fast_backoff(fast_backoff):
+    """Every row runs with the short backoff of conftest's ``fast_backoff``."""
 
 
 #: Extra operator arguments for a test (the download rows lower the size cap).
