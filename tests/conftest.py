@@ -33,6 +33,15 @@ def airflow_db() -> Path:
     return _HOME
 
 
+def task_deferred_class() -> type[Exception]:
+    """``TaskDeferred``: in ``airflow.sdk.exceptions`` from 3.2, only in ``airflow.exceptions`` on 3.1."""
+    try:
+        from airflow.sdk.exceptions import TaskDeferred
+    except ImportError:  # Airflow 3.1
+        from airflow.exceptions import TaskDeferred
+    return TaskDeferred
+
+
 def register_dag(dag):
     """Serialize a DAG defined inside a test so that ``dag.test()`` can run it (Airflow 3.1 and 3.3)."""
     try:

@@ -105,7 +105,9 @@ def test_deferrable_execute_defers_without_a_secret_and_resumes_with_the_same_xc
     import asyncio
     import json
 
-    from airflow.exceptions import TaskDeferred
+    from tests.conftest import task_deferred_class
+
+    TaskDeferred = task_deferred_class()
 
     from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 

@@ -123,7 +123,9 @@ def run_operator(output):
 
 
 def run_deferred_operator(output):
-    from airflow.exceptions import TaskDeferred
+    from tests.conftest import task_deferred_class
+
+    TaskDeferred = task_deferred_class()
 
     op = make_operator(
         ImagenGenerateImageOperator, prompt="a cat", aspect_ratio="16:9", output_path=output, deferrable=True

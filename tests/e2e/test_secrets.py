@@ -80,7 +80,9 @@ def test_the_token_appears_nowhere(canary_emulator, monkeypatch, capfd, caplog, 
     record(asyncio.run(async_path()))
 
     # The operator, deferred: the trigger's kwargs, its events, the resumed task's XComs.
-    from airflow.exceptions import TaskDeferred
+    from tests.conftest import task_deferred_class
+
+    TaskDeferred = task_deferred_class()
 
     with DAG(dag_id="canary", schedule=None, start_date=datetime(2025, 1, 1)):
         deferred_op = ImagenGenerateImageOperator(task_id="d", prompt="a cat", deferrable=True)
