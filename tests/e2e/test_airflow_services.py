@@ -1,0 +1,150 @@
+"""
+The example DAGs in a real Airflow: scheduler, dag-processor, triggerer and api-server as separate processes.
+
+Everything is driven and read back through Airflow's REST API, the way a user or an outside system meets it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import EXAMPLE_RUNS
+from tests.e2e.test_example_dags import SIZES, png_size
+
+if TYPE_CHECKING:
+    from airflow_provider_imagen.emulator.server import EmulatorServer
+    from tests.e2e.services import AirflowServices
+
+pytestmark = [pytest.mark.e2e, pytest.mark.services]
+
+ASPECT_RATIOS = {"imagen_quickstart": None, "imagen_deferrable_mapped": "16:9", "imagen_persist_asset": "1:1"}
+
+
+def task_instances(api: httpx.Client, dag_id: str, run_id: str) -> list[dict]:
+    response = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+    response.raise_for_status()
+    return sorted(response.json()["task_instances"], key=lambda ti: ti["map_index"])
+
+
+def xcom(api: httpx.Client, dag_id: str, run_id: str, task_id: str, key: str, map_index: int) -> object:
+    response = api.get(
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}", params={"map_index": map_index}
+    )
+    response.raise_for_status()
+    return response.json()["value"]
+
+
+def extra_links(api: httpx.Client, dag_id: str, run_id: str, task_id: str, map_index: int) -> dict[str, str]:
+    response = api.get(
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links", params={"map_index": map_index}
+    )
+    response.raise_for_status()
+    return dict(response.json()["extra_links"])
+
+
+def task_log(api: httpx.Client, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    response = api.get(
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
+        params={"map_index": map_index},
+        headers={"Accept": "application/json"},
+    )
+    response.raise_for_status()
+    return "\n".join(str(line.get("event", "")) for line in response.json()["content"])
+
+
+def test_example_dags_succeed_with_one_call_per_image(
+    example_runs: dict[str, str], airflow_services: AirflowServices, services_emulator: EmulatorServer
+):
+    with airflow_services.client() as api:
+        for dag_id, run_id in example_runs.items():
+            tis = task_instances(api, dag_id, run_id)
+            assert len(tis) == EXAMPLE_RUNS[dag_id], dag_id
+            assert {(ti["state"], ti["try_number"]) for ti in tis} == {("success", 1)}, dag_id
+    # Exactly one generation per image: nothing retried, nothing generated (and billed) twice.
+    assert services_emulator.client.stats()["api_requests"] == sum(EXAMPLE_RUNS.values())
+
+
+@pytest.mark.parametrize("dag_id", list(EXAMPLE_RUNS))
+def test_each_task_pushes_a_png_url_and_links_to_it(
+    dag_id: str, example_runs: dict[str, str], airflow_services: AirflowServices, services_emulator: EmulatorServer
+):
+    run_id = example_runs[dag_id]
+    with airflow_services.client() as api:
+        for ti in task_instances(api, dag_id, run_id):
+            task_id, map_index = ti["task_id"], ti["map_index"]
+            url = xcom(api, dag_id, run_id, task_id, "return_value", map_index)
+            assert isinstance(url, str) and url.startswith(f"{services_emulator.url}/images/"), url
+            image = httpx.get(url, timeout=30)
+            assert image.status_code == 200
+            assert png_size(image.content) == SIZES[ASPECT_RATIOS[dag_id]]
+            # The UI button: the same image, per map index.
+            assert extra_links(api, dag_id, run_id, task_id, map_index) == {"Generated image": url}
+
+
+def test_persisted_image_is_on_disk_and_the_asset_consumer_ran(
+    example_runs: dict[str, str], airflow_services: AirflowServices
+):
+    dag_id, run_id = "imagen_persist_asset", example_runs["imagen_persist_asset"]
+    with airflow_services.client() as api:
+        url = xcom(api, dag_id, run_id, "generate_and_store", "return_value", -1)
+        stored_uri = xcom(api, dag_id, run_id, "generate_and_store", "stored_uri", -1)
+        output_dir = Path(airflow_services.env["AIRFLOW_VAR_IMAGEN_OUTPUT_DIR"])
+        stored = Path(urlparse(str(stored_uri)).path)
+        assert stored.parent == output_dir, stored_uri
+        assert stored.read_bytes() == httpx.get(str(url), timeout=30).content
+        assert [p.name for p in output_dir.iterdir()] == [stored.name], "temp files left behind"
+
+        # The Asset event scheduled the consumer, which opened the stored image.
+        consumer_runs = api.get("/dags/imagen_persist_asset_consumer/dagRuns").json()["dag_runs"]
+        assert len(consumer_runs) == 1
+        consumer_run = airflow_services.wait_for_run(
+            "imagen_persist_asset_consumer", consumer_runs[0]["dag_run_id"], timeout=60
+        )
+        assert consumer_run["run_type"] == "asset_triggered"
+        checked = xcom(
+            api, "imagen_persist_asset_consumer", consumer_run["dag_run_id"], "check_images", "return_value", -1
+        )
+        assert checked == [{"stored_uri": stored_uri, "bytes": stored.stat().st_size, "png": True}]
+
+
+def test_deferrable_tasks_were_run_by_the_triggerer(example_runs: dict[str, str], airflow_services: AirflowServices):
+    dag_id, run_id = "imagen_deferrable_mapped", example_runs["imagen_deferrable_mapped"]
+    with airflow_services.client() as api:
+        for map_index in range(EXAMPLE_RUNS[dag_id]):
+            log = task_log(api, dag_id, run_id, "generate_image", map_index)
+            assert "Pausing task as DEFERRED" in log
+            # Written by the triggerer process into the task's log, then the task resumed.
+            assert "Trigger fired event" in log
+            assert "Generated a 16:9 image" in log
+
+
+def test_connection_test_endpoint(airflow_services: AirflowServices, services_emulator: EmulatorServer):
+    """``POST /connections/test``: what the UI's Test button calls, with the credentials in the body."""
+    body = {
+        "connection_id": "cloudflare_rest_test",
+        "conn_type": "cloudflare_workers_ai",
+        "host": services_emulator.api_base,
+        "password": services_emulator.config.token,
+        "extra": '{"account_id": "emulator-account"}',
+    }
+    with airflow_services.client() as api:
+        works = api.post("/connections/test", json=body).json()
+        assert works == {"status": True, "message": works["message"]}
+        assert "active" in works["message"]
+
+        # A stored connection, tested by id alone: the stored host and token are used (the README's
+        # workaround for the 3.3.2 Test button).
+        api.post("/connections", json=body).raise_for_status()
+        stored = api.post("/connections/test", json={k: body[k] for k in ("connection_id", "conn_type")}).json()
+        assert stored == works
+        api.delete(f"/connections/{body['connection_id']}").raise_for_status()
+
+        wrong = api.post("/connections/test", json={**body, "password": "not-the-token"}).json()
+        assert wrong["status"] is False
+        assert "HTTP 403, code 10000" in wrong["message"] and "Authentication error" in wrong["message"], wrong
+        assert "not-the-token" not in wrong["message"]
