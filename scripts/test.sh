@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 EXTRAS=bench scripts/bootstrap.sh .venv 3.3.2  # bench: the peers the benchmark smoke test compares
 scripts/bootstrap.sh .venv-airflow31 3.1.8
+scripts/install-browser.sh  # Debian's Chromium, for the web UI test
 
 echo "== ruff" >&2
 .venv/bin/ruff check .
