@@ -35,6 +35,7 @@ from airflow_provider_imagen.models import (
     RunResult,
 )
 from airflow_provider_imagen.responses import decode_image_field, parse_response, sniff_image_type
+from airflow_provider_imagen.transport import SpreadTransport, environment_proxy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -176,11 +177,12 @@ class _SharedAsyncClients:
     def __len__(self) -> int:
         return len(self._clients)
 
+    def connection_pools(self) -> int:
+        """How many connection pools the shared clients hold in all (see :class:`SpreadTransport`)."""
+        transports = (client._transport for _, client in self._clients.values())
+        return sum(t.pools for t in transports if isinstance(t, SpreadTransport))
 
-#: Up to 1,000 requests in flight (hundreds of deferred generations at once over HTTP/1.1), but few idle
-#: connections kept: httpcore scans its idle connections on every request, and keeping 200 instead of 20
-#: made a 1,000-image batch at concurrency 50 2.3x slower (benchmarks/run.py: 9.99 s vs 4.33 s).
-SHARED_POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=20)
+
 shared_async_clients = _SharedAsyncClients()
 
 
@@ -324,10 +326,18 @@ class CloudflareWorkersAIHook(BaseHook):
         if self._async_client is None:
             settings = await self.aget_settings()
             kwargs = self._client_kwargs(settings)
+
+            def make() -> httpx.AsyncClient:
+                # Many small pools instead of one big one: see transport.py for why and by how much.
+                transport = SpreadTransport(proxy=environment_proxy(settings.base_url))
+                return httpx.AsyncClient(transport=transport, **kwargs)
+
             if self.share_async_client:
                 key = (settings.base_url, settings.api_token, self.timeout or settings.timeout)
-                return shared_async_clients.get(key, lambda: httpx.AsyncClient(limits=SHARED_POOL_LIMITS, **kwargs))
-            self._async_client = httpx.AsyncClient(limits=SHARED_POOL_LIMITS, **kwargs)
+                return shared_async_clients.get(key, make)
+            # Concurrent first calls all awaited the settings above: only the first one makes the client.
+            if self._async_client is None:
+                self._async_client = make()
         return self._async_client
 
     def close(self) -> None:

@@ -379,3 +379,18 @@ def test_test_connection_reports_in_plain_words(hook, response, ok, text):
     assert result is ok
     assert text in message
     assert TOKEN not in message
+
+
+def test_concurrent_first_calls_make_one_async_client(imagen_emulator):
+    """A batch's first 50 calls all ask for the client at once: one client, not 50 leaked ones."""
+    import asyncio
+
+    async def main() -> set[int]:
+        hook = CloudflareWorkersAIHook()
+        try:
+            clients = await asyncio.gather(*(hook.aget_conn() for _ in range(50)))
+        finally:
+            await hook.aclose()
+        return {id(client) for client in clients}
+
+    assert len(asyncio.run(main())) == 1
