@@ -23,6 +23,7 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     assert results["throughput"]["ours_s"] > 0 and results["throughput"]["bare_httpx_s"] > 0
     assert results["cpu"]["ratio"] > 0
     assert results["imports"]["ours: operators"] is not None
-    assert results["triggerer"]["pools"] == 1
+    triggerer = results["triggerer"]
+    assert triggerer["clients"] == 1 and 1 <= triggerer["pools"] <= -(-triggerer["n"] // 10)
     assert results["memory"]["ours_peak_rss_delta_mb"] is not None
     assert "| 1. batch of" in completed.stdout
