@@ -27,11 +27,12 @@ MAX_POOLS = 100
 
 
 def environment_proxy(url: str) -> str | None:
-    """The proxy the environment (``HTTPS_PROXY``, ``NO_PROXY``, ...) sets for ``url``, if any."""
+    """The proxy the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ...) sets for ``url``, if any."""
     parsed = httpx.URL(url)
     if urllib.request.proxy_bypass(parsed.host):
         return None
-    return urllib.request.getproxies().get(parsed.scheme)
+    proxies = urllib.request.getproxies()
+    return proxies.get(parsed.scheme) or proxies.get("all")  # httpx's own client honours ALL_PROXY too
 
 
 @functools.cache

@@ -63,6 +63,8 @@ def test_environment_proxy_follows_https_proxy_and_no_proxy(monkeypatch):
     for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     assert environment_proxy("https://api.cloudflare.com/client/v4") is None
+    monkeypatch.setenv("ALL_PROXY", "http://all.internal:3128")
+    assert environment_proxy("https://api.cloudflare.com/client/v4") == "http://all.internal:3128"
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     assert environment_proxy("https://api.cloudflare.com/client/v4") == "http://proxy.internal:3128"
     monkeypatch.setenv("NO_PROXY", "api.cloudflare.com")
