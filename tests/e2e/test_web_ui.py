@@ -208,7 +208,7 @@ def test_generated_image_link_on_a_finished_run(
     with airflow_services.client() as api:
         url = xcom(api, dag_id, run_id, "generate_image", "return_value", map_index)
 
-    # Dags > the DAG > its run > the task (instance) > Details.
+    # Through the menu to the DAG, then straight to its run and the task instance's Details tab.
     page.get_by_role("link", name="Dags").first.click()
     page.get_by_role("link", name=dag_id, exact=True).click()
     page.goto(f"{airflow_services.base_url}/dags/{dag_id}/runs/{quote(run_id, safe='')}")
