@@ -78,6 +78,19 @@ def test_connection_extras_and_host(monkeypatch):
     assert (settings.gateway_id, settings.timeout, settings.max_retries) == ("gw-1", 30.0, 5)
 
 
+@respx.mock
+def test_requests_go_under_the_connections_host_and_path(monkeypatch):
+    set_connection(monkeypatch, host="http://127.0.0.1:8787/client/v4/")
+    imagen = respx.post(f"http://127.0.0.1:8787/client/v4/accounts/{ACCOUNT}/ai/run").respond(json=COMPLETED)
+    flux = respx.post(f"http://127.0.0.1:8787/client/v4/accounts/{ACCOUNT}/ai/run/@cf/black-forest-labs/flux-1-schnell")
+    flux.respond(json={"success": True, "result": {"image": base64.b64encode(JPEG).decode()}})
+    with CloudflareWorkersAIHook() as hook:
+        for _ in range(2):  # the second call of each model reuses its URL
+            assert hook.generate_image("a cat").url == IMAGE_URL
+            assert hook.generate_image("a fox", model="@cf/black-forest-labs/flux-1-schnell").data == JPEG
+    assert (imagen.call_count, flux.call_count) == (2, 2)
+
+
 def test_host_without_scheme_and_with_a_separate_port(monkeypatch):
     set_connection(monkeypatch, host="proxy.internal", port=8443)
     assert CloudflareWorkersAIHook().settings.base_url == "https://proxy.internal:8443"
