@@ -38,7 +38,7 @@ from airflow_provider_imagen.responses import decode_image_field, parse_response
 from airflow_provider_imagen.transport import SpreadTransport, environment_proxy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Coroutine, Mapping
 
     from airflow.sdk import Connection
 
@@ -46,6 +46,9 @@ DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_TIMEOUT = 180.0
 DEFAULT_MAX_RETRIES = 3
 MAX_MAX_RETRIES = 10
+#: Seconds the triggers of one event loop reuse a connection one of them read. A changed connection
+#: (a rotated token, say) reaches new triggers within this time.
+SHARED_SETTINGS_SECONDS = 10.0
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MODEL_ID = re.compile(r"\S+")  # no spaces: it goes into a URL or a JSON field as it is
@@ -165,31 +168,66 @@ def _base_url(conn: Connection, fail: Any) -> str:
 
 class _SharedAsyncClients:
     """
-    One ``httpx.AsyncClient`` per event loop and connection, shared by every hook that asks for it.
+    One ``httpx.AsyncClient`` per event loop and connection, shared by every hook that asks for it, and the
+    connection's settings read once per :data:`SHARED_SETTINGS_SECONDS` in that loop.
 
-    The triggerer runs hundreds of triggers in one event loop: sharing one pool keeps the number of
-    sockets and TLS sessions bounded instead of one pool per trigger.
+    The triggerer runs hundreds of triggers in one event loop: sharing one client keeps the number of
+    sockets and TLS sessions bounded instead of one pool per trigger, and sharing the read spares the
+    triggerer one connection lookup (a round trip to its supervisor) per trigger.
     """
 
     def __init__(self) -> None:
         self._clients: dict[tuple[int, tuple[Any, ...]], tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+        self._settings: dict[
+            tuple[int, str], tuple[asyncio.AbstractEventLoop, float, asyncio.Task[ConnectionSettings]]
+        ] = {}
+
+    def _forget_closed_loops(self) -> None:
+        # Their ids may be reused by a new loop, and their clients can no longer be used.
+        for stale in [k for k, (owner, _) in self._clients.items() if owner.is_closed()]:
+            del self._clients[stale]
+        for stale_key in [k for k, (owner, _, _) in self._settings.items() if owner.is_closed()]:
+            del self._settings[stale_key]
 
     def get(self, key: tuple[Any, ...], make: Callable[[], httpx.AsyncClient]) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
-        # Forget clients of loops that are gone (their ids may be reused by a new loop).
-        for stale in [k for k, (owner, _) in self._clients.items() if owner.is_closed()]:
-            del self._clients[stale]
+        self._forget_closed_loops()
         entry = self._clients.get((id(loop), key))
         if entry is None or entry[0] is not loop or entry[1].is_closed:
             entry = (loop, make())
             self._clients[(id(loop), key)] = entry
         return entry[1]
 
+    async def settings(
+        self, conn_id: str, read: Callable[[], Coroutine[Any, Any, ConnectionSettings]]
+    ) -> ConnectionSettings:
+        """
+        ``conn_id``'s settings: read by ``read()`` at most once per :data:`SHARED_SETTINGS_SECONDS` in this
+        loop. Callers that ask while a read is under way wait for it instead of starting their own.
+        A failed read is not kept, so the next caller reads again.
+        """
+        loop = asyncio.get_running_loop()
+        self._forget_closed_loops()
+        key = (id(loop), conn_id)
+        entry = self._settings.get(key)
+        if entry is None or entry[0] is not loop or loop.time() >= entry[1]:
+            entry = (loop, loop.time() + SHARED_SETTINGS_SECONDS, loop.create_task(read()))
+            self._settings[key] = entry
+        try:
+            # Shielded: one caller being cancelled must not cancel the read the others wait for.
+            return await asyncio.shield(entry[2])
+        except Exception:
+            if self._settings.get(key) is entry:
+                del self._settings[key]
+            raise
+
     async def aclose(self) -> None:
         """Close the shared clients of the running event loop (e.g. when a triggerer or a test winds down)."""
         loop = asyncio.get_running_loop()
-        for key in [k for k, (owner, _) in self._clients.items() if owner is loop]:
-            await self._clients.pop(key)[1].aclose()
+        for key in [k for k, (owner, _, _) in self._settings.items() if owner is loop]:
+            del self._settings[key]
+        for client_key in [k for k, (owner, _) in self._clients.items() if owner is loop]:
+            await self._clients.pop(client_key)[1].aclose()
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -221,7 +259,8 @@ class CloudflareWorkersAIHook(BaseHook):
     :param max_retry_wait: the longest single wait between attempts. A ``Retry-After`` longer than this
         ends the retries instead of blocking the task for that long.
     :param share_async_client: use one ``AsyncClient`` per event loop and connection, shared with other
-        hooks (what triggers do); :meth:`aclose` then leaves it open for the others.
+        hooks (what triggers do), and the connection as read by any of them in the last
+        :data:`SHARED_SETTINGS_SECONDS`; :meth:`aclose` then leaves the client open for the others.
     """
 
     conn_name_attr = "cloudflare_conn_id"
@@ -310,9 +349,14 @@ class CloudflareWorkersAIHook(BaseHook):
     async def aget_settings(self) -> ConnectionSettings:
         """The validated connection, read once without blocking the event loop."""
         if self._settings is None:
-            conn = await self.aget_connection(self.cloudflare_conn_id)
-            self._settings = self._read_settings(conn)
+            if self.share_async_client:
+                self._settings = await shared_async_clients.settings(self.cloudflare_conn_id, self._aread_settings)
+            else:
+                self._settings = await self._aread_settings()
         return self._settings
+
+    async def _aread_settings(self) -> ConnectionSettings:
+        return self._read_settings(await self.aget_connection(self.cloudflare_conn_id))
 
     def _read_settings(self, conn: Connection) -> ConnectionSettings:
         settings = ConnectionSettings.from_connection(conn)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 
+from airflow_provider_imagen import hooks
 from airflow_provider_imagen.errors import CloudflareRateLimitError, error_from_dict
-from airflow_provider_imagen.hooks import shared_async_clients
+from airflow_provider_imagen.hooks import CloudflareWorkersAIHook, shared_async_clients
 from airflow_provider_imagen.transport import CONNECTIONS_PER_POOL
 from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 
@@ -101,3 +103,99 @@ def test_hundreds_of_triggers_share_one_client_with_bounded_pools(imagen_emulato
     # One client for the loop; its small pools grow with the calls in flight (10 each), not per trigger.
     assert clients == 1
     assert 1 <= pools <= 200 // CONNECTIONS_PER_POOL
+
+
+def count_connection_reads(monkeypatch, delay: float = 0.0) -> list[str]:
+    """Record every connection lookup the hooks make (optionally slowed down, as a busy supervisor is)."""
+    reads: list[str] = []
+    original = CloudflareWorkersAIHook.aget_connection
+
+    async def aget_connection(conn_id):
+        reads.append(conn_id)
+        await asyncio.sleep(delay)
+        return await original(conn_id)
+
+    monkeypatch.setattr(CloudflareWorkersAIHook, "aget_connection", staticmethod(aget_connection))
+    return reads
+
+
+def test_triggers_started_together_read_the_connection_once(monkeypatch, imagen_emulator):
+    reads = count_connection_reads(monkeypatch, delay=0.05)
+
+    async def many():
+        try:
+            return await asyncio.gather(*(events(trigger(prompt=f"prompt {i}")) for i in range(100)))
+        finally:
+            await shared_async_clients.aclose()
+
+    results = asyncio.run(many())
+    assert all(payload["status"] == "success" for (payload,) in results)
+    assert reads == ["cloudflare_workers_ai_default"]
+    assert imagen_emulator.api_requests == 100
+
+
+def test_a_changed_connection_reaches_triggers_once_the_shared_read_expires(monkeypatch, imagen_emulator):
+    reads = count_connection_reads(monkeypatch)
+    monkeypatch.setattr(hooks, "SHARED_SETTINGS_SECONDS", 0.2)
+
+    async def three_in_a_row():
+        try:
+            first = await events(trigger())
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT",
+                json.dumps(
+                    {
+                        "conn_type": "cloudflare_workers_ai",
+                        "host": imagen_emulator.api_base,
+                        "password": "rotated",
+                        "extra": {"account_id": "emulator-account"},
+                    }
+                ),
+            )
+            within = await events(trigger())
+            await asyncio.sleep(0.25)
+            after = await events(trigger())
+            return first, within, after
+        finally:
+            await shared_async_clients.aclose()
+
+    (first,), (within,), (after,) = asyncio.run(three_in_a_row())
+    assert (first["status"], within["status"]) == ("success", "success")  # the shared read, still fresh
+    assert after["status"] == "error" and after["error"]["status_code"] == 403  # the new (wrong) token
+    assert len(reads) == 2
+
+
+def test_a_failed_connection_read_is_not_kept(monkeypatch, imagen_emulator):
+    good = os.environ["AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT"]
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", json.dumps({"conn_type": "cloudflare_workers_ai"}))
+
+    async def broken_then_fixed():
+        try:
+            broken = await asyncio.gather(*(events(trigger()) for _ in range(3)))
+            monkeypatch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", good)
+            return broken, await events(trigger())
+        finally:
+            await shared_async_clients.aclose()
+
+    broken, (fixed,) = asyncio.run(broken_then_fixed())
+    assert all(payload["error"]["type"] == "ConnectionConfigError" for (payload,) in broken)
+    assert fixed["status"] == "success"
+
+
+def test_a_cancelled_trigger_does_not_cancel_the_read_others_wait_for(monkeypatch, imagen_emulator):
+    reads = count_connection_reads(monkeypatch, delay=0.2)
+
+    async def cancel_the_first():
+        try:
+            first = asyncio.ensure_future(events(trigger()))
+            await asyncio.sleep(0.05)  # the first trigger's read is under way
+            second = asyncio.ensure_future(events(trigger()))
+            await asyncio.sleep(0.05)
+            first.cancel()
+            return await second
+        finally:
+            await shared_async_clients.aclose()
+
+    (payload,) = asyncio.run(cancel_the_first())
+    assert payload["status"] == "success"
+    assert len(reads) == 1
