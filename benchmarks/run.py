@@ -2,7 +2,9 @@
 Side-by-side benchmarks against the emulator on 127.0.0.1, each figure a median over repeated runs and a
 ratio against a baseline measured in the same run.
 
-    ./scripts/bench.sh                 # full sizes (about 3 minutes on 2 cores)
+    ./scripts/bench.sh                           # full sizes (about 3 minutes on 2 cores)
+    ./scripts/bench.sh --only triggerer --repeat 5
+    ./scripts/bench.sh --only throughput --profile     # where the time goes (pyinstrument)
     .venv/bin/python benchmarks/run.py --quick --repeat 1   # tiny sizes: what the smoke test runs
 
 Writes benchmarks/results/latest.json (or --json PATH) and prints a Markdown table.
@@ -82,12 +84,65 @@ def median_of(repeat: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(repeat))
 
 
-# --- 0. The emulator's own rate -----------------------------------------------------------------------
+def side_by_side(repeat: int, contestants: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """
+    The median of each contestant, measured in turns (one run of each per round), so that whatever else the
+    shared machine does at the time, and the garbage earlier runs left behind, weighs on all of them alike.
+    A first round, not counted, pays for imports and first-time setup.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in contestants}
+    for measure in contestants.values():
+        measure()
+    for _ in range(repeat):
+        for name, measure in contestants.items():
+            samples[name].append(measure())
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
-async def _bare_batch(api_base: str, n: int, concurrency: int, tag: str) -> None:
+# --- The floor: HTTP/1.1 written by hand over asyncio streams, no HTTP library ------------------------------
+
+
+def _raw_request(prompt: str) -> bytes:
+    body = json.dumps({"model": "google/imagen-4", "input": {"prompt": prompt, **BODY_INPUT}}).encode()
+    head = (
+        f"POST /client/v4/accounts/{ACCOUNT}/ai/run HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _raw_batch(port: int, n: int, connections: int, tag: str) -> None:
+    """
+    ``n`` requests over ``connections`` keep-alive connections, each sending its share one after another:
+    what Python can do with no HTTP library, so the physical floor of a figure on this machine.
+    """
+
+    async def worker(first: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in range(first, n, connections):
+                writer.write(_raw_request(f"{tag} {i}"))
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                assert json.loads(await reader.readexactly(length))["result"]["image"]
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(first) for first in range(connections)))
+
+
+async def _bare_batch(api_base: str, n: int, concurrency: int, tag: str, spread: bool = False) -> None:
+    """A bare ``httpx.AsyncClient`` and a semaphore: one pool of ``concurrency``, or ``SpreadTransport``'s pools."""
+    from airflow_provider_imagen.transport import SpreadTransport
+
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+    pool: dict[str, Any] = {"transport": SpreadTransport()} if spread else {"limits": limits}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60, **pool) as client:
         gate = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
@@ -100,16 +155,22 @@ async def _bare_batch(api_base: str, n: int, concurrency: int, tag: str) -> None
         await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def emulator_rate(n: int, repeat: int) -> dict[str, Any]:
+def _timed(run: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+# --- 0. The emulator's own rate -----------------------------------------------------------------------
+
+
+def emulator_rate(n: int, burst: int, repeat: int) -> dict[str, Any]:
+    """Requests per second the emulator answers at latency 0, asked by the hand-written client (the cheapest)."""
     with Emulator(0.0) as emulator:
-        asyncio.run(_bare_batch(emulator.api_base, 100, 50, "warm"))
-
-        def measure() -> float:
-            started = time.perf_counter()
-            asyncio.run(_bare_batch(emulator.api_base, n, 50, "rate"))
-            return n / (time.perf_counter() - started)
-
-        return {"requests": n, "median_rps": median_of(repeat, measure)}
+        asyncio.run(_raw_batch(emulator.port, 200, 50, "warm"))
+        kept = median_of(repeat, lambda: _timed(lambda: asyncio.run(_raw_batch(emulator.port, n, 50, "rate"))))
+        new = median_of(repeat, lambda: _timed(lambda: asyncio.run(_raw_batch(emulator.port, burst, burst, "rate"))))
+    return {"requests": n, "median_rps": n / kept, "burst": burst, "burst_rps": burst / new}
 
 
 # --- 1. Batch throughput --------------------------------------------------------------------------------
@@ -123,30 +184,35 @@ def throughput(n: int, concurrency: int, latency: float, repeat: int) -> dict[st
     with Emulator(latency) as emulator:
         prompts = [f"throughput {i}" for i in range(n)]
 
-        def ours() -> float:
-            started = time.perf_counter()
+        def ours() -> None:
             images = CloudflareWorkersAIHook().generate_images(prompts, "1:1", max_concurrency=concurrency)
-            elapsed = time.perf_counter() - started
             assert all(getattr(i, "url", None) for i in images)
-            return elapsed
 
-        def bare() -> float:
-            started = time.perf_counter()
-            asyncio.run(_bare_batch(emulator.api_base, n, concurrency, "bare"))
-            return time.perf_counter() - started
+        def bare(spread: bool) -> None:
+            asyncio.run(_bare_batch(emulator.api_base, n, concurrency, "bare", spread))
 
-        results["bare_httpx_s"] = median_of(repeat, bare)
-        results["ours_s"] = median_of(repeat, ours)
-        results["cloudflare_sdk_s"] = _cloudflare_sdk(emulator, n, concurrency, repeat)
+        contestants = {
+            "ours_s": lambda: _timed(ours),
+            "raw_floor_s": lambda: _timed(lambda: asyncio.run(_raw_batch(emulator.port, n, concurrency, "raw"))),
+            "bare_httpx_s": lambda: _timed(lambda: bare(spread=False)),
+            "bare_httpx_spread_s": lambda: _timed(lambda: bare(spread=True)),
+        }
+        sdk = _cloudflare_sdk(emulator, n, concurrency)
+        if sdk is not None:
+            contestants["cloudflare_sdk_s"] = sdk
+        results["cloudflare_sdk_s"] = None
+        results.update(side_by_side(repeat, contestants))
         small = max(5, n // 20)
-        results["http_hook_sequential_s"] = _http_hook(small, repeat) * n / small
+        results["http_hook_sequential_s"] = median_of(repeat, lambda: _timed(lambda: _http_hook(small))) * n / small
         results["http_hook_measured_n"] = small
     results["ours_vs_ideal"] = results["ours_s"] / ideal
     results["ours_vs_bare"] = results["ours_s"] / results["bare_httpx_s"]
+    results["ours_vs_bare_spread"] = results["ours_s"] / results["bare_httpx_spread_s"]
     return results
 
 
-def _cloudflare_sdk(emulator: Emulator, n: int, concurrency: int, repeat: int) -> float | None:
+def _cloudflare_sdk(emulator: Emulator, n: int, concurrency: int) -> Callable[[], float] | None:
+    """How long the official SDK's async client takes for the batch, or ``None`` without the SDK."""
     try:
         from cloudflare import AsyncCloudflare
     except ImportError:
@@ -165,31 +231,20 @@ def _cloudflare_sdk(emulator: Emulator, n: int, concurrency: int, repeat: int) -
         finally:
             await client.close()
 
-    def measure() -> float:
-        started = time.perf_counter()
-        asyncio.run(run())
-        return time.perf_counter() - started
-
-    return median_of(repeat, measure)
+    return lambda: _timed(lambda: asyncio.run(run()))
 
 
-def _http_hook(n: int, repeat: int) -> float:
+def _http_hook(n: int) -> None:
+    """``n`` calls, one after another, through Airflow's ``HttpHook`` (what a hand-written task would use)."""
     from airflow.providers.http.hooks.http import HttpHook
 
-    def measure() -> float:
-        hook = HttpHook(method="POST", http_conn_id="bench_http")
-        started = time.perf_counter()
-        for i in range(n):
-            body = {"model": "google/imagen-4", "input": {"prompt": f"httphook {i}", **BODY_INPUT}}
-            response = hook.run(
-                f"/client/v4/accounts/{ACCOUNT}/ai/run",
-                json=body,
-                headers={"Authorization": f"Bearer {TOKEN}"},
-            )
-            assert response.json()["result"]["image"]
-        return time.perf_counter() - started
-
-    return median_of(repeat, measure)
+    hook = HttpHook(method="POST", http_conn_id="bench_http")
+    for i in range(n):
+        body = {"model": "google/imagen-4", "input": {"prompt": f"httphook {i}", **BODY_INPUT}}
+        response = hook.run(
+            f"/client/v4/accounts/{ACCOUNT}/ai/run", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert response.json()["result"]["image"]
 
 
 # --- 2. Client CPU per call --------------------------------------------------------------------------------
@@ -218,8 +273,9 @@ def cpu_per_call(n: int, repeat: int) -> dict[str, Any]:
                 assert response.json()["result"]["image"]
             return (time.process_time() - started) / n
 
-        ours(), bare()  # warm-up: connections, imports, caches
-        result = {"n": n, "ours_ms": median_of(repeat, ours) * 1000, "bare_httpx_ms": median_of(repeat, bare) * 1000}
+        # Each run is short (a quarter of a second) and CPU time is noisy on a shared machine: more rounds.
+        medians = side_by_side(3 * repeat, {"ours": ours, "bare": bare})
+        result = {"n": n, "ours_ms": medians["ours"] * 1000, "bare_httpx_ms": medians["bare"] * 1000}
         hook.close()
         client.close()
     result["ratio"] = result["ours_ms"] / result["bare_httpx_ms"]
@@ -260,31 +316,51 @@ def triggerer_load(n: int, latency: float, repeat: int) -> dict[str, Any]:
     from airflow_provider_imagen.hooks import shared_async_clients
     from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 
-    async def run_all() -> tuple[float, int, int]:
+    seen: dict[str, int] = {}
+
+    async def run_all() -> None:
         triggers = [ImagenGenerateImageTrigger(prompt=f"trigger {i}", aspect_ratio="1:1") for i in range(n)]
 
         async def one(trigger: ImagenGenerateImageTrigger) -> None:
             async for event in trigger.run():
                 assert event.payload["status"] == "success", event.payload
 
-        started = time.perf_counter()
         await asyncio.gather(*(one(t) for t in triggers))
-        elapsed = time.perf_counter() - started
-        clients, pools = len(shared_async_clients), shared_async_clients.connection_pools()
+        seen["clients"], seen["pools"] = len(shared_async_clients), shared_async_clients.connection_pools()
         await shared_async_clients.aclose()
-        return elapsed, clients, pools
 
-    with Emulator(latency):
-        runs = [asyncio.run(run_all()) for _ in range(repeat)]
-    elapsed = statistics.median(r[0] for r in runs)
-    return {
-        "n": n,
-        "latency": latency,
-        "wall_s": elapsed,
-        "ratio_to_latency": elapsed / latency,
-        "clients": runs[0][1],
-        "pools": runs[0][2],
-    }
+    results: dict[str, Any] = {"n": n, "latency": latency}
+    with Emulator(latency) as emulator:
+        # The same n requests at once without triggers or hooks: the hand-written client (one new connection
+        # each), and bare httpx over SpreadTransport's pools and over one pool as wide as n. The client's CPU
+        # time is noted too: in one event loop, it is what the latency cannot hide.
+        cpu: dict[str, list[float]] = {"ours": [], "raw": [], "bare_spread": []}
+
+        def noting_cpu(name: str, run: Callable[[], object]) -> float:
+            started = time.process_time()
+            elapsed = _timed(run)
+            cpu[name].append(time.process_time() - started)
+            return elapsed
+
+        medians = side_by_side(
+            repeat,
+            {
+                "wall_s": lambda: noting_cpu("ours", lambda: asyncio.run(run_all())),
+                "raw_floor_s": lambda: noting_cpu("raw", lambda: asyncio.run(_raw_batch(emulator.port, n, n, "raw"))),
+                "bare_httpx_spread_s": lambda: noting_cpu(
+                    "bare_spread", lambda: asyncio.run(_bare_batch(emulator.api_base, n, n, "bare", spread=True))
+                ),
+                "bare_httpx_s": lambda: _timed(lambda: asyncio.run(_bare_batch(emulator.api_base, n, n, "bare"))),
+            },
+        )
+    results.update(medians)
+    results.update(seen)
+    # The first sample of each is side_by_side's warm-up round.
+    results.update({f"{name}_cpu_s": statistics.median(samples[1:]) for name, samples in cpu.items()})
+    results["ratio_to_latency"] = results["wall_s"] / latency
+    results["floor_ratio_to_latency"] = results["raw_floor_s"] / latency
+    results["ours_vs_bare_spread"] = results["wall_s"] / results["bare_httpx_spread_s"]
+    return results
 
 
 # --- 5. Memory while persisting a large image ------------------------------------------------------------
@@ -346,58 +422,121 @@ def fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
 
 
 def table(r: dict[str, Any]) -> str:
-    t, c, i, g, m = r["throughput"], r["cpu"], r["imports"], r["triggerer"], r["memory"]
-    rows = [
-        "| benchmark | ours | baseline | ratio | target |",
-        "|---|---|---|---|---|",
-        f"| emulator's own rate (latency 0, concurrency 50) | {fmt(r['emulator']['median_rps'], ' req/s', 0)} | | | not the limit |",
-        f"| 1. batch of {t['n']}, latency {t['latency']} s, concurrency {t['concurrency']} | {fmt(t['ours_s'], ' s')} "
-        f"| ideal {fmt(t['ideal_s'], ' s')} | {fmt(t['ours_vs_ideal'], 'x')} | <= 1.10x |",
-        f"| | | bare httpx + semaphore {fmt(t['bare_httpx_s'], ' s')} | {fmt(t['ours_vs_bare'], 'x')} | <= 1.05x |",
-        f"| | | cloudflare SDK async {fmt(t['cloudflare_sdk_s'], ' s')} "
-        f"| {fmt(t['ours_s'] / t['cloudflare_sdk_s'] if t['cloudflare_sdk_s'] else None, 'x')} | |",
-        f"| | | HttpHook sequential {fmt(t['http_hook_sequential_s'], ' s', 1)} (from n={t['http_hook_measured_n']}) "
-        f"| {fmt(t['ours_s'] / t['http_hook_sequential_s'], 'x', 3)} | |",
-        f"| 2. client CPU per call (latency 0) | {fmt(c['ours_ms'], ' ms')} | bare httpx {fmt(c['bare_httpx_ms'], ' ms')} "
-        f"| {fmt(c['ratio'], 'x')} | <= 1.2x |",
-        f"| 3. import above airflow.sdk: operators | {fmt(i['ours: operators'], ' ms', 1)} "
-        f"| http {fmt(i['http provider operators'], ' ms', 1)}, openai {fmt(i['openai provider operators'], ' ms', 1)} "
-        f"| | < 30 ms, below both |",
-        f"| 3. import above airflow.sdk: hooks | {fmt(i['ours: hooks'], ' ms', 1)} | | | |",
-        f"| 4. {g['n']} triggers, latency {g['latency']} s | {fmt(g['wall_s'], ' s')}, {g['clients']} client, {g['pools']} pools of <= 10 "
-        f"| latency {g['latency']} s | {fmt(g['ratio_to_latency'], 'x')} | <= 1.3x, pools bounded |",
-        f"| 5. peak RSS persisting a {m['image_mb']:.0f} MB image | {fmt(m['ours_peak_rss_delta_mb'], ' MB', 1)} "
-        f"| naive .content {fmt(m['naive_peak_rss_delta_mb'], ' MB', 1)} | | <= 16 MB |",
-    ]
+    """The Markdown table of whichever benchmarks ``r`` holds."""
+
+    def ratio(ours: float, baseline: float | None, digits: int = 2) -> str:
+        return fmt(ours / baseline if baseline else None, "x", digits)
+
+    rows = ["| benchmark | ours | baseline | ratio | target |", "|---|---|---|---|---|"]
+    if "emulator" in r:
+        e = r["emulator"]
+        rows += [
+            f"| 0. emulator's own rate, latency 0, hand-written client | {fmt(e['median_rps'], ' req/s', 0)} over 50 "
+            f"keep-alive connections; {fmt(e['burst_rps'], ' req/s', 0)} for {e['burst']} new connections at once "
+            f"| | | not the limit |",
+        ]
+    if "throughput" in r:
+        t = r["throughput"]
+        rows += [
+            f"| 1. batch of {t['n']}, latency {t['latency']} s, concurrency {t['concurrency']} | {fmt(t['ours_s'], ' s')} "
+            f"| ideal {fmt(t['ideal_s'], ' s')} | {fmt(t['ours_vs_ideal'], 'x')} | <= 1.10x |",
+            f"| | | floor, no HTTP library (hand-written HTTP/1.1 on asyncio): {fmt(t['raw_floor_s'], ' s')} "
+            f"= {ratio(t['raw_floor_s'], t['ideal_s'])} ideal | {ratio(t['ours_s'], t['raw_floor_s'])} | |",
+            f"| | | bare httpx + semaphore, one {t['concurrency']}/{t['concurrency']} pool "
+            f"{fmt(t['bare_httpx_s'], ' s')} | {fmt(t['ours_vs_bare'], 'x')} | <= 1.05x |",
+            f"| | | bare httpx + semaphore over `SpreadTransport`'s pools {fmt(t['bare_httpx_spread_s'], ' s')} "
+            f"| {fmt(t['ours_vs_bare_spread'], 'x')} | <= 1.05x |",
+            f"| | | cloudflare SDK async {fmt(t['cloudflare_sdk_s'], ' s')} | {ratio(t['ours_s'], t['cloudflare_sdk_s'])} | |",
+            f"| | | HttpHook sequential {fmt(t['http_hook_sequential_s'], ' s', 1)} (from n={t['http_hook_measured_n']}) "
+            f"| {ratio(t['ours_s'], t['http_hook_sequential_s'], 3)} | |",
+        ]
+    if "cpu" in r:
+        c = r["cpu"]
+        rows += [
+            f"| 2. client CPU per call (latency 0) | {fmt(c['ours_ms'], ' ms', 3)} | bare httpx {fmt(c['bare_httpx_ms'], ' ms', 3)} "
+            f"| {fmt(c['ratio'], 'x')} | <= 1.2x |",
+        ]
+    if "imports" in r:
+        i = r["imports"]
+        rows += [
+            f"| 3. import above airflow.sdk: operators | {fmt(i['ours: operators'], ' ms', 1)} "
+            f"| http {fmt(i['http provider operators'], ' ms', 1)}, openai {fmt(i['openai provider operators'], ' ms', 1)} "
+            f"| | < 30 ms, below both |",
+            f"| 3. import above airflow.sdk: hooks | {fmt(i['ours: hooks'], ' ms', 1)} | | | |",
+        ]
+    if "triggerer" in r:
+        g = r["triggerer"]
+        rows += [
+            f"| 4. {g['n']} triggers in one event loop, latency {g['latency']} s | {fmt(g['wall_s'], ' s')} "
+            f"({fmt(g['ours_cpu_s'], ' s')} CPU); {g['clients']} client, {g['pools']} pools of <= 10 | latency {g['latency']} s "
+            f"| {fmt(g['ratio_to_latency'], 'x')} | <= 1.3x, pools bounded |",
+            f"| | | floor, no HTTP library, {g['n']} new connections: {fmt(g['raw_floor_s'], ' s')} "
+            f"= {fmt(g['floor_ratio_to_latency'], 'x')} latency ({fmt(g['raw_cpu_s'], ' s')} CPU) "
+            f"| {ratio(g['wall_s'], g['raw_floor_s'])} | |",
+            f"| | | bare httpx, {g['n']} requests at once over `SpreadTransport`'s pools "
+            f"{fmt(g['bare_httpx_spread_s'], ' s')} ({fmt(g['bare_spread_cpu_s'], ' s')} CPU) | {fmt(g['ours_vs_bare_spread'], 'x')} | |",
+            f"| | | bare httpx, {g['n']} requests at once over one pool of {g['n']} {fmt(g['bare_httpx_s'], ' s')} "
+            f"| {ratio(g['wall_s'], g['bare_httpx_s'])} | |",
+        ]
+    if "memory" in r:
+        m = r["memory"]
+        rows += [
+            f"| 5. peak RSS persisting a {m['image_mb']:.0f} MB image | {fmt(m['ours_peak_rss_delta_mb'], ' MB', 1)} "
+            f"| naive .content {fmt(m['naive_peak_rss_delta_mb'], ' MB', 1)} | | <= 16 MB |",
+        ]
     return "\n".join(rows)
+
+
+BENCHMARKS = ("emulator", "throughput", "cpu", "imports", "triggerer", "memory")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=BENCHMARKS, help="run only these")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run under pyinstrument (bench extra) and print where the time went; writes no JSON",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = parser.parse_args()
     os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".quickstart" / "bench-airflow"))
     q = args.quick
-    results: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "emulator": emulator_rate(200 if q else 3000, args.repeat),
-        "throughput": throughput(40 if q else 1000, 10 if q else 50, 0.02 if q else 0.1, args.repeat),
-        "cpu": cpu_per_call(20 if q else 500, args.repeat),
-        "imports": import_cost(1 if q else max(5, args.repeat)),
-        "triggerer": triggerer_load(50 if q else 500, 0.05 if q else 0.2, args.repeat),
-        "memory": memory((4 if q else 64) * 1_000_000, args.repeat),
+    benchmarks: dict[str, Callable[[], dict[str, Any]]] = {
+        "emulator": lambda: emulator_rate(200 if q else 3000, 50 if q else 500, args.repeat),
+        "throughput": lambda: throughput(40 if q else 1000, 10 if q else 50, 0.02 if q else 0.1, args.repeat),
+        "cpu": lambda: cpu_per_call(20 if q else 500, args.repeat),
+        "imports": lambda: import_cost(1 if q else max(5, args.repeat)),
+        "triggerer": lambda: triggerer_load(50 if q else 500, 0.05 if q else 0.2, args.repeat),
+        "memory": lambda: memory((4 if q else 64) * 1_000_000, args.repeat),
     }
+    profiler = None
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler()
+        profiler.start()
+    results: dict[str, Any] = {name: benchmarks[name]() for name in BENCHMARKS if name in args.only}
+    if profiler is not None:
+        profiler.stop()
+        print(profiler.output_text(unicode=True, color=False))
+        print("Profiled run: its figures are slowed by the profiler.\n")
     import airflow
 
-    results["machine"]["airflow"] = airflow.__version__
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
+    results["machine"] = {
+        "python": platform.python_version(),
+        "airflow": airflow.__version__,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    if not args.profile:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
     print(table(results))
-    print(
-        f"\nJSON: {args.json}  (peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)"
-    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"\nJSON: {'none (profiled)' if args.profile else args.json}  (peak RSS of this process: {rss} MB)")
 
 
 if __name__ == "__main__":

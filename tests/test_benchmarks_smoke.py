@@ -21,12 +21,16 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert results["emulator"]["median_rps"] > 0
-    assert results["throughput"]["ours_s"] > 0 and results["throughput"]["bare_httpx_s"] > 0
+    assert results["emulator"]["median_rps"] > 0 and results["emulator"]["burst_rps"] > 0
+    throughput = results["throughput"]
+    for baseline in ("ours_s", "raw_floor_s", "bare_httpx_s", "bare_httpx_spread_s"):
+        assert throughput[baseline] > 0, baseline
     assert results["cpu"]["ratio"] > 0
     assert results["imports"]["ours: operators"] is not None
     triggerer = results["triggerer"]
     assert triggerer["clients"] == 1
     assert 1 <= triggerer["pools"] <= math.ceil(triggerer["n"] / CONNECTIONS_PER_POOL)
+    for baseline in ("raw_floor_s", "raw_cpu_s", "bare_httpx_spread_s", "bare_httpx_s", "ours_cpu_s"):
+        assert triggerer[baseline] > 0, baseline
     assert results["memory"]["ours_peak_rss_delta_mb"] is not None
     assert "| 1. batch of" in completed.stdout
