@@ -39,25 +39,31 @@ BODY_INPUT = {"aspect_ratio": "1:1"}
 
 
 class Emulator:
-    """The emulator CLI in a subprocess, at a given latency."""
+    """
+    The emulator CLI in a subprocess, at a given latency; or, with ``null=True``, ``null_server.py``: a server
+    that answers every request with the same success after the latency and does nothing else.
+    """
 
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, null: bool = False) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_base = f"{self.url}/client/v4"
-        command = [sys.executable, "-m", "airflow_provider_imagen.emulator.cli", "--port", str(self.port)]
-        command += ["--latency", str(latency), "--log-level", "error"]
+        if null:
+            command = [sys.executable, str(ROOT / "benchmarks" / "null_server.py"), str(self.port), str(latency)]
+        else:
+            command = [sys.executable, "-m", "airflow_provider_imagen.emulator.cli", "--port", str(self.port)]
+            command += ["--latency", str(latency), "--log-level", "error"]
         self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"{self.url}/__emulator__/stats").raise_for_status()
+                httpx.get(f"{self.url}/__emulator__/stats", timeout=latency + 5).raise_for_status()
                 break
             except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the emulator did not start") from None
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"{command[1]} did not start") from None
                 time.sleep(0.05)
 
     def connection(self) -> str:
@@ -329,38 +335,65 @@ def triggerer_load(n: int, latency: float, repeat: int) -> dict[str, Any]:
         seen["clients"], seen["pools"] = len(shared_async_clients), shared_async_clients.connection_pools()
         await shared_async_clients.aclose()
 
+    def contest(server: Emulator, against_null: bool) -> dict[str, float]:
+        """
+        Ours against the same n requests at once without triggers or hooks: the hand-written client (one new
+        connection each) and bare httpx over SpreadTransport's pools; against the emulator also bare httpx over
+        one pool as wide as n, against the null server also the hand-written client on uvloop. Each client's
+        CPU time is noted too: in one event loop, it is what the latency cannot hide.
+        """
+        cpu: dict[str, list[float]] = {}
+
+        def noting_cpu(name: str, run: Callable[[], object]) -> Callable[[], float]:
+            def measure() -> float:
+                started = time.process_time()
+                elapsed = _timed(run)
+                cpu.setdefault(name, []).append(time.process_time() - started)
+                return elapsed
+
+            return measure
+
+        contestants = {
+            "wall_s": noting_cpu("ours", lambda: asyncio.run(run_all())),
+            "raw_floor_s": noting_cpu("raw", lambda: asyncio.run(_raw_batch(server.port, n, n, "raw"))),
+            "bare_httpx_spread_s": noting_cpu(
+                "bare_spread", lambda: asyncio.run(_bare_batch(server.api_base, n, n, "bare", spread=True))
+            ),
+        }
+        if against_null:
+            uvloop = _uvloop()
+            if uvloop is not None:
+                contestants["raw_uvloop_floor_s"] = noting_cpu(
+                    "raw_uvloop", lambda: uvloop.run(_raw_batch(server.port, n, n, "raw"))
+                )
+        else:
+            contestants["bare_httpx_s"] = lambda: _timed(
+                lambda: asyncio.run(_bare_batch(server.api_base, n, n, "bare"))
+            )
+        figures = side_by_side(repeat, contestants)
+        # The first sample of each is side_by_side's warm-up round.
+        figures.update({f"{name}_cpu_s": statistics.median(samples[1:]) for name, samples in cpu.items()})
+        return {f"null_{k}" if against_null else k: v for k, v in figures.items()}
+
     results: dict[str, Any] = {"n": n, "latency": latency}
     with Emulator(latency) as emulator:
-        # The same n requests at once without triggers or hooks: the hand-written client (one new connection
-        # each), and bare httpx over SpreadTransport's pools and over one pool as wide as n. The client's CPU
-        # time is noted too: in one event loop, it is what the latency cannot hide.
-        cpu: dict[str, list[float]] = {"ours": [], "raw": [], "bare_spread": []}
-
-        def noting_cpu(name: str, run: Callable[[], object]) -> float:
-            started = time.process_time()
-            elapsed = _timed(run)
-            cpu[name].append(time.process_time() - started)
-            return elapsed
-
-        medians = side_by_side(
-            repeat,
-            {
-                "wall_s": lambda: noting_cpu("ours", lambda: asyncio.run(run_all())),
-                "raw_floor_s": lambda: noting_cpu("raw", lambda: asyncio.run(_raw_batch(emulator.port, n, n, "raw"))),
-                "bare_httpx_spread_s": lambda: noting_cpu(
-                    "bare_spread", lambda: asyncio.run(_bare_batch(emulator.api_base, n, n, "bare", spread=True))
-                ),
-                "bare_httpx_s": lambda: _timed(lambda: asyncio.run(_bare_batch(emulator.api_base, n, n, "bare"))),
-            },
-        )
-    results.update(medians)
-    results.update(seen)
-    # The first sample of each is side_by_side's warm-up round.
-    results.update({f"{name}_cpu_s": statistics.median(samples[1:]) for name, samples in cpu.items()})
+        results.update(contest(emulator, against_null=False))
+        results.update(seen)
+    # What the clients do when the server takes no time but the latency: the emulator's share of the figures.
+    with Emulator(latency, null=True) as null:
+        results.update(contest(null, against_null=True))
     results["ratio_to_latency"] = results["wall_s"] / latency
     results["floor_ratio_to_latency"] = results["raw_floor_s"] / latency
     results["ours_vs_bare_spread"] = results["wall_s"] / results["bare_httpx_spread_s"]
     return results
+
+
+def _uvloop() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
 
 
 # --- 5. Memory while persisting a large image ------------------------------------------------------------
@@ -424,8 +457,8 @@ def fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
 def table(r: dict[str, Any]) -> str:
     """The Markdown table of whichever benchmarks ``r`` holds."""
 
-    def ratio(ours: float, baseline: float | None, digits: int = 2) -> str:
-        return fmt(ours / baseline if baseline else None, "x", digits)
+    def ratio(ours: float | None, baseline: float | None, digits: int = 2) -> str:
+        return fmt(ours / baseline if ours is not None and baseline else None, "x", digits)
 
     rows = ["| benchmark | ours | baseline | ratio | target |", "|---|---|---|---|---|"]
     if "emulator" in r:
@@ -477,6 +510,15 @@ def table(r: dict[str, Any]) -> str:
             f"{fmt(g['bare_httpx_spread_s'], ' s')} ({fmt(g['bare_spread_cpu_s'], ' s')} CPU) | {fmt(g['ours_vs_bare_spread'], 'x')} | |",
             f"| | | bare httpx, {g['n']} requests at once over one pool of {g['n']} {fmt(g['bare_httpx_s'], ' s')} "
             f"| {ratio(g['wall_s'], g['bare_httpx_s'])} | |",
+            f"| 4. the same against a null server (answers after the latency, does nothing else) "
+            f"| {fmt(g['null_wall_s'], ' s')} ({fmt(g['null_ours_cpu_s'], ' s')} CPU) | latency {g['latency']} s "
+            f"| {ratio(g['null_wall_s'], g['latency'])} | |",
+            f"| | | floor {fmt(g['null_raw_floor_s'], ' s')} = {ratio(g['null_raw_floor_s'], g['latency'])} latency "
+            f"({fmt(g['null_raw_cpu_s'], ' s')} CPU); on uvloop {fmt(g.get('null_raw_uvloop_floor_s'), ' s')} "
+            f"= {ratio(g.get('null_raw_uvloop_floor_s'), g['latency'])} latency "
+            f"({fmt(g.get('null_raw_uvloop_cpu_s'), ' s')} CPU) | {ratio(g['null_wall_s'], g['null_raw_floor_s'])} | |",
+            f"| | | bare httpx over `SpreadTransport`'s pools {fmt(g['null_bare_httpx_spread_s'], ' s')} "
+            f"({fmt(g['null_bare_spread_cpu_s'], ' s')} CPU) | {ratio(g['null_wall_s'], g['null_bare_httpx_spread_s'])} | |",
         ]
     if "memory" in r:
         m = r["memory"]

@@ -32,5 +32,14 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     assert 1 <= triggerer["pools"] <= math.ceil(triggerer["n"] / CONNECTIONS_PER_POOL)
     for baseline in ("raw_floor_s", "raw_cpu_s", "bare_httpx_spread_s", "bare_httpx_s", "ours_cpu_s"):
         assert triggerer[baseline] > 0, baseline
+    # The same against the null server, which does nothing but wait.
+    for baseline in (
+        "null_wall_s",
+        "null_ours_cpu_s",
+        "null_raw_floor_s",
+        "null_raw_cpu_s",
+        "null_bare_httpx_spread_s",
+    ):
+        assert triggerer[baseline] > 0, baseline
     assert results["memory"]["ours_peak_rss_delta_mb"] is not None
     assert "| 1. batch of" in completed.stdout
