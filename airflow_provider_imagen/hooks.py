@@ -210,7 +210,7 @@ class _SharedAsyncClients:
         self._forget_closed_loops()
         key = (id(loop), conn_id)
         entry = self._settings.get(key)
-        if entry is None or entry[0] is not loop or loop.time() >= entry[1]:
+        if entry is None or entry[0] is not loop or loop.time() >= entry[1] or entry[2].cancelled():
             entry = (loop, loop.time() + SHARED_SETTINGS_SECONDS, loop.create_task(read()))
             self._settings[key] = entry
         try:

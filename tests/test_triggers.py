@@ -199,3 +199,28 @@ def test_a_cancelled_trigger_does_not_cancel_the_read_others_wait_for(monkeypatc
     (payload,) = asyncio.run(cancel_the_first())
     assert payload["status"] == "success"
     assert len(reads) == 1
+
+
+def test_a_read_cancelled_under_everyone_is_read_again(monkeypatch, imagen_emulator):
+    reads: list[str] = []
+    original = CloudflareWorkersAIHook.aget_connection
+
+    async def cancelled_the_first_time(conn_id):
+        reads.append(conn_id)
+        if len(reads) == 1:  # e.g. a loop winding down cancels the read: the next trigger must not inherit it
+            raise asyncio.CancelledError
+        return await original(conn_id)
+
+    monkeypatch.setattr(CloudflareWorkersAIHook, "aget_connection", staticmethod(cancelled_the_first_time))
+
+    async def cancelled_then_again():
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await events(trigger())
+            return await events(trigger())
+        finally:
+            await shared_async_clients.aclose()
+
+    (payload,) = asyncio.run(cancelled_then_again())
+    assert payload["status"] == "success"
+    assert len(reads) == 2
