@@ -1,6 +1,6 @@
 """
-Side-by-side benchmarks against the emulator on 127.0.0.1, each figure a median over repeated runs and a
-ratio against a baseline measured in the same run.
+Side-by-side benchmarks against the emulator on 127.0.0.1 (and, for the triggerer, a null server that only
+waits), each figure a median over rounds in which ours and its baselines run in turns.
 
     ./scripts/bench.sh                           # full sizes (about 3 minutes on 2 cores)
     ./scripts/bench.sh --only triggerer --repeat 5
@@ -8,7 +8,7 @@ ratio against a baseline measured in the same run.
     .venv/bin/python benchmarks/run.py --quick --repeat 1   # tiny sizes: what the smoke test runs
 
 Writes benchmarks/results/latest.json (or --json PATH) and prints a Markdown table.
-The emulator runs in its own process; the client side runs in this one.
+The servers run in their own processes; the clients in this one.
 """
 
 from __future__ import annotations
