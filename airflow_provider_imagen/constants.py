@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 IMAGEN_4 = "google/imagen-4"
+#: Cloudflare's own models: run at ``.../ai/run/{model}`` with the input as body, and answer with image bytes.
+CLOUDFLARE_MODEL_PREFIXES: tuple[str, ...] = ("@cf/", "@hf/")
 DEFAULT_CONN_ID = "cloudflare_workers_ai_default"
 CONN_TYPE = "cloudflare_workers_ai"
 

@@ -20,7 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGE_SIZES, IMAGEN_4
+from airflow_provider_imagen.constants import CLOUDFLARE_MODEL_PREFIXES, DEFAULT_CONN_ID, IMAGE_SIZES, IMAGEN_4
 from airflow_provider_imagen.errors import (
     CloudflareServerError,
     CloudflareWorkersAIError,
@@ -52,7 +52,6 @@ SHARED_SETTINGS_SECONDS = 10.0
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MODEL_ID = re.compile(r"\S+")  # no spaces: it goes into a URL or a JSON field as it is
-_CLOUDFLARE_MODEL_PREFIXES = ("@cf/", "@hf/")
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class ConnectionSettings:
             # Built once per model: httpx parses a relative URL and joins it to the base on every request,
             # about 50 µs, a tenth of a call's CPU; an absolute URL object is taken as it is.
             path = f"/accounts/{self.account_id}/ai/run"
-            if model.startswith(_CLOUDFLARE_MODEL_PREFIXES):
+            if model.startswith(CLOUDFLARE_MODEL_PREFIXES):
                 path = f"{path}/{model}"
             url = self._run_urls[model] = httpx.URL(self.base_url + path)
         return url
@@ -616,7 +615,7 @@ class CloudflareWorkersAIHook(BaseHook):
         if options is not None:
             headers.update(options.to_headers())
         url = settings.run_url(model)
-        if model.startswith(_CLOUDFLARE_MODEL_PREFIXES):
+        if model.startswith(CLOUDFLARE_MODEL_PREFIXES):
             return client.build_request("POST", url, json=dict(input), headers=headers)
         return client.build_request("POST", url, json={"model": model, "input": dict(input)}, headers=headers)
 

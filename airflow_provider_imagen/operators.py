@@ -8,6 +8,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_imagen.constants import (
     ASPECT_RATIOS,
+    CLOUDFLARE_MODEL_PREFIXES,
     DEFAULT_CONN_ID,
     IMAGEN_4,
     MAX_IMAGE_BYTES,
@@ -73,7 +74,7 @@ def _unset_if_empty(value: Any) -> Any:
 
 def _returns_bytes(model: str) -> bool:
     # Cloudflare's own text-to-image models answer with base64 or raw bytes, not a URL.
-    return model.startswith(("@cf/", "@hf/"))
+    return model.startswith(CLOUDFLARE_MODEL_PREFIXES)
 
 
 class _ImagenOperatorMixin:
