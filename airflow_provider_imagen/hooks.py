@@ -176,26 +176,24 @@ class _SharedAsyncClients:
     """
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[int, tuple[Any, ...]], tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
-        self._settings: dict[
-            tuple[int, str], tuple[asyncio.AbstractEventLoop, float, asyncio.Task[ConnectionSettings]]
-        ] = {}
+        # Keyed by the loop itself: a client or a read belongs to the loop it was made in.
+        self._clients: dict[tuple[asyncio.AbstractEventLoop, tuple[Any, ...]], httpx.AsyncClient] = {}
+        self._settings: dict[tuple[asyncio.AbstractEventLoop, str], tuple[float, asyncio.Task[ConnectionSettings]]] = {}
 
     def _forget_closed_loops(self) -> None:
-        # Their ids may be reused by a new loop, and their clients can no longer be used.
-        for stale in [k for k, (owner, _) in self._clients.items() if owner.is_closed()]:
+        # What belongs to a closed loop can no longer be used, and keeps the loop alive.
+        for stale in [k for k in self._clients if k[0].is_closed()]:
             del self._clients[stale]
-        for stale_key in [k for k, (owner, _, _) in self._settings.items() if owner.is_closed()]:
+        for stale_key in [k for k in self._settings if k[0].is_closed()]:
             del self._settings[stale_key]
 
     def get(self, key: tuple[Any, ...], make: Callable[[], httpx.AsyncClient]) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
         self._forget_closed_loops()
-        entry = self._clients.get((id(loop), key))
-        if entry is None or entry[0] is not loop or entry[1].is_closed:
-            entry = (loop, make())
-            self._clients[(id(loop), key)] = entry
-        return entry[1]
+        loop_key = (asyncio.get_running_loop(), key)
+        client = self._clients.get(loop_key)
+        if client is None or client.is_closed:
+            client = self._clients[loop_key] = make()
+        return client
 
     async def settings(
         self, conn_id: str, read: Callable[[], Coroutine[Any, Any, ConnectionSettings]]
@@ -205,16 +203,15 @@ class _SharedAsyncClients:
         loop. Callers that ask while a read is under way wait for it instead of starting their own.
         A failed read is not kept, so the next caller reads again.
         """
-        loop = asyncio.get_running_loop()
         self._forget_closed_loops()
-        key = (id(loop), conn_id)
+        loop = asyncio.get_running_loop()
+        key = (loop, conn_id)
         entry = self._settings.get(key)
-        if entry is None or entry[0] is not loop or loop.time() >= entry[1] or entry[2].cancelled():
-            entry = (loop, loop.time() + SHARED_SETTINGS_SECONDS, loop.create_task(read()))
-            self._settings[key] = entry
+        if entry is None or loop.time() >= entry[0] or entry[1].cancelled():
+            entry = self._settings[key] = (loop.time() + SHARED_SETTINGS_SECONDS, loop.create_task(read()))
         try:
             # Shielded: one caller being cancelled must not cancel the read the others wait for.
-            return await asyncio.shield(entry[2])
+            return await asyncio.shield(entry[1])
         except Exception:
             if self._settings.get(key) is entry:
                 del self._settings[key]
@@ -223,17 +220,17 @@ class _SharedAsyncClients:
     async def aclose(self) -> None:
         """Close the shared clients of the running event loop (e.g. when a triggerer or a test winds down)."""
         loop = asyncio.get_running_loop()
-        for key in [k for k, (owner, _, _) in self._settings.items() if owner is loop]:
+        for key in [k for k in self._settings if k[0] is loop]:
             del self._settings[key]
-        for client_key in [k for k, (owner, _) in self._clients.items() if owner is loop]:
-            await self._clients.pop(client_key)[1].aclose()
+        for client_key in [k for k in self._clients if k[0] is loop]:
+            await self._clients.pop(client_key).aclose()
 
     def __len__(self) -> int:
         return len(self._clients)
 
     def connection_pools(self) -> int:
         """How many connection pools the shared clients hold in all (see :class:`SpreadTransport`)."""
-        transports = (client._transport for _, client in self._clients.values())
+        transports = (client._transport for client in self._clients.values())
         return sum(t.pools for t in transports if isinstance(t, SpreadTransport))
 
 
