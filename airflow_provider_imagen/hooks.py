@@ -382,12 +382,11 @@ class CloudflareWorkersAIHook(BaseHook):
         """The hook's pooled asynchronous client, created on first use."""
         if self._async_client is None:
             settings = await self.aget_settings()
-            kwargs = self._client_kwargs(settings)
 
             def make() -> httpx.AsyncClient:
                 # Many small pools instead of one big one: see transport.py for why and by how much.
                 transport = SpreadTransport(proxy=environment_proxy(settings.base_url))
-                return httpx.AsyncClient(transport=transport, **kwargs)
+                return httpx.AsyncClient(transport=transport, **self._client_kwargs(settings))
 
             if self.share_async_client:
                 key = (settings.base_url, settings.api_token, self.timeout or settings.timeout)
