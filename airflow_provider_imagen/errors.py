@@ -1,15 +1,6 @@
-"""
-Exceptions, and the one place that decides which Cloudflare answers are worth a retry.
-
-The table follows Cloudflare's documented codes (see the README's "Reliability" section):
-capacity (3040), wholesale throttling (2021 "Wholesale rate limit exceeded"), 408, 5xx,
-connection errors and ``provider_unavailable`` are retried; everything else is final.
-"""
+"""The exception types: what a caller can branch on. Which of them are retried is decided in ``retry.py``."""
 
 from __future__ import annotations
-
-import email.utils
-import time
 
 try:  # Airflow >= 3.2 moved the exceptions into the task SDK.
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -117,131 +108,17 @@ class ImageDownloadError(CloudflareWorkersAIError):
     """The generated image could not be fetched from its URL, or is not an acceptable image."""
 
 
-# Codes from Cloudflare's documentation, grouped by what a caller should do about them.
-_CAPACITY = {3040}
-_DAILY_LIMIT = {3036}
-_AUTH = {10000, 2009}
-_BAD_REQUEST = {5004, 3003, 5007, 7003, 3042, 3006}
-_TRANSIENT = {3007, 3008}
-
-
-def classify(
-    status_code: int | None,
-    code: int | str | None,
-    message: str,
-    *,
-    retry_after: float | None = None,
-) -> CloudflareWorkersAIError:
+class GenerationOutcomeUnknownError(CloudflareServerError):
     """
-    Build the exception for an error answer, with its retry decision.
+    The request may have reached Cloudflare, but no usable answer came back (a read timeout, a connection
+    lost after sending, a malformed success body): the image may have been generated and billed.
 
-    Codes win over statuses: a 429 with code 3036 (daily allocation used up) is final although
-    429 alone would be retried.
+    Re-sent only when the re-send cannot be billed again (see ``retry.py``), never blindly.
     """
-    numeric = _as_int(code)
-    lowered = message.lower()
 
-    def error(cls: type[CloudflareWorkersAIError], retryable: bool) -> CloudflareWorkersAIError:
-        return cls(message, status_code=status_code, code=code, retryable=retryable, retry_after=retry_after)
-
-    if numeric == 2021 or "wholesale rate limit" in lowered:
-        if "wholesale rate limit" in lowered:
-            return error(CloudflareRateLimitError, True)
-        # "not available via unified billing": the account must bring its own provider key.
-        return error(CloudflareBadRequestError, False)
-    if numeric in _DAILY_LIMIT:
-        return error(CloudflareRateLimitError, False)
-    if numeric in _CAPACITY:
-        return error(CloudflareRateLimitError, True)
-    if numeric in _AUTH or status_code in (401, 403):
-        return error(CloudflareAuthenticationError, False)
-    if numeric in _TRANSIENT or status_code == 408:
-        return error(CloudflareServerError, True)
-    if numeric in _BAD_REQUEST or status_code in (400, 404, 405, 413, 422):
-        return error(CloudflareBadRequestError, False)
-    if status_code == 429:
-        return error(CloudflareRateLimitError, True)
-    if code == "provider_unavailable":
-        return error(ImageGenerationFailedError, True)
-    if status_code is not None and status_code >= 500:
-        return error(CloudflareServerError, True)
-    if status_code is not None and 200 <= status_code < 300:
-        # An error body on a 2xx (``success: false``, ``state: "Failed"``) with a code we do not know.
-        return error(ImageGenerationFailedError, False)
-    return error(CloudflareWorkersAIError, False)
+    #: Whether Cloudflare had begun to answer (so the generation was complete) before the answer was lost.
+    answer_started = False
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` in seconds, from either form the HTTP spec allows (seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _as_int(code: int | str | None) -> int | None:
-    if isinstance(code, int):
-        return code
-    if isinstance(code, str) and code.isdigit():
-        return int(code)
-    return None
-
-
-def error_to_dict(error: BaseException) -> dict[str, object]:
-    """A JSON-safe description of ``error``, for trigger events and batch results."""
-    payload: dict[str, object] = {"type": type(error).__name__, "message": getattr(error, "message", str(error))}
-    if isinstance(error, CloudflareWorkersAIError):
-        payload.update(
-            status_code=error.status_code,
-            code=error.code,
-            retryable=error.retryable,
-            attempts=error.attempts,
-            model=error.model,
-        )
-    return payload
-
-
-def error_from_dict(payload: dict[str, object] | None) -> Exception:
-    """Rebuild the typed exception :func:`error_to_dict` described, so a task fails as the sync path would."""
-    payload = payload or {}
-    cls = _ERROR_TYPES.get(str(payload.get("type")), CloudflareWorkersAIError)
-    message = str(payload.get("message") or "unknown error")
-    if not issubclass(cls, CloudflareWorkersAIError):
-        return cls(message)
-    code = payload.get("code")
-    status = payload.get("status_code")
-    error = cls(
-        message,
-        status_code=status if isinstance(status, int) else None,
-        code=code if isinstance(code, (int, str)) else None,
-        retryable=bool(payload.get("retryable")),
-    )
-    attempts = payload.get("attempts")
-    error.attempts = attempts if isinstance(attempts, int) else 1
-    model = payload.get("model")
-    error.model = model if isinstance(model, str) else None
-    return error
-
-
-_ERROR_TYPES: dict[str, type[Exception]] = {
-    cls.__name__: cls
-    for cls in (
-        CloudflareWorkersAIError,
-        CloudflareAuthenticationError,
-        CloudflareRateLimitError,
-        CloudflareBadRequestError,
-        CloudflareServerError,
-        ImageGenerationFailedError,
-        ImageDownloadError,
-        InvalidInputError,
-        ConnectionConfigError,
-    )
-}
+class StorageError(CloudflareWorkersAIError):
+    """A generated image could not be written to ``output_path``; the message says what was kept."""

@@ -1,240 +1,35 @@
-"""The hook: an Airflow connection turned into pooled httpx clients that call Cloudflare Workers AI."""
+"""The hook: the thin owner of the wire between an Airflow connection and Cloudflare Workers AI."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from airflow.sdk import BaseHook
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, Retrying
 
-from airflow_provider_imagen.constants import CLOUDFLARE_MODEL_PREFIXES, DEFAULT_CONN_ID, IMAGE_SIZES, IMAGEN_4
-from airflow_provider_imagen.errors import (
-    CloudflareServerError,
-    CloudflareWorkersAIError,
-    ConnectionConfigError,
-    ImageGenerationFailedError,
-    InvalidInputError,
-)
-from airflow_provider_imagen.models import (
-    GatewayOptions,
-    GeneratedImage,
-    ImagenInput,
-    RunResult,
-)
-from airflow_provider_imagen.responses import decode_image_field, parse_response, sniff_image_type
+from airflow_provider_imagen import connection
+from airflow_provider_imagen.clients import shared_async_clients
+from airflow_provider_imagen.connection import MAX_MAX_RETRIES, ConnectionSettings
+from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
+from airflow_provider_imagen.errors import CloudflareWorkersAIError, ConnectionConfigError, InvalidInputError
+from airflow_provider_imagen.models import MAX_CONCURRENCY, GatewayOptions, GeneratedImage, ImagenInput, RunResult
+from airflow_provider_imagen.responses import image_from_result, parse_response
+from airflow_provider_imagen.retry import is_idempotent, retry_policy, transport_error
+from airflow_provider_imagen.rules import check_model_id, returns_bytes
 from airflow_provider_imagen.transport import SpreadTransport, environment_proxy
+from airflow_provider_imagen.verify import check_connection
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Mapping
+    from collections.abc import Mapping, Sequence
 
     from airflow.sdk import Connection
 
-DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
-DEFAULT_TIMEOUT = 180.0
-DEFAULT_MAX_RETRIES = 3
-MAX_MAX_RETRIES = 10
-#: Seconds the triggers of one event loop reuse a connection one of them read. A changed connection
-#: (a rotated token, say) reaches new triggers within this time.
-SHARED_SETTINGS_SECONDS = 10.0
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_MODEL_ID = re.compile(r"\S+")  # no spaces: it goes into a URL or a JSON field as it is
-
-
-@dataclass(frozen=True)
-class ConnectionSettings:
-    """What the hook reads from an Airflow connection. The token is kept out of ``repr``."""
-
-    conn_id: str
-    base_url: str
-    account_id: str
-    api_token: str = field(repr=False)
-    gateway_id: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    max_retries: int = DEFAULT_MAX_RETRIES
-    _run_urls: dict[str, httpx.URL] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def run_url(self, model: str) -> httpx.URL:
-        """
-        The absolute URL ``model`` runs at: ``.../ai/run`` for third-party models (the model goes in the
-        body), ``.../ai/run/{model}`` for Cloudflare's own.
-        """
-        url = self._run_urls.get(model)
-        if url is None:
-            # Built once per model: httpx parses a relative URL and joins it to the base on every request,
-            # about 50 µs, a tenth of a call's CPU; an absolute URL object is taken as it is.
-            path = f"/accounts/{self.account_id}/ai/run"
-            if model.startswith(CLOUDFLARE_MODEL_PREFIXES):
-                path = f"{path}/{model}"
-            url = self._run_urls[model] = httpx.URL(self.base_url + path)
-        return url
-
-    @classmethod
-    def from_connection(cls, conn: Connection) -> ConnectionSettings:
-        """
-        Validate ``conn`` and read it.
-
-        :raises ConnectionConfigError: naming the connection id and the missing or malformed field.
-        """
-        conn_id = conn.conn_id or "<unnamed>"
-        extra = conn.extra_dejson or {}
-
-        def get_extra(name: str) -> Any:
-            # Airflow 3 saves form fields under plain names; older forms used a prefixed key.
-            value = extra.get(name)
-            if value in (None, ""):
-                value = extra.get(f"extra__cloudflare_workers_ai__{name}")
-            return None if value == "" else value
-
-        def fail(what: str) -> ConnectionConfigError:
-            return ConnectionConfigError(f"Connection {conn_id!r}: {what}")
-
-        token = conn.password
-        if not token:
-            raise fail("the API token is missing: put it in the connection's password ('API Token') field")
-
-        account_id = get_extra("account_id")
-        if not account_id:
-            raise fail("extra 'account_id' is missing: set it to your Cloudflare account id")
-        account_id = str(account_id).strip()
-        if not _SAFE_ID.match(account_id):
-            raise fail("extra 'account_id' must be letters, digits, '-' or '_' (a Cloudflare account id)")
-
-        gateway_id = get_extra("gateway_id")
-        if gateway_id is not None and not _SAFE_ID.match(str(gateway_id)):
-            raise fail("extra 'gateway_id' must be letters, digits, '-' or '_' (an AI Gateway id)")
-
-        timeout = get_extra("timeout")
-        if timeout is None:
-            timeout = DEFAULT_TIMEOUT
-        try:
-            timeout = float(timeout)
-        except (TypeError, ValueError):
-            raise fail(f"extra 'timeout' must be a number of seconds, got {timeout!r}") from None
-        if not 0 < timeout <= 3600:
-            raise fail(f"extra 'timeout' must be between 0 and 3600 seconds, got {timeout}")
-
-        max_retries = get_extra("max_retries")
-        if max_retries is None:
-            max_retries = DEFAULT_MAX_RETRIES
-        if isinstance(max_retries, str) and max_retries.strip().isdigit():
-            max_retries = int(max_retries)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-            raise fail(f"extra 'max_retries' must be a whole number, got {max_retries!r}")
-        if not 0 <= max_retries <= MAX_MAX_RETRIES:
-            raise fail(f"extra 'max_retries' must be between 0 and {MAX_MAX_RETRIES}, got {max_retries}")
-
-        return cls(
-            conn_id=conn_id,
-            base_url=_base_url(conn, fail),
-            account_id=account_id,
-            api_token=token,
-            gateway_id=str(gateway_id) if gateway_id else None,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
-
-
-def _base_url(conn: Connection, fail: Any) -> str:
-    host = (conn.host or "").strip()
-    if not host:
-        return DEFAULT_BASE_URL
-    if "://" not in host:
-        host = f"{conn.schema or 'https'}://{host}" if conn.schema in (None, "", "http", "https") else host
-    try:
-        url = httpx.URL(host)
-    except httpx.InvalidURL as exc:
-        raise fail(f"host {host!r} is not a valid URL ({exc})") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise fail(f"host must be an http(s) URL such as {DEFAULT_BASE_URL}, got {host!r}")
-    if conn.port and url.port is None:
-        url = url.copy_with(port=conn.port)
-    return str(url).rstrip("/")
-
-
-class _SharedAsyncClients:
-    """
-    One ``httpx.AsyncClient`` per event loop and connection, shared by every hook that asks for it, and the
-    connection's settings read once per :data:`SHARED_SETTINGS_SECONDS` in that loop.
-
-    The triggerer runs hundreds of triggers in one event loop: sharing one client keeps the number of
-    sockets and TLS sessions bounded instead of one pool per trigger, and sharing the read spares the
-    triggerer one connection lookup (a round trip to its supervisor) per trigger.
-    """
-
-    def __init__(self) -> None:
-        # Keyed by the loop itself: a client or a read belongs to the loop it was made in.
-        self._clients: dict[tuple[asyncio.AbstractEventLoop, tuple[Any, ...]], httpx.AsyncClient] = {}
-        self._settings: dict[tuple[asyncio.AbstractEventLoop, str], tuple[float, asyncio.Task[ConnectionSettings]]] = {}
-
-    def _forget_closed_loops(self) -> None:
-        # What belongs to a closed loop can no longer be used, and keeps the loop alive.
-        for stale in [k for k in self._clients if k[0].is_closed()]:
-            del self._clients[stale]
-        for stale_key in [k for k in self._settings if k[0].is_closed()]:
-            del self._settings[stale_key]
-
-    def get(self, key: tuple[Any, ...], make: Callable[[], httpx.AsyncClient]) -> httpx.AsyncClient:
-        self._forget_closed_loops()
-        loop_key = (asyncio.get_running_loop(), key)
-        client = self._clients.get(loop_key)
-        if client is None or client.is_closed:
-            client = self._clients[loop_key] = make()
-        return client
-
-    async def settings(
-        self, conn_id: str, read: Callable[[], Coroutine[Any, Any, ConnectionSettings]]
-    ) -> ConnectionSettings:
-        """
-        ``conn_id``'s settings: read by ``read()`` at most once per :data:`SHARED_SETTINGS_SECONDS` in this
-        loop. Callers that ask while a read is under way wait for it instead of starting their own.
-        A failed read is not kept, so the next caller reads again.
-        """
-        self._forget_closed_loops()
-        loop = asyncio.get_running_loop()
-        key = (loop, conn_id)
-        entry = self._settings.get(key)
-        if entry is None or loop.time() >= entry[0] or entry[1].cancelled():
-            entry = self._settings[key] = (loop.time() + SHARED_SETTINGS_SECONDS, loop.create_task(read()))
-        try:
-            # Shielded: one caller being cancelled must not cancel the read the others wait for.
-            return await asyncio.shield(entry[1])
-        except Exception:
-            if self._settings.get(key) is entry:
-                del self._settings[key]
-            raise
-
-    async def aclose(self) -> None:
-        """Close the shared clients of the running event loop (e.g. when a triggerer or a test winds down)."""
-        loop = asyncio.get_running_loop()
-        for key in [k for k in self._settings if k[0] is loop]:
-            del self._settings[key]
-        for client_key in [k for k in self._clients if k[0] is loop]:
-            await self._clients.pop(client_key).aclose()
-
-    def __len__(self) -> int:
-        return len(self._clients)
-
-    def connection_pools(self) -> int:
-        """How many connection pools the shared clients hold in all (see :class:`SpreadTransport`)."""
-        transports = (client._transport for client in self._clients.values())
-        return sum(t.pools for t in transports if isinstance(t, SpreadTransport))
-
-
-shared_async_clients = _SharedAsyncClients()
+#: How long AI Gateway keeps the answer a generation's cache key names: long enough for a re-send to find it.
+RESEND_CACHE_TTL = 600
 
 
 class CloudflareWorkersAIHook(BaseHook):
@@ -250,13 +45,15 @@ class CloudflareWorkersAIHook(BaseHook):
     :param timeout: seconds to wait for a response (overrides the connection's ``timeout``; default 180,
         as Imagen takes seconds to tens of seconds).
     :param max_retries: retries after the first attempt for transient failures (overrides the connection's
-        ``max_retries``; default 3). Every attempt may be billed, so keep it small.
+        ``max_retries``; default 3). A request that may have reached Cloudflare is re-sent only when the
+        re-send cannot be billed again (see ``retry.py``).
     :param retry_backoff: seconds before the first retry; doubles each time, with jitter.
     :param max_retry_wait: the longest single wait between attempts. A ``Retry-After`` longer than this
         ends the retries instead of blocking the task for that long.
-    :param share_async_client: use one ``AsyncClient`` per event loop and connection, shared with other
-        hooks (what triggers do), and the connection as read by any of them in the last
-        :data:`SHARED_SETTINGS_SECONDS`; :meth:`aclose` then leaves the client open for the others.
+    :param share_async_client: use one ``AsyncClient`` per event loop, connection and timeout, shared with
+        other hooks (what triggers do), and the connection as read by any of them in the last
+        :data:`~airflow_provider_imagen.clients.SHARED_SETTINGS_SECONDS`; :meth:`aclose` then gives the
+        client back instead of closing it.
     """
 
     conn_name_attr = "cloudflare_conn_id"
@@ -292,48 +89,17 @@ class CloudflareWorkersAIHook(BaseHook):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cloudflare_conn_id={self.cloudflare_conn_id!r})"
 
-    # --- Connection form (Airflow 3.1; 3.2+ reads the same form from get_provider_info) ------------
-
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Custom fields of the connection form, for Airflow 3.1."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-        from flask_babel import lazy_gettext
-        from wtforms import IntegerField, StringField
-        from wtforms.validators import Optional
-
-        from airflow_provider_imagen.get_provider_info import CONN_FIELDS
-
-        def text(name: str) -> Any:
-            spec = CONN_FIELDS[name]
-            return StringField(
-                lazy_gettext(spec["label"]), widget=BS3TextFieldWidget(), description=spec["description"]
-            )
-
-        return {
-            "account_id": text("account_id"),
-            "gateway_id": text("gateway_id"),
-            "timeout": text("timeout"),
-            "max_retries": IntegerField(
-                lazy_gettext(CONN_FIELDS["max_retries"]["label"]),
-                validators=[Optional()],
-                widget=BS3TextFieldWidget(),
-                description=CONN_FIELDS["max_retries"]["description"],
-            ),
-        }
+        """Custom fields of the connection form, for Airflow 3.1 (3.2+ reads the provider info)."""
+        return connection.connection_form_widgets()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Relabelled, hidden and placeholder fields of the connection form, for Airflow 3.1."""
-        from airflow_provider_imagen.get_provider_info import UI_FIELD_BEHAVIOUR
+        return connection.ui_field_behaviour()
 
-        return {
-            "hidden_fields": list(UI_FIELD_BEHAVIOUR["hidden-fields"]),
-            "relabeling": dict(UI_FIELD_BEHAVIOUR["relabeling"]),
-            "placeholders": dict(UI_FIELD_BEHAVIOUR["placeholders"]),
-        }
-
-    # --- Connection -------------------------------------------------------------------------------
+    # --- Connection and clients ----------------------------------------------------------------------
 
     @property
     def settings(self) -> ConnectionSettings:
@@ -363,10 +129,7 @@ class CloudflareWorkersAIHook(BaseHook):
         timeout = self.timeout or settings.timeout
         return {
             "base_url": settings.base_url,
-            "headers": {
-                "Authorization": f"Bearer {settings.api_token}",
-                "User-Agent": "airflow-provider-imagen",
-            },
+            "headers": {"Authorization": f"Bearer {settings.api_token}", "User-Agent": "airflow-provider-imagen"},
             # Generation blocks until the image exists: a long read, a short connect.
             "timeout": httpx.Timeout(timeout, connect=min(10.0, timeout)),
             "follow_redirects": False,
@@ -388,12 +151,14 @@ class CloudflareWorkersAIHook(BaseHook):
                 transport = SpreadTransport(proxy=environment_proxy(settings.base_url))
                 return httpx.AsyncClient(transport=transport, **self._client_kwargs(settings))
 
-            if self.share_async_client:
-                key = (settings.base_url, settings.api_token, self.timeout or settings.timeout)
-                return shared_async_clients.get(key, make)
             # Concurrent first calls all awaited the settings above: only the first one makes the client.
             if self._async_client is None:
-                self._async_client = make()
+                if self.share_async_client:
+                    timeout = self.timeout or settings.timeout
+                    fingerprint = (settings.base_url, settings.api_token)
+                    self._async_client = shared_async_clients.acquire(settings.conn_id, timeout, fingerprint, make)
+                else:
+                    self._async_client = make()
         return self._async_client
 
     def close(self) -> None:
@@ -402,9 +167,9 @@ class CloudflareWorkersAIHook(BaseHook):
             self._client = None
 
     async def aclose(self) -> None:
-        if self._async_client is not None:
-            await self._async_client.aclose()
-            self._async_client = None
+        client, self._async_client = self._async_client, None
+        if client is not None:
+            await (shared_async_clients.release(client) if self.share_async_client else client.aclose())
 
     def __enter__(self) -> CloudflareWorkersAIHook:
         return self
@@ -418,63 +183,65 @@ class CloudflareWorkersAIHook(BaseHook):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # --- Calls ------------------------------------------------------------------------------------
+    # --- Calls ----------------------------------------------------------------------------------------
 
     def run(
-        self,
-        model: str,
-        input: Mapping[str, Any],
-        *,
-        gateway_options: GatewayOptions | dict[str, Any] | None = None,
+        self, model: str, input: Mapping[str, Any], *, gateway_options: GatewayOptions | dict[str, Any] | None = None
     ) -> RunResult:
         """
         Run any Workers AI model and return its parsed answer.
 
         Third-party models (``google/imagen-4``) go to ``POST /accounts/{id}/ai/run`` with the model in the
         body; Cloudflare's own (``@cf/...``) to ``POST /accounts/{id}/ai/run/{model}`` with the input as body.
+        Unless ``gateway_options`` names a ``cache_key`` or ``skip_cache``, the request carries a fresh AI
+        Gateway cache key, the same for all its attempts, so that a re-send finds the first answer.
 
-        :param model: the model id.
+        :param model: the model id: ``vendor/model``, ``@cf/...`` or ``@hf/...``.
         :param input: the model's input object.
         :param gateway_options: AI Gateway options (:class:`~airflow_provider_imagen.models.GatewayOptions`
             or a dict of its fields), sent as ``cf-aig-*`` headers.
+        :raises InvalidInputError: for a malformed model id or gateway option, before any request.
         :raises CloudflareWorkersAIError: (a subclass of it) once retries are spent or on a final error.
         """
+        settings = self.settings
         client = self.get_conn()
-        request = self._build_request(client, self.settings, model, input, gateway_options)
-        start = time.monotonic()
-        attempt_number = 0
+        request = self._build_request(client, settings, model, input, gateway_options)
+        start, attempt_number = time.monotonic(), 0
         try:
-            for attempt in Retrying(**self._retry_policy(self.settings, model)):
+            for attempt in Retrying(**self._retry_policy(settings, model, request)):
                 with attempt:
                     attempt_number = attempt.retry_state.attempt_number
-                    result = parse_response(_send(client.send, request), model)
+                    try:
+                        response = client.send(request)
+                    except httpx.TransportError as exc:
+                        raise transport_error(exc, settings.host) from exc
+                    result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
             _annotate(err, model, attempt_number)
             raise
-        return _finish(result, attempt_number, start)
+        return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
     async def arun(
-        self,
-        model: str,
-        input: Mapping[str, Any],
-        *,
-        gateway_options: GatewayOptions | dict[str, Any] | None = None,
+        self, model: str, input: Mapping[str, Any], *, gateway_options: GatewayOptions | dict[str, Any] | None = None
     ) -> RunResult:
         """The same as :meth:`run`, without blocking the event loop."""
-        client = await self.aget_conn()
         settings = await self.aget_settings()
+        client = await self.aget_conn()
         request = self._build_request(client, settings, model, input, gateway_options)
-        start = time.monotonic()
-        attempt_number = 0
+        start, attempt_number = time.monotonic(), 0
         try:
-            async for attempt in AsyncRetrying(**self._retry_policy(settings, model)):
+            async for attempt in AsyncRetrying(**self._retry_policy(settings, model, request)):
                 with attempt:
                     attempt_number = attempt.retry_state.attempt_number
-                    result = parse_response(await _asend(client.send, request), model)
+                    try:
+                        response = await client.send(request)
+                    except httpx.TransportError as exc:
+                        raise transport_error(exc, settings.host) from exc
+                    result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
             _annotate(err, model, attempt_number)
             raise
-        return _finish(result, attempt_number, start)
+        return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
     def generate_image(
         self,
@@ -496,8 +263,10 @@ class CloudflareWorkersAIHook(BaseHook):
         :return: the image: ``.url`` for Imagen, ``.data`` for models that return bytes.
         :raises InvalidInputError: before any request, naming the bad field and what is allowed.
         """
-        image_input, options = _prepare(prompt, aspect_ratio, person_generation, gateway_options)
-        return _to_image(self.run(model, image_input.to_request(), gateway_options=options), image_input)
+        image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
+        return image_from_result(
+            self.run(model, image_input.to_request(), gateway_options=gateway_options), image_input
+        )
 
     async def agenerate_image(
         self,
@@ -509,9 +278,9 @@ class CloudflareWorkersAIHook(BaseHook):
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
     ) -> GeneratedImage:
         """The same as :meth:`generate_image`, without blocking the event loop."""
-        image_input, options = _prepare(prompt, aspect_ratio, person_generation, gateway_options)
-        result = await self.arun(model, image_input.to_request(), gateway_options=options)
-        return _to_image(result, image_input)
+        image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
+        result = await self.arun(model, image_input.to_request(), gateway_options=gateway_options)
+        return image_from_result(result, image_input)
 
     async def agenerate_images(
         self,
@@ -533,18 +302,27 @@ class CloudflareWorkersAIHook(BaseHook):
         :param aspect_ratio: shared by every image.
         :param person_generation: shared by every image.
         :param model: the text-to-image model.
-        :param gateway_options: AI Gateway options, as for :meth:`run`.
+        :param gateway_options: AI Gateway options, as for :meth:`run`; a ``cache_key`` given here would make
+            every prompt share one cached answer, so it is refused.
         :param max_concurrency: how many requests may be in flight at once (1..1000).
         :return: a :class:`GeneratedImage` or a :class:`CloudflareWorkersAIError` per prompt, in order.
         """
-        inputs, options = _prepare_many(prompts, aspect_ratio, person_generation, gateway_options, max_concurrency)
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            max_concurrency = 0
+        if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+            raise InvalidInputError(f"Invalid max_concurrency: must be a whole number from 1 to {MAX_CONCURRENCY}")
+        inputs = ImagenInput.parse_many(prompts, aspect_ratio, person_generation)
+        options = GatewayOptions.parse(gateway_options)
+        if options is not None and options.cache_key is not None and len(inputs) > 1:
+            raise InvalidInputError("Invalid gateway_options: cache_key would give every prompt the same image")
+        check_model_id(model)
         gate = asyncio.Semaphore(max_concurrency)
 
         async def one(image_input: ImagenInput) -> GeneratedImage | CloudflareWorkersAIError:
             async with gate:
                 try:
                     result = await self.arun(model, image_input.to_request(), gateway_options=options)
-                    return _to_image(result, image_input)
+                    return image_from_result(result, image_input)
                 except CloudflareWorkersAIError as err:
                     return err
 
@@ -561,6 +339,9 @@ class CloudflareWorkersAIHook(BaseHook):
         max_concurrency: int = 8,
     ) -> list[GeneratedImage | CloudflareWorkersAIError]:
         """The same as :meth:`agenerate_images`, from synchronous code (runs its own event loop)."""
+        # Read the connection here, synchronously: an async lookup cannot see a connection stored in the
+        # metadata database when the task runs in-process (``airflow dags test``), a sync lookup always can.
+        self.settings  # noqa: B018
 
         async def run_all() -> list[GeneratedImage | CloudflareWorkersAIError]:
             try:
@@ -578,23 +359,15 @@ class CloudflareWorkersAIHook(BaseHook):
         return asyncio.run(run_all())
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the token with ``GET /accounts/{account_id}/tokens/verify`` (free, no model call)."""
+        """The UI's Test button: which kind of token it is, whether it is active, and whether it reaches Workers AI."""
         try:
-            settings = self.settings
-            response = _send(self.get_conn().get, f"/accounts/{settings.account_id}/tokens/verify")
-            result = parse_response(response, "tokens/verify").result or {}
+            return check_connection(self.settings, self.get_conn())
         except Exception as err:  # the UI's Test button shows whatever went wrong, in words
             return False, f"Connection test failed: {err}"
         finally:
             self.close()
-        status = result.get("status")
-        if status == "active":
-            return True, f"Connection works: the API token is active for account {settings.account_id}."
-        if status in ("expired", "disabled"):
-            return False, f"The API token is {status}: create a new one in the Cloudflare dashboard."
-        return False, f"The API token is not active (status {status!r})."
 
-    # --- Shared by the sync and async paths ------------------------------------------------------
+    # --- Shared by the sync and async paths ----------------------------------------------------------
 
     def _build_request(
         self,
@@ -604,36 +377,20 @@ class CloudflareWorkersAIHook(BaseHook):
         input: Mapping[str, Any],
         gateway_options: GatewayOptions | dict[str, Any] | None,
     ) -> httpx.Request:
-        if not isinstance(model, str) or not _MODEL_ID.fullmatch(model):
-            raise InvalidInputError(f"model must be a Workers AI model id such as {IMAGEN_4!r}, got {model!r}")
+        url = settings.run_url(model)  # checks the model id
         options = GatewayOptions.parse(gateway_options)
         headers = {"cf-aig-gateway-id": settings.gateway_id} if settings.gateway_id else {}
         if options is not None:
             headers.update(options.to_headers())
-        url = settings.run_url(model)
-        if model.startswith(CLOUDFLARE_MODEL_PREFIXES):
-            return client.build_request("POST", url, json=dict(input), headers=headers)
-        return client.build_request("POST", url, json={"model": model, "input": dict(input)}, headers=headers)
+        if options is None or (options.cache_key is None and not options.skip_cache):
+            # One key for every attempt of this call: a re-send after a lost answer gets the cached image.
+            headers["cf-aig-cache-key"] = f"airflow-imagen-{uuid.uuid4().hex}"
+            headers.setdefault("cf-aig-cache-ttl", str(RESEND_CACHE_TTL))
+        body = dict(input) if returns_bytes(model) else {"model": model, "input": dict(input)}
+        return client.build_request("POST", url, json=body, headers=headers)
 
-    def _retry_policy(self, settings: ConnectionSettings, model: str) -> dict[str, Any]:
-        attempts = 1 + (settings.max_retries if self.max_retries is None else self.max_retries)
-        backoff = wait_exponential_jitter(
-            multiplier=self.retry_backoff, max=self.max_retry_wait, jitter=self.retry_backoff
-        )
-        max_wait = self.max_retry_wait
-
-        def should_retry(exc: BaseException) -> bool:
-            if not isinstance(exc, CloudflareWorkersAIError) or not exc.retryable:
-                return False
-            # A server asking for a longer pause than we allow: stop now rather than hold the slot.
-            return exc.retry_after is None or exc.retry_after <= max_wait
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            retry_after = getattr(exc, "retry_after", None)
-            return float(retry_after) if retry_after is not None else float(backoff(state))
-
-        def log_retry(state: RetryCallState) -> None:
+    def _retry_policy(self, settings: ConnectionSettings, model: str, request: httpx.Request) -> dict[str, Any]:
+        def log_retry(state: RetryCallState, attempts: int) -> None:
             exc = state.outcome.exception() if state.outcome else None
             sleep = state.next_action.sleep if state.next_action else 0.0
             self.log.warning(
@@ -645,107 +402,13 @@ class CloudflareWorkersAIHook(BaseHook):
                 sleep,
             )
 
-        return {
-            "stop": stop_after_attempt(attempts),
-            "wait": wait,
-            "retry": retry_if_exception(should_retry),
-            "before_sleep": log_retry,
-            "reraise": True,
-        }
-
-
-def _prepare(
-    prompt: str,
-    aspect_ratio: str | None,
-    person_generation: str | None,
-    gateway_options: GatewayOptions | dict[str, Any] | None,
-) -> tuple[ImagenInput, GatewayOptions | None]:
-    image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
-    return image_input, GatewayOptions.parse(gateway_options)
-
-
-def _prepare_many(
-    prompts: Sequence[str],
-    aspect_ratio: str | None,
-    person_generation: str | None,
-    gateway_options: GatewayOptions | dict[str, Any] | None,
-    max_concurrency: int,
-) -> tuple[list[ImagenInput], GatewayOptions | None]:
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
-        raise InvalidInputError(f"Invalid prompts: expected a non-empty list of strings, got {prompts!r:.80}")
-    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or not 1 <= max_concurrency <= 1000:
-        raise InvalidInputError(
-            f"Invalid max_concurrency: must be a whole number from 1 to 1000, got {max_concurrency!r}"
+        return retry_policy(
+            attempts=1 + (settings.max_retries if self.max_retries is None else self.max_retries),
+            backoff=self.retry_backoff,
+            max_wait=self.max_retry_wait,
+            idempotent=is_idempotent(request, returns_bytes(model)),
+            log_retry=log_retry,
         )
-    inputs, problems = [], []
-    for index, prompt in enumerate(prompts):
-        try:
-            inputs.append(
-                ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
-            )
-        except InvalidInputError as err:
-            problems.append(f"prompts[{index}]: {err}")
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise InvalidInputError(shown)
-    return inputs, GatewayOptions.parse(gateway_options)
-
-
-def _to_image(result: RunResult, image_input: ImagenInput) -> GeneratedImage:
-    url: str | None = None
-    data: bytes | None = result.content
-    if data is None:
-        url, data = decode_image_field((result.result or {}).get("image"))
-    if url is None and data is None:
-        error = ImageGenerationFailedError(
-            "the model reported success but returned no image (expected result.image to be a URL or base64 image data)",
-            status_code=200,
-        )
-        _annotate(error, result.model, result.attempts)
-        raise error
-    size = IMAGE_SIZES.get(image_input.aspect_ratio or "") if result.model == IMAGEN_4 else None
-    return GeneratedImage(
-        model=result.model,
-        prompt=image_input.prompt,
-        aspect_ratio=image_input.aspect_ratio,
-        person_generation=image_input.person_generation,
-        url=url,
-        data=data,
-        media_type=sniff_image_type(data) if data else None,
-        width=size[0] if size else None,
-        height=size[1] if size else None,
-        key_source=(result.gateway_metadata or {}).get("keySource"),
-        attempts=result.attempts,
-        elapsed_seconds=result.elapsed_seconds,
-    )
-
-
-def _send(send: Any, *args: Any) -> httpx.Response:
-    try:
-        response: httpx.Response = send(*args)
-    except httpx.TransportError as exc:
-        raise _transport_error(exc) from exc
-    return response
-
-
-async def _asend(send: Any, *args: Any) -> httpx.Response:
-    try:
-        response: httpx.Response = await send(*args)
-    except httpx.TransportError as exc:
-        raise _transport_error(exc) from exc
-    return response
-
-
-def _transport_error(exc: httpx.TransportError) -> Exception:
-    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
-        return ConnectionConfigError(f"the connection's host is not usable: {exc}")
-    what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
-    detail = str(exc) or type(exc).__name__
-    return CloudflareServerError(f"the request {what}: {type(exc).__name__}: {detail}", retryable=True)
-
-
-def _finish(result: RunResult, attempts: int, start: float) -> RunResult:
-    return result.model_copy(update={"attempts": attempts, "elapsed_seconds": time.monotonic() - start})
 
 
 def _annotate(err: CloudflareWorkersAIError, model: str, attempts: int) -> None:

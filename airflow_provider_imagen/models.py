@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from airflow_provider_imagen.constants import (
     ASPECT_RATIOS,
     IMAGE_SIZES,
     IMAGEN_4,
-    MAX_PROMPT_CHARS,
     PERSON_GENERATION,
 )
 from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.rules import imagen_input_problems, shown
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -27,8 +28,7 @@ __all__ = [
     "RunResult",
 ]
 
-AspectRatio = Literal["1:1", "3:4", "4:3", "9:16", "16:9"]
-PersonGeneration = Literal["dont_allow", "allow_adult", "allow_all"]
+MAX_CONCURRENCY = 1000
 
 
 def _describe(exc: ValidationError, what: str) -> str:
@@ -36,12 +36,10 @@ def _describe(exc: ValidationError, what: str) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         field = ".".join(str(part) for part in err["loc"]) or what
-        got = err.get("input")
-        shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field"
-        lines.append(f"{field}: {message} (got {shown})")
+        lines.append(f"{field}: {message} (got {shown(err.get('input'))})")
     return f"Invalid {what}: " + "; ".join(lines)
 
 
@@ -56,25 +54,53 @@ class ImagenInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    aspect_ratio: AspectRatio | None = None
-    person_generation: PersonGeneration | None = None
+    prompt: str
+    aspect_ratio: str | None = None
+    person_generation: str | None = None
 
-    @field_validator("prompt")
+    @model_validator(mode="before")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
-        return value
+    def _check(cls, values: Any) -> Any:
+        # The rules live in rules.py, so literal arguments checked at DAG-parse time get the same words.
+        if isinstance(values, dict):
+            problems = imagen_input_problems(
+                values.get("prompt"), values.get("aspect_ratio"), values.get("person_generation")
+            )
+            if problems:
+                raise ValueError("; ".join(problems))
+            if isinstance(values.get("prompt"), str):
+                values = {**values, "prompt": values["prompt"].strip()}
+        return values
 
     @classmethod
     def parse(cls, **values: Any) -> ImagenInput:
         """Validate ``values``, raising :class:`InvalidInputError` that names each bad field."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise InvalidInputError(_describe(exc, "Imagen input")) from None
+        unknown = sorted(set(values) - set(cls.model_fields))
+        problems = [f"{name}: unknown field" for name in unknown]
+        problems += imagen_input_problems(
+            values.get("prompt"), values.get("aspect_ratio"), values.get("person_generation")
+        )
+        if problems:
+            raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
+        return cls(**values)
+
+    @classmethod
+    def parse_many(
+        cls, prompts: Sequence[str], aspect_ratio: str | None, person_generation: str | None
+    ) -> list[ImagenInput]:
+        """One input per prompt, every prompt checked; the error lists the first five bad ones by index."""
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+            raise InvalidInputError(f"Invalid prompts: expected a non-empty list of strings, got {shown(prompts)}")
+        inputs, problems = [], []
+        for index, prompt in enumerate(prompts):
+            try:
+                inputs.append(cls.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation))
+            except InvalidInputError as err:
+                problems.append(f"prompts[{index}]: {err}")
+        if problems:
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise InvalidInputError("; ".join(problems[:5]) + more)
+        return inputs
 
     def to_request(self) -> dict[str, str]:
         """The JSON ``input`` object, leaving out what the caller did not set."""
@@ -109,6 +135,19 @@ class GatewayOptions(BaseModel):
     metadata: dict[str, str | int | float | bool] | None = Field(default=None, max_length=5)
     request_timeout: int | None = Field(default=None, gt=0, le=3_600_000)
     collect_log: bool | None = None
+
+    @field_validator("cache_ttl", "request_timeout", "skip_cache", "collect_log", mode="before")
+    @classmethod
+    def _from_rendered_text(cls, value: Any) -> Any:
+        # A templated value renders to a string: "3600" means 3600 and "true" means true. Nothing else is
+        # guessed ("yes", "1.5" and floats are still refused, naming the field).
+        if isinstance(value, str):
+            text = value.strip()
+            if text.isdigit():
+                return int(text)
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+        return value
 
     @classmethod
     def parse(cls, value: GatewayOptions | dict[str, Any] | None) -> GatewayOptions | None:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.configuration import conf
 from airflow.sdk import BaseOperator
 
-from airflow_provider_imagen.constants import (
-    ASPECT_RATIOS,
-    CLOUDFLARE_MODEL_PREFIXES,
-    DEFAULT_CONN_ID,
-    IMAGEN_4,
-    MAX_IMAGE_BYTES,
-    MAX_PROMPT_CHARS,
-    PERSON_GENERATION,
-)
-from airflow_provider_imagen.errors import (
-    CloudflareWorkersAIError,
-    InvalidInputError,
-    error_from_dict,
-    error_to_dict,
-)
+from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4, MAX_IMAGE_BYTES
+from airflow_provider_imagen.errors import CloudflareWorkersAIError, InvalidInputError, StorageError
 from airflow_provider_imagen.links import GeneratedImageLink
+from airflow_provider_imagen.rules import check_model_id, imagen_input_problems, returns_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,10 +22,9 @@ if TYPE_CHECKING:
     from airflow_provider_imagen.models import GeneratedImage
 
 
-def _default_deferrable() -> bool:
-    from airflow.configuration import conf
-
-    return bool(conf.getboolean("operators", "default_deferrable", fallback=False))
+#: The longest a deferred generation may wait in the triggerer before the task fails: every attempt at the
+#: longest timeout, with the longest waits between them.
+DEFER_TIMEOUT = timedelta(hours=1)
 
 
 def _is_literal(value: object) -> bool:
@@ -43,28 +32,17 @@ def _is_literal(value: object) -> bool:
     return isinstance(value, str) and "{{" not in value and "{%" not in value
 
 
-def check_literal_inputs(prompt: object, aspect_ratio: object, person_generation: object) -> None:
+def check_literal_inputs(prompt: object, aspect_ratio: object, person_generation: object, model: object) -> None:
     """
-    Reject plainly wrong literal arguments when the DAG is parsed, long before a run.
-
-    Templated values and XCom references are checked after rendering, in ``execute()``.
+    Reject plainly wrong literal arguments when the DAG is parsed, long before a run, in the same words as
+    a rendered value gets in ``execute()``.
     """
-    if _is_literal(prompt):
-        assert isinstance(prompt, str)
-        if not prompt.strip():
-            raise InvalidInputError("Invalid Imagen input: prompt: must not be blank")
-        if len(prompt.strip()) > MAX_PROMPT_CHARS:
-            raise InvalidInputError(
-                f"Invalid Imagen input: prompt: at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}"
-            )
-    for name, value, allowed in (
-        ("aspect_ratio", aspect_ratio, ASPECT_RATIOS),
-        ("person_generation", person_generation, PERSON_GENERATION),
-    ):
-        if _is_literal(value) and value not in allowed:
-            raise InvalidInputError(
-                f"Invalid Imagen input: {name}: must be one of {', '.join(allowed)} (got {value!r})"
-            )
+    literal = [value if _is_literal(value) else None for value in (prompt, aspect_ratio, person_generation)]
+    problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2])
+    if problems:
+        raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
+    if _is_literal(model):
+        check_model_id(model)
 
 
 def _unset_if_empty(value: Any) -> Any:
@@ -72,9 +50,10 @@ def _unset_if_empty(value: Any) -> Any:
     return None if value == "" else value
 
 
-def _returns_bytes(model: str) -> bool:
-    # Cloudflare's own text-to-image models answer with base64 or raw bytes, not a URL.
-    return model.startswith(CLOUDFLARE_MODEL_PREFIXES)
+def _identity(context: Context) -> dict[str, Any]:
+    """What identifies this task instance: part of every stored image's name, so no two share one."""
+    ti = context["ti"]
+    return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
 
 
 class _ImagenOperatorMixin:
@@ -97,17 +76,23 @@ class _ImagenOperatorMixin:
             cloudflare_conn_id=self.cloudflare_conn_id, timeout=self.timeout, max_retries=self.max_retries
         )
 
-    def _check_output(self) -> None:
+    def _check_output(self, *, folder: bool = False) -> None:
+        check_model_id(self.model)
         if self.output_path is not None:
             from airflow_provider_imagen.storage import resolve_output_path
 
-            resolve_output_path(self.output_path)  # a bad path fails before anything is generated
-        elif _returns_bytes(self.model):
+            _, is_folder = resolve_output_path(self.output_path)  # a bad path fails before anything is generated
+            if folder and not is_folder:
+                raise InvalidInputError(
+                    f"Invalid output_path {self.output_path!s}: a batch keeps many images, so it must be a folder "
+                    "(end it with '/')"
+                )
+        elif returns_bytes(self.model):
             raise InvalidInputError(
                 f"Model {self.model!r} returns the image as bytes, not a URL: set output_path to store it"
             )
 
-    def _store(self, image: GeneratedImage) -> str | None:
+    def _store(self, image: GeneratedImage, identity: dict[str, Any]) -> str | None:
         if self.output_path is None:
             return None
         from airflow_provider_imagen.storage import store_image
@@ -121,6 +106,7 @@ class _ImagenOperatorMixin:
                 "model": image.model,
                 "aspect_ratio": image.aspect_ratio,
                 "person_generation": image.person_generation,
+                **identity,
             },
             max_bytes=self.max_image_bytes,
         )
@@ -190,13 +176,13 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         gateway_options: dict[str, Any] | None = None,
         output_path: str | ObjectStoragePath | None = None,
         max_image_bytes: int = MAX_IMAGE_BYTES,
-        deferrable: bool | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         timeout: float | None = None,
         max_retries: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_literal_inputs(prompt, aspect_ratio, person_generation)
+        check_literal_inputs(prompt, aspect_ratio, person_generation, model)
         self.prompt = prompt
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
@@ -205,7 +191,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         self.gateway_options = gateway_options
         self.output_path = output_path
         self.max_image_bytes = max_image_bytes
-        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        self.deferrable = deferrable
         self.timeout = timeout
         self.max_retries = max_retries
 
@@ -222,7 +208,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         self._check_output()
 
         if self.deferrable:
-            if _returns_bytes(self.model):
+            if returns_bytes(self.model):
                 raise InvalidInputError(
                     f"deferrable=True needs a model that returns a URL; {self.model!r} returns bytes"
                 )
@@ -240,6 +226,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
                     max_retries=self.max_retries,
                 ),
                 method_name="execute_complete",
+                timeout=DEFER_TIMEOUT,
             )
 
         with self.get_hook() as hook:
@@ -255,13 +242,17 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         """Resume after the trigger: the same XComs as the synchronous path, or the same typed error."""
         from airflow_provider_imagen.models import GeneratedImage
+        from airflow_provider_imagen.triggers import error_from_dict
 
         if not isinstance(event, dict) or event.get("status") != "success":
             raise error_from_dict(event.get("error") if isinstance(event, dict) else None)
         return self._finish(context, GeneratedImage.model_validate(event["image"]))
 
     def _finish(self, context: Context, image: GeneratedImage) -> str | None:
-        stored = self._store(image)
+        try:
+            stored = self._store(image, _identity(context))
+        except Exception as err:
+            raise _storage_failure(err, image, self.output_path) from err
         summary = {**image.to_xcom(), "stored_uri": stored}
         context["ti"].xcom_push(key="image", value=summary)
         if stored is not None:
@@ -335,8 +326,8 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         super().__init__(**kwargs)
         if isinstance(prompts, list):
             for prompt in prompts:
-                check_literal_inputs(prompt, None, None)
-        check_literal_inputs(None, aspect_ratio, person_generation)
+                check_literal_inputs(prompt, None, None, None)
+        check_literal_inputs(None, aspect_ratio, person_generation, model)
         self.prompts = prompts
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
@@ -353,7 +344,9 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
     def execute(self, context: Context) -> list[str | None]:
         import asyncio
 
-        self._check_output()
+        from airflow_provider_imagen.triggers import error_to_dict
+
+        self._check_output(folder=True)
         prompts = list(self.prompts) if isinstance(self.prompts, (list, tuple)) else self.prompts
         hook = self.get_hook()
         # Validation happens inside, before the first request.
@@ -366,19 +359,21 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
             max_concurrency=self.max_concurrency,
         )
 
+        identity = _identity(context)
+
         async def store_all() -> list[str | CloudflareWorkersAIError | None]:
             gate = asyncio.Semaphore(self.max_concurrency)
 
-            async def store(result: Any) -> str | CloudflareWorkersAIError | None:
+            async def store(index: int, result: Any) -> str | CloudflareWorkersAIError | None:
                 if isinstance(result, CloudflareWorkersAIError):
                     return result
                 async with gate:
                     try:  # fsspec writes are blocking: keep them off the loop, a few at a time
-                        return await asyncio.to_thread(self._store, result)
-                    except CloudflareWorkersAIError as err:
-                        return err
+                        return await asyncio.to_thread(self._store, result, {**identity, "index": index})
+                    except Exception as err:  # a storage error is this prompt's failure, not the batch's
+                        return _storage_failure(err, result, self.output_path)
 
-            return list(await asyncio.gather(*(store(result) for result in results)))
+            return list(await asyncio.gather(*(store(index, result) for index, result in enumerate(results))))
 
         stored = asyncio.run(store_all()) if self.output_path is not None else [None] * len(results)
 
@@ -410,3 +405,11 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
                 f"{len(failures)} of {len(prompts)} images failed (the others succeeded):\n{lines}"
             )
         return returned
+
+
+def _storage_failure(err: Exception, image: GeneratedImage, output_path: object) -> CloudflareWorkersAIError:
+    """A failed write, as a typed error that says what was kept: the image itself is still at its URL."""
+    if isinstance(err, CloudflareWorkersAIError):
+        return err
+    kept = f"the image is still at {image.url}" if image.url else "the image bytes were not kept"
+    return StorageError(f"storing the image at {output_path!s} failed ({type(err).__name__}: {err}); {kept}")

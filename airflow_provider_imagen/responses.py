@@ -15,14 +15,22 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from airflow_provider_imagen.constants import IMAGE_SIZES, IMAGEN_4
 from airflow_provider_imagen.errors import (
     CloudflareServerError,
     CloudflareWorkersAIError,
+    GenerationOutcomeUnknownError,
     ImageGenerationFailedError,
-    classify,
-    parse_retry_after,
 )
-from airflow_provider_imagen.models import ErrorDetail, ProxiedResponse, RunResult, V4Envelope
+from airflow_provider_imagen.models import (
+    ErrorDetail,
+    GeneratedImage,
+    ImagenInput,
+    ProxiedResponse,
+    RunResult,
+    V4Envelope,
+)
+from airflow_provider_imagen.retry import classify, parse_retry_after
 
 _IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -60,7 +68,7 @@ def parse_response(response: httpx.Response, model: str) -> RunResult:
     except (ValueError, UnicodeDecodeError):
         payload = None
     if not isinstance(payload, dict):
-        raise _unreadable(status, body, retry_after)
+        raise _unreadable(response, retry_after)
 
     if "state" in payload:
         return _proxied(payload, status, model, retry_after)
@@ -124,7 +132,13 @@ def decode_image_field(value: Any) -> tuple[str | None, bytes | None]:
     return (None, data) if sniff_image_type(data) else (None, None)
 
 
-def _unreadable(status: int, body: bytes, retry_after: float | None) -> CloudflareWorkersAIError:
+def _unreadable(response: httpx.Response, retry_after: float | None) -> CloudflareWorkersAIError:
+    status, body = response.status_code, response.content
+    if status == 404:
+        # Not Cloudflare's JSON: most likely a base URL without /client/v4, or no Cloudflare API at all.
+        where = f"{response.request.url.host}{response.request.url.path}" if _has_request(response) else "the API"
+        message = f"{_summarise(body) or _reason(status)} at {where}: check the connection's API base URL"
+        return classify(status, None, message, retry_after=retry_after)
     if status >= 400:
         return classify(status, None, _summarise(body) or _reason(status), retry_after=retry_after)
     if not body:
@@ -132,7 +146,23 @@ def _unreadable(status: int, body: bytes, retry_after: float | None) -> Cloudfla
     return _malformed(status, f"a body that is not valid JSON ({_summarise(body)})")
 
 
+def _has_request(response: httpx.Response) -> bool:
+    try:
+        response.request  # noqa: B018 - httpx raises when a response was built without one
+    except RuntimeError:
+        return False
+    return True
+
+
 def _malformed(status: int, what: str) -> CloudflareServerError:
+    if 200 <= status < 300:
+        # A success whose body was cut or garbled: the image was made, and billed; a blind re-send pays again.
+        error = GenerationOutcomeUnknownError(
+            f"Cloudflare answered {status} with {what}; the image may have been generated and billed",
+            status_code=status,
+        )
+        error.answer_started = True
+        return error
     # Edges and proxies produce these; the next attempt usually gets a proper answer.
     return CloudflareServerError(f"Cloudflare answered with {what}", status_code=status, retryable=True)
 
@@ -157,3 +187,37 @@ def _reason(status: int) -> str:
         return httpx.codes.get_reason_phrase(status) or f"HTTP {status}"
     except ValueError:
         return f"HTTP {status}"
+
+
+def image_from_result(result: RunResult, image_input: ImagenInput) -> GeneratedImage:
+    """
+    The image a text-to-image call returned: a URL (Imagen), raw bytes (SDXL) or base64 (flux).
+
+    :raises ImageGenerationFailedError: when the answer was a success but held no image.
+    """
+    url: str | None = None
+    data: bytes | None = result.content
+    if data is None:
+        url, data = decode_image_field((result.result or {}).get("image"))
+    if url is None and data is None:
+        error = ImageGenerationFailedError(
+            "the model reported success but returned no image (expected result.image to be a URL or base64 image data)",
+            status_code=200,
+        )
+        error.model, error.attempts = result.model, max(result.attempts, 1)
+        raise error
+    size = IMAGE_SIZES.get(image_input.aspect_ratio or "") if result.model == IMAGEN_4 else None
+    return GeneratedImage(
+        model=result.model,
+        prompt=image_input.prompt,
+        aspect_ratio=image_input.aspect_ratio,
+        person_generation=image_input.person_generation,
+        url=url,
+        data=data,
+        media_type=sniff_image_type(data) if data else None,
+        width=size[0] if size else None,
+        height=size[1] if size else None,
+        key_source=(result.gateway_metadata or {}).get("keySource"),
+        attempts=result.attempts,
+        elapsed_seconds=result.elapsed_seconds,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -18,11 +19,12 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
 from airflow_provider_imagen.errors import ImageDownloadError, InvalidInputError
 from airflow_provider_imagen.responses import sniff_image_type
+from airflow_provider_imagen.retry import backoff_wait
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -86,9 +88,15 @@ def _is_dir(path: ObjectStoragePath) -> bool:
 
 
 def file_name_for(prompt: str, inputs: dict[str, Any], extension: str) -> str:
-    """A stable, readable file name: a slug of the prompt plus a hash of everything that shaped the image."""
+    """
+    A readable file name that no other image gets: a slug of the prompt's start, then a hash of the whole
+    prompt and of ``inputs``, which name everything that identifies the image (model, aspect ratio, person
+    generation, and the task instance: DAG, run, task, map index, position in a batch). The same image of
+    the same task instance (a retry) gets the same name; nothing else does.
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].rstrip("-") or "image"
-    digest = hashlib.sha256(repr(sorted((k, str(v)) for k, v in inputs.items())).encode()).hexdigest()[:12]
+    identity = json.dumps({"prompt": prompt, **{k: str(v) for k, v in inputs.items()}}, sort_keys=True)
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
     return f"{slug}-{digest}{extension}"
 
 
@@ -168,10 +176,11 @@ def store_image(
     """
     Persist one image (from ``url``, or ``data`` for models that return bytes) at ``output_path``.
 
-    :param output_path: the file to write, or a folder (ending in ``/`` or existing) to write a
-        deterministic file name into.
+    :param output_path: the file to write, or a folder (ending in ``/`` or existing) to write a name
+        unique to this image into (see :func:`file_name_for`).
     :param prompt: the prompt, for the file name.
-    :param inputs: everything that shaped the image (model, aspect ratio, ...), for the file name.
+    :param inputs: everything that identifies the image (model, aspect ratio, task instance, ...), for the
+        file name.
     :return: where the image now is.
     """
     target, is_folder = resolve_output_path(output_path)
@@ -188,7 +197,7 @@ def store_image(
             elif url is not None:
                 for attempt in Retrying(
                     stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
-                    wait=wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
+                    wait=backoff_wait(0.5, 5.0),
                     retry=retry_if_exception(lambda exc: isinstance(exc, ImageDownloadError) and exc.retryable),
                     reraise=True,
                 ):
@@ -208,18 +217,48 @@ def _publish(local: str, target: ObjectStoragePath) -> None:
     """Move a complete local file to ``target`` so that only a whole image is ever visible there."""
     if target.protocol in _LOCAL_PROTOCOLS:
         final = target.path
-        os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
-        partial = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{uuid.uuid4().hex}.part")
+        folder = os.path.dirname(final) or "."
+        os.makedirs(folder, exist_ok=True)
+        partial = os.path.join(folder, f".{os.path.basename(final)}.{uuid.uuid4().hex}.part")
         try:
-            shutil.copyfile(local, partial)
+            with open(local, "rb") as source, open(partial, "wb") as sink:
+                shutil.copyfileobj(source, sink, CHUNK_SIZE)
+                sink.flush()
+                os.fsync(sink.fileno())  # the bytes are on disk before the name points at them
             os.replace(partial, final)  # atomic on POSIX within one filesystem
+            _fsync_folder(folder)  # and the rename survives a crash
         except BaseException:
             if os.path.exists(partial):
                 os.unlink(partial)
             raise
         return
-    # Object stores publish an object only when its upload completes.
+    # Object stores publish an object only when its upload completes; a failed upload is removed in case
+    # the store made a partial one visible.
     with contextlib.suppress(Exception):  # buckets have no folders to make
         target.parent.mkdir(parents=True, exist_ok=True)
-    with open(local, "rb") as source, target.open("wb") as sink:
-        shutil.copyfileobj(source, sink, CHUNK_SIZE)
+    existed = _exists(target)
+    try:
+        with open(local, "rb") as source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink, CHUNK_SIZE)
+    except BaseException:
+        if not existed:  # never remove what an earlier try stored whole
+            with contextlib.suppress(Exception):
+                if target.exists():
+                    target.unlink()
+        raise
+
+
+def _exists(target: ObjectStoragePath) -> bool:
+    try:
+        return bool(target.exists())
+    except Exception:
+        return False
+
+
+def _fsync_folder(folder: str) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot open or sync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

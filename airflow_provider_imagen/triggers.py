@@ -1,4 +1,7 @@
-"""The deferrable path: the Cloudflare call made in the triggerer's event loop, never blocking it."""
+"""
+The deferrable path: the Cloudflare call made in the triggerer's event loop, never blocking it, and the
+events it sends back to the task (errors travel as JSON and are rebuilt as the same typed exception).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_imagen import errors
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
+from airflow_provider_imagen.rules import check_model_id
+
+try:  # Airflow >= 3.2 moved the exceptions into the task SDK.
+    from airflow.sdk.exceptions import AirflowNotFoundException
+except ImportError:  # pragma: no cover - Airflow 3.1
+    from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -48,6 +58,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         max_retry_wait: float = 60.0,
     ) -> None:
         super().__init__()
+        check_model_id(model)  # the same rule as the hook's, before the trigger is stored
         self.prompt = prompt
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
@@ -77,31 +88,93 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_imagen.errors import CloudflareWorkersAIError, error_to_dict
         from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 
-        hook = CloudflareWorkersAIHook(
-            self.cloudflare_conn_id,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            retry_backoff=self.retry_backoff,
-            max_retry_wait=self.max_retry_wait,
-            share_async_client=True,
-        )
         try:
-            image = await hook.agenerate_image(
-                self.prompt,
-                self.aspect_ratio,
-                self.person_generation,
-                model=self.model,
-                gateway_options=self.gateway_options,
-            )
-        except (CloudflareWorkersAIError, ValueError) as err:
-            # ValueError covers bad input and a malformed connection: both fail the task, not the triggerer.
-            yield TriggerEvent({"status": "error", "error": error_to_dict(err)})
+            async with CloudflareWorkersAIHook(
+                self.cloudflare_conn_id,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+                retry_backoff=self.retry_backoff,
+                max_retry_wait=self.max_retry_wait,
+                share_async_client=True,
+            ) as hook:
+                image = await hook.agenerate_image(
+                    self.prompt,
+                    self.aspect_ratio,
+                    self.person_generation,
+                    model=self.model,
+                    gateway_options=self.gateway_options,
+                )
+        except Exception as err:
+            # Every failure, a missing connection included, fails the task through one event, never the
+            # triggerer; the message names the connection when the cause is not Cloudflare's answer.
+            yield TriggerEvent({"status": "error", "error": error_to_dict(err, conn_id=self.cloudflare_conn_id)})
             return
         if image.url is None:
             message = f"model {self.model!r} returned image bytes; deferrable mode needs a model that returns a URL"
             yield TriggerEvent({"status": "error", "error": {"type": "InvalidInputError", "message": message}})
             return
         yield TriggerEvent({"status": "success", "image": image.to_xcom()})
+
+
+def error_to_dict(error: BaseException, conn_id: str | None = None) -> dict[str, object]:
+    """
+    A JSON-safe description of ``error``, for trigger events and batch results.
+
+    :param conn_id: named in the message of errors that did not come from Cloudflare's answer.
+    """
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    if conn_id and not isinstance(error, errors.CloudflareWorkersAIError) and conn_id not in message:
+        message = f"Connection {conn_id!r}: {message}"
+    name = type(error).__name__
+    payload: dict[str, object] = {"type": name if name in _ERROR_TYPES else "CloudflareWorkersAIError"}
+    if name not in _ERROR_TYPES:
+        message = f"{name}: {message}"
+    payload["message"] = message
+    if isinstance(error, errors.CloudflareWorkersAIError):
+        payload.update(
+            status_code=error.status_code,
+            code=error.code,
+            retryable=error.retryable,
+            attempts=error.attempts,
+            model=error.model,
+        )
+    return payload
+
+
+def error_from_dict(payload: dict[str, object] | None) -> Exception:
+    """Rebuild the typed exception :func:`error_to_dict` described, so a task fails as the sync path would."""
+    payload = payload or {}
+    cls = _ERROR_TYPES.get(str(payload.get("type")), errors.CloudflareWorkersAIError)
+    message = str(payload.get("message") or "unknown error")
+    if not issubclass(cls, errors.CloudflareWorkersAIError):
+        return cls(message)
+    code = payload.get("code")
+    status = payload.get("status_code")
+    error = cls(
+        message,
+        status_code=status if isinstance(status, int) else None,
+        code=code if isinstance(code, (int, str)) else None,
+        retryable=bool(payload.get("retryable")),
+    )
+    attempts = payload.get("attempts")
+    error.attempts = attempts if isinstance(attempts, int) else 1
+    model = payload.get("model")
+    error.model = model if isinstance(model, str) else None
+    return error
+
+
+def _subclasses(cls: type[Exception]) -> list[type[Exception]]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+
+
+_ERROR_TYPES: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (
+        *_subclasses(errors.CloudflareWorkersAIError),
+        errors.InvalidInputError,
+        errors.ConnectionConfigError,
+        AirflowNotFoundException,
+    )
+}

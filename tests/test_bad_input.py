@@ -63,7 +63,7 @@ def test_bad_aspect_ratios_name_the_allowed_values(imagen_emulator, prompt, rati
         CloudflareWorkersAIHook().generate_image(prompt, aspect_ratio=ratio)
     assert "aspect_ratio" in str(info.value)
     if isinstance(ratio, str):
-        assert "'1:1', '3:4', '4:3', '9:16' or '16:9'" in str(info.value)
+        assert "must be one of 1:1, 3:4, 4:3, 9:16, 16:9" in str(info.value)
     assert imagen_emulator.api_requests == 0
 
 
@@ -73,7 +73,7 @@ def test_bad_person_generation_names_the_allowed_values(imagen_emulator, prompt,
     with pytest.raises(InvalidInputError, match="person_generation") as info:
         CloudflareWorkersAIHook().generate_image(prompt, person_generation=people)
     if isinstance(people, str):
-        assert "'dont_allow', 'allow_adult' or 'allow_all'" in str(info.value)
+        assert "must be one of dont_allow, allow_adult, allow_all" in str(info.value)
     assert imagen_emulator.api_requests == 0
 
 

@@ -13,9 +13,8 @@ from airflow_provider_imagen.errors import (
     CloudflareServerError,
     CloudflareWorkersAIError,
     ImageGenerationFailedError,
-    classify,
-    parse_retry_after,
 )
+from airflow_provider_imagen.retry import classify, parse_retry_after
 
 # The retry table of Cloudflare's documentation, row by row: (status, code, message) -> (type, retry?)
 TABLE = [

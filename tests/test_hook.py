@@ -16,6 +16,7 @@ from airflow_provider_imagen.errors import (
     CloudflareRateLimitError,
     CloudflareServerError,
     ConnectionConfigError,
+    GenerationOutcomeUnknownError,
     ImageGenerationFailedError,
     InvalidInputError,
 )
@@ -91,8 +92,9 @@ def test_requests_go_under_the_connections_host_and_path(monkeypatch):
     assert (imagen.call_count, flux.call_count) == (2, 2)
 
 
-def test_host_without_scheme_and_with_a_separate_port(monkeypatch):
-    set_connection(monkeypatch, host="proxy.internal", port=8443)
+def test_host_without_scheme_takes_the_schema_field_and_a_separate_port(monkeypatch):
+    # A URI connection (cloudflare_workers_ai://...) keeps the scheme in ``schema``.
+    set_connection(monkeypatch, host="proxy.internal", schema="https", port=8443)
     assert CloudflareWorkersAIHook().settings.base_url == "https://proxy.internal:8443"
 
 
@@ -108,6 +110,9 @@ def test_host_without_scheme_and_with_a_separate_port(monkeypatch):
         ({"extra": {"account_id": ACCOUNT, "max_retries": "many"}}, "extra 'max_retries' must be a whole number"),
         ({"extra": {"account_id": ACCOUNT, "gateway_id": "a b"}}, "extra 'gateway_id' must be"),
         ({"host": "ftp://example.com/x"}, "host must be an http(s) URL"),
+        # Taken as https before: the TLS error then came late, and was retried as if transient.
+        ({"host": "127.0.0.1:8787/client/v4"}, "host '127.0.0.1:8787/client/v4' has no scheme"),
+        ({"host": "https://user:pw@example.com/client/v4"}, "host must not hold credentials"),
     ],
 )
 def test_bad_connection_is_a_clear_error_naming_connection_and_field(monkeypatch, fields, expected):
@@ -195,9 +200,50 @@ def test_bad_input_never_reaches_the_network(hook, bad):
         assert route.call_count == 0
 
 
-def test_model_id_is_checked(hook):
-    with pytest.raises(InvalidInputError, match="model must be a Workers AI model id"):
-        hook.run("google imagen", {"prompt": "x"})
+@pytest.mark.parametrize(
+    "model",
+    [
+        "google imagen",
+        "@cf/../../../../user/tokens",
+        "@cf/../../../../../user/tokens",
+        "google/../../user/tokens",
+        "@cf/%2e%2e/%2e%2e/user/tokens",
+        "@cf/a/./b",
+        "/google/imagen-4",
+        "google/imagen-4/",
+        "imagen-4",
+        "@xx/meta/model",
+        "@cf/a?b=c",
+        "@cf/a#b",
+        "https://evil.example/x",
+        "",
+        None,
+    ],
+)
+def test_a_malformed_model_id_is_refused_before_any_request(hook, model):
+    with respx.mock(assert_all_called=False) as router:
+        route = router.route()
+        with pytest.raises(InvalidInputError, match="Invalid model: expected a Workers AI model id"):
+            hook.run(model, {"prompt": "x"})
+    assert route.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [
+        ("google/imagen-4", f"/client/v4/accounts/{ACCOUNT}/ai/run"),
+        (
+            "@cf/black-forest-labs/flux-1-schnell",
+            f"/client/v4/accounts/{ACCOUNT}/ai/run/@cf/black-forest-labs/flux-1-schnell",
+        ),
+        ("@hf/vendor/model.v1_2", f"/client/v4/accounts/{ACCOUNT}/ai/run/@hf/vendor/model.v1_2"),
+    ],
+)
+@respx.mock
+def test_well_formed_model_ids_stay_under_the_accounts_run_route(hook, model, path):
+    route = respx.post(url__startswith=BASE).mock(return_value=httpx.Response(200, content=PNG))
+    hook.run(model, {"prompt": "x"})
+    assert route.calls.last.request.url.path == path
 
 
 # --- Every response shape and every row of the retry table --------------------------------------------
@@ -309,12 +355,88 @@ def test_transient_failure_then_success_reports_attempts(hook, caplog, capsys):
 
 
 @respx.mock
-def test_read_timeout_is_retried_then_reported(hook):
+def test_a_read_timeout_is_never_re_sent_blindly(hook):
+    # The request reached Cloudflare: its generation may still run and be billed; a re-send would pay twice.
     route = respx.post(RUN).mock(side_effect=httpx.ReadTimeout("timed out"))
-    with pytest.raises(CloudflareServerError, match="timed out") as info:
+    with pytest.raises(GenerationOutcomeUnknownError, match="may have been generated and billed") as info:
         hook.generate_image("a cat")
-    assert route.call_count == 3
+    assert route.call_count == 1
     assert info.value.status_code is None
+    assert "api.cloudflare.com" in str(info.value)  # names the host it tried
+
+
+@pytest.mark.parametrize(
+    "error",
+    [httpx.ConnectError("refused"), httpx.ConnectTimeout("slow connect"), httpx.PoolTimeout("pool busy")],
+    ids=["connect error", "connect timeout", "pool timeout"],
+)
+@respx.mock
+def test_a_request_that_never_left_is_retried_freely(hook, error):
+    route = respx.post(RUN).mock(side_effect=[error, error, httpx.Response(200, json=COMPLETED)])
+    assert hook.generate_image("a cat").attempts == 3
+    assert route.call_count == 3
+
+
+@respx.mock
+def test_a_cut_answer_is_re_sent_only_with_its_cache_key(hook):
+    cut = httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+    route = respx.post(RUN).mock(side_effect=[cut, httpx.Response(200, json=COMPLETED)])
+    assert hook.generate_image("a cat").attempts == 2
+    first, second = (call.request.headers for call in route.calls)
+    assert first["cf-aig-cache-key"] == second["cf-aig-cache-key"]  # the re-send finds the first answer
+
+    route.reset()
+    route.mock(side_effect=[cut, httpx.Response(200, json=COMPLETED)])
+    with pytest.raises(GenerationOutcomeUnknownError):
+        hook.generate_image("a cat", gateway_options={"skip_cache": True})  # no key: never re-sent
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_every_call_has_its_own_cache_key_unless_the_caller_names_one(hook):
+    route = respx.post(RUN).respond(json=COMPLETED)
+    hook.generate_image("a cat")
+    hook.generate_image("a cat")
+    hook.generate_image("a cat", gateway_options={"cache_key": "mine", "cache_ttl": "120"})
+    keys = [call.request.headers["cf-aig-cache-key"] for call in route.calls]
+    assert keys[0] != keys[1] and keys[2] == "mine"
+    assert route.calls[2].request.headers["cf-aig-cache-ttl"] == "120"
+
+
+def test_a_tls_handshake_that_cannot_succeed_fails_at_once(monkeypatch):
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted = []
+
+    def plain_http_server():
+        # Answers a TLS ClientHello with plain HTTP, as an http:// server reached over https does.
+        while len(accepted) < 5:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=plain_http_server, daemon=True).start()
+    set_connection(monkeypatch, host=f"https://127.0.0.1:{port}/client/v4")
+    try:
+        with (
+            CloudflareWorkersAIHook(max_retries=3, retry_backoff=0.01) as hook,
+            pytest.raises(ConnectionConfigError) as info,
+        ):
+            hook.generate_image("a cat")
+    finally:
+        server.close()
+    assert f"TLS handshake with 127.0.0.1:{port} failed" in str(info.value)
+    assert len(accepted) == 1  # not retried as if transient
 
 
 @respx.mock
@@ -373,25 +495,55 @@ def test_async_path_shares_shapes_and_retries(hook, name, response, error_type, 
 
 # --- test_connection -------------------------------------------------------------------------------------
 
-VERIFY = f"{BASE}/accounts/{ACCOUNT}/tokens/verify"
+USER_VERIFY = f"{BASE}/user/tokens/verify"
+ACCOUNT_VERIFY = f"{BASE}/accounts/{ACCOUNT}/tokens/verify"
+MODELS = f"{BASE}/accounts/{ACCOUNT}/ai/models/search"
+INVALID = {"status_code": 401, "json": envelope_error(1000, "Invalid API Token")}
+
+
+def verified(status):
+    return {"json": {"success": True, "errors": [], "messages": [], "result": {"id": "x", "status": status}}}
+
+
+MODELS_OK = {"json": {"success": True, "errors": [], "messages": [], "result": [{"name": "google/imagen-4"}]}}
 
 
 @pytest.mark.parametrize(
-    ("response", "ok", "text"),
+    ("user", "account", "models", "ok", "text"),
     [
-        ({"json": {"success": True, "result": {"id": "x", "status": "active"}}}, True, "token is active"),
-        ({"json": {"success": True, "result": {"id": "x", "status": "expired"}}}, False, "token is expired"),
-        ({"json": {"success": True, "result": {"id": "x", "status": "disabled"}}}, False, "token is disabled"),
-        ({"status_code": 403, "json": envelope_error(10000, "Authentication error")}, False, "Authentication error"),
+        # User tokens (My Profile > API Tokens) are refused by the account route: they verified as bad before.
+        (verified("active"), INVALID, MODELS_OK, True, "an active user API token that reaches Workers AI"),
+        (INVALID, verified("active"), MODELS_OK, True, "an active account-owned API token that reaches Workers AI"),
+        (verified("expired"), INVALID, MODELS_OK, False, "a user token, and it is expired"),
+        (INVALID, verified("disabled"), MODELS_OK, False, "an account-owned token, and it is disabled"),
+        (
+            INVALID,
+            INVALID,
+            MODELS_OK,
+            False,
+            "refused as a user token: Cloudflare Workers AI error (HTTP 401, code 1000)",
+        ),
+        (
+            verified("active"),
+            INVALID,
+            {"status_code": 401, "json": envelope_error(10000, "Authentication error")},
+            False,
+            "an active user token, but it cannot reach Workers AI on account acc123",
+        ),
     ],
 )
-@respx.mock
-def test_test_connection_reports_in_plain_words(hook, response, ok, text):
-    respx.get(VERIFY).mock(return_value=httpx.Response(**{"status_code": 200, **response}))
-    result, message = hook.test_connection()
-    assert result is ok
-    assert text in message
+def test_test_connection_tells_the_kind_of_token_its_status_and_workers_ai_access(
+    hook, user, account, models, ok, text
+):
+    with respx.mock(assert_all_called=False) as router:
+        router.get(USER_VERIFY).mock(return_value=httpx.Response(**{"status_code": 200, **user}))
+        router.get(ACCOUNT_VERIFY).mock(return_value=httpx.Response(**{"status_code": 200, **account}))
+        listed = router.get(MODELS).mock(return_value=httpx.Response(**{"status_code": 200, **models}))
+        result, message = hook.test_connection()
+    assert (result, text) == (ok, text) and text in message, message
     assert TOKEN not in message
+    if ok:
+        assert listed.calls.last.request.url.params["per_page"] == "1"  # a free, read-only call
 
 
 def test_concurrent_first_calls_make_one_async_client(imagen_emulator):

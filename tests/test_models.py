@@ -16,14 +16,22 @@ def test_valid_input_keeps_only_what_was_set():
 @pytest.mark.parametrize(
     ("values", "field", "hint"),
     [
-        ({"prompt": ""}, "prompt", "at least 1 character"),
+        ({"prompt": ""}, "prompt", "must not be blank"),
         ({"prompt": "   \n"}, "prompt", "must not be blank"),
         ({"prompt": "x" * 2001}, "prompt", "at most 2000 characters"),
-        ({"prompt": 42}, "prompt", "valid string"),
-        ({"prompt": None}, "prompt", "valid string"),
-        ({"prompt": "a", "aspect_ratio": "2:1"}, "aspect_ratio", "'1:1', '3:4', '4:3', '9:16' or '16:9'"),
-        ({"prompt": "a", "aspect_ratio": 1.5}, "aspect_ratio", "'1:1'"),
-        ({"prompt": "a", "person_generation": "everyone"}, "person_generation", "'dont_allow', 'allow_adult'"),
+        ({"prompt": 42}, "prompt", "must be a string (got 42)"),
+        ({"prompt": None}, "prompt", "must be a string (got None)"),
+        (
+            {"prompt": "a", "aspect_ratio": "2:1"},
+            "aspect_ratio",
+            "must be one of 1:1, 3:4, 4:3, 9:16, 16:9 (got '2:1')",
+        ),
+        ({"prompt": "a", "aspect_ratio": 1.5}, "aspect_ratio", "must be one of 1:1, 3:4, 4:3, 9:16, 16:9 (got 1.5)"),
+        (
+            {"prompt": "a", "person_generation": "everyone"},
+            "person_generation",
+            "must be one of dont_allow, allow_adult, allow_all (got 'everyone')",
+        ),
         ({"prompt": "a", "seed": 3}, "seed", "unknown field"),
     ],
 )
@@ -75,17 +83,36 @@ def test_gateway_options_become_cf_aig_headers():
     ("value", "field"),
     [
         ({"cache_ttl": -1}, "cache_ttl"),
-        ({"cache_ttl": "60"}, "cache_ttl"),
+        ({"cache_ttl": "sixty"}, "cache_ttl"),
         ({"request_timeout": 0}, "request_timeout"),
         ({"gateway_id": "has space"}, "gateway_id"),
         ({"metadata": {str(i): i for i in range(6)}}, "metadata"),
-        ({"skip_cache": "yes"}, "skip_cache"),
+        ({"skip_cache": "maybe"}, "skip_cache"),
         ({"cache": 10}, "cache"),
     ],
 )
 def test_bad_gateway_options_are_rejected_by_name(value, field):
     with pytest.raises(InvalidInputError, match=rf"Invalid gateway options: .*{field}"):
         GatewayOptions.parse(value)
+
+
+def test_rendered_strings_are_taken_where_their_meaning_is_plain():
+    # A templated value renders to a string: "3600" is 3600 seconds, "true" is true.
+    options = GatewayOptions.parse({"cache_ttl": "3600", "skip_cache": "true", "request_timeout": "5000"})
+    assert (options.cache_ttl, options.skip_cache, options.request_timeout) == (3600, True, 5000)
+
+
+def test_a_literal_and_a_rendered_value_get_the_same_words():
+    from airflow_provider_imagen.operators import check_literal_inputs
+
+    with pytest.raises(InvalidInputError) as literal:
+        check_literal_inputs("a cat", "2:1", None, None)
+    with pytest.raises(InvalidInputError) as rendered:
+        ImagenInput.parse(prompt="a cat", aspect_ratio="2:1")
+    assert str(literal.value) == str(rendered.value)
+    with pytest.raises(InvalidInputError) as blank:
+        ImagenInput.parse(prompt="  ")
+    assert "Value error" not in str(blank.value)
 
 
 def test_gateway_options_must_be_a_mapping():

@@ -21,7 +21,7 @@ def make(**kwargs):
     ("kwargs", "message"),
     [
         ({"prompt": "  "}, "prompt: must not be blank"),
-        ({"prompt": "x" * 2001}, "prompt: at most 2000 characters"),
+        ({"prompt": "x" * 2001}, "prompt: must be at most 2000 characters"),
         ({"prompt": "a", "aspect_ratio": "2:1"}, "aspect_ratio: must be one of 1:1, 3:4, 4:3, 9:16, 16:9"),
         ({"prompt": "a", "person_generation": "all"}, "person_generation: must be one of dont_allow, allow_adult"),
     ],

@@ -25,6 +25,7 @@ from airflow_provider_imagen.errors import (
     CloudflareRateLimitError,
     CloudflareServerError,
     CloudflareWorkersAIError,
+    GenerationOutcomeUnknownError,
     ImageDownloadError,
     ImageGenerationFailedError,
 )
@@ -41,7 +42,8 @@ def http_date_in(seconds: float) -> str:
     return format_datetime(datetime.now(timezone.utc) + timedelta(seconds=seconds), usegmt=True)
 
 
-# id -> (faults to queue as (preset, times, fields), outcome type or None, attempts, minimum seconds)
+# id -> (faults to queue as (preset, times, fields), outcome type or None, attempts, minimum seconds).
+# Every row also counts the generations Cloudflare would bill (GENERATIONS, 0 where not listed).
 ROWS: dict[str, tuple[list[tuple[str, int, dict[str, Any]]], type[Exception] | None, int, float]] = {
     "429/3040 Retry-After seconds": ([("capacity", 1, {"retry_after": "1"})], None, 2, 1.0),
     "429/3040 Retry-After HTTP-date": ([("capacity", 1, {"retry_after": "date+2"})], None, 2, 0.5),
@@ -69,12 +71,17 @@ ROWS: dict[str, tuple[list[tuple[str, int, dict[str, Any]]], type[Exception] | N
     "200 success false": ([("success_false", ATTEMPTS, {})], CloudflareRateLimitError, ATTEMPTS, 0),
     "200 unknown state": ([("unknown_state", 1, {})], ImageGenerationFailedError, 1, 0),
     "200 no image": ([("no_image", 1, {})], ImageGenerationFailedError, 1, 0),
-    "empty body": ([("empty", ATTEMPTS, {})], CloudflareServerError, ATTEMPTS, 0),
-    "truncated JSON": ([("truncated", ATTEMPTS, {})], CloudflareServerError, ATTEMPTS, 0),
-    "dropped connection": ([("drop", ATTEMPTS, {})], CloudflareServerError, ATTEMPTS, 0),
-    "slower than the timeout": ([("slow", ATTEMPTS, {"delay": 1.5})], CloudflareServerError, ATTEMPTS, 3 * TIMEOUT),
+    "empty 502": ([("empty_502", ATTEMPTS, {})], CloudflareServerError, ATTEMPTS, 0),
+    # The answer is lost after the image was made (and billed): the re-send carries the same AI Gateway
+    # cache key, so it gets the cached answer instead of a second generation.
+    "empty 200 body": ([("empty", 1, {})], None, 2, 0),
+    "truncated JSON": ([("truncated", 1, {})], None, 2, 0),
+    "dropped connection": ([("drop", 1, {})], None, 2, 0),
+    # The client gives up while the generation still runs: a re-send would start a second one. Not re-sent.
+    "slower than the timeout": ([("slow", 1, {"delay": 1.0})], GenerationOutcomeUnknownError, 1, TIMEOUT),
     "transient then success": ([("internal", 1, {}), ("drop", 1, {})], None, 3, 0),
 }
+GENERATIONS = {"slower than the timeout": 1}  # a row that succeeds is billed once; a failed one only if listed
 
 # Persisting: the generation succeeds, the download of the image does not.
 DOWNLOAD_ROWS = {
@@ -144,7 +151,7 @@ def run_batch_operator(output):
     except CloudflareWorkersAIError as err:
         # The batch fails with one line per prompt; re-raise the prompt's own typed error for the row's checks.
         failures = {c.kwargs["key"]: c.kwargs["value"] for c in ti.xcom_push.call_args_list}["failures"]
-        from airflow_provider_imagen.errors import error_from_dict
+        from airflow_provider_imagen.triggers import error_from_dict
 
         (failure,) = failures
         assert failure["reason"] in str(err)
@@ -193,6 +200,8 @@ def test_fault_matrix(imagen_emulator, tmp_path, path, row):
 
     assert imagen_emulator.api_requests == attempts
     assert at_least <= elapsed < BOUND_SECONDS
+    billed = 1 if outcome is None else GENERATIONS.get(row, 0)
+    assert imagen_emulator.wait_for_generations(billed, timeout=3.0) == billed  # never billed twice
     if output is not None:
         stored = list((tmp_path / "images").glob("*")) if (tmp_path / "images").exists() else []
         assert len(stored) == (1 if outcome is None else 0)  # a whole image, or nothing at all

@@ -8,11 +8,12 @@ import os
 
 import pytest
 
-from airflow_provider_imagen import hooks
-from airflow_provider_imagen.errors import CloudflareRateLimitError, error_from_dict
-from airflow_provider_imagen.hooks import CloudflareWorkersAIHook, shared_async_clients
+from airflow_provider_imagen import clients
+from airflow_provider_imagen.clients import shared_async_clients
+from airflow_provider_imagen.errors import CloudflareRateLimitError
+from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 from airflow_provider_imagen.transport import CONNECTIONS_PER_POOL
-from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
+from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger, error_from_dict
 
 FAST = {"retry_backoff": 0.01, "max_retry_wait": 1.0}
 
@@ -136,7 +137,7 @@ def test_triggers_started_together_read_the_connection_once(monkeypatch, imagen_
 
 def test_a_changed_connection_reaches_triggers_once_the_shared_read_expires(monkeypatch, imagen_emulator):
     reads = count_connection_reads(monkeypatch)
-    monkeypatch.setattr(hooks, "SHARED_SETTINGS_SECONDS", 1.0)  # wide enough for a slow machine
+    monkeypatch.setattr(clients, "SHARED_SETTINGS_SECONDS", 1.0)  # wide enough for a slow machine
 
     async def three_in_a_row():
         try:

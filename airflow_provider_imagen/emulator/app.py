@@ -45,6 +45,11 @@ MAX_BODY_BYTES = 1_000_000
 MAX_LATENCY_SECONDS = 120.0
 MAX_REMEMBERED_IMAGES = 100_000
 MAX_RECORDED_REQUESTS = 1_000
+#: Seconds AI Gateway keeps an answer under a cache key when the request names no cf-aig-cache-ttl.
+DEFAULT_CACHE_TTL = 300
+#: Faults that break the answer after the model ran (an empty 200 too): the image exists, and is billed, but
+#: the client loses it.
+LOST_AFTER_GENERATION = frozenset({"drop", "truncated"})
 
 
 @dataclass
@@ -57,6 +62,9 @@ class EmulatorConfig:
     :param public_url: base of the image URLs it returns; the request's own base URL when unset.
     :param failure_rate: share (0..1) of API requests answered with a random transient fault.
     :param token_status: what ``tokens/verify`` reports: ``active``, ``disabled`` or ``expired``.
+    :param token_kind: ``user`` (My Profile > API Tokens, the common kind) or ``account`` (account-owned):
+        each verify route refuses the other kind, as Cloudflare's do.
+    :param workers_ai_access: whether the token may use Workers AI (``ai/models/search`` refuses it if not).
     :param seed: seed of the random failures, for repeatable drills.
     """
 
@@ -65,6 +73,8 @@ class EmulatorConfig:
     public_url: str | None = None
     failure_rate: float = 0.0
     token_status: str = "active"
+    token_kind: str = "user"
+    workers_ai_access: bool = True
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -74,6 +84,8 @@ class EmulatorConfig:
             raise ValueError(f"failure_rate must be between 0 and 1, got {self.failure_rate}")
         if self.token_status not in ("active", "disabled", "expired"):
             raise ValueError(f"token_status must be active, disabled or expired, got {self.token_status!r}")
+        if self.token_kind not in ("user", "account"):
+            raise ValueError(f"token_kind must be user or account, got {self.token_kind!r}")
 
 
 class EmulatorState:
@@ -93,6 +105,8 @@ class EmulatorState:
             self.counts: Counter[str] = Counter()
             self.images: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
             self.recent: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDED_REQUESTS)
+            # AI Gateway's cache: key -> (expiry on the loop clock, the answer's body)
+            self.cache: dict[str, tuple[float, bytes]] = {}
 
     def next_image_fault(self) -> Fault | None:
         with self.lock:
@@ -130,6 +144,9 @@ class EmulatorState:
                 "api_requests": self.counts["api"],
                 "image_requests": self.counts["image"],
                 "verify_requests": self.counts["verify"],
+                "generations": self.counts["generations"],
+                "cache_hits": self.counts["cache_hits"],
+                "generations_by_prompt": {k[7:]: v for k, v in self.counts.items() if k.startswith("prompt:")},
                 "faults_served": self.counts["faults_served"],
                 "faults_pending": len(self.faults) + len(self.image_faults),
                 "by_model": {k[6:]: v for k, v in self.counts.items() if k.startswith("model:")},
@@ -235,6 +252,13 @@ async def _huge_png(size: int) -> AsyncIterator[bytes]:
         yield piece
 
 
+def _int_or(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
 # --- Input checks, as Cloudflare enforces the Imagen 4 schema ------------------------------------------
 
 
@@ -295,15 +319,58 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         except ValueError:
             return None, envelope_error(400, 5004, "Invalid data: the body is not valid JSON")
 
+    def cache_key(request: Request, model: str) -> str | None:
+        # AI Gateway caches what goes through a gateway: third-party models always do, Cloudflare's own
+        # only with cf-aig-gateway-id.
+        key = request.headers.get("cf-aig-cache-key")
+        if not key or request.headers.get("cf-aig-skip-cache") == "true":
+            return None
+        if model not in PROXIED_MODELS and "cf-aig-gateway-id" not in request.headers:
+            return None
+        return key
+
     async def generate(request: Request, model: str, inputs: Any, proxied: bool) -> Response:
+        loop = asyncio.get_running_loop()
+        key = cache_key(request, model)
+        if key is not None:
+            with state.lock:
+                cached = state.cache.get(key)
+                if cached is not None and cached[0] > loop.time():
+                    state.counts["cache_hits"] += 1
+                    hit = cached[1]
+                else:
+                    hit = None
+            if hit is not None:
+                return Response(hit, media_type="application/json", headers={"cf-aig-cache-status": "HIT"})
         fault = state.next_fault()
-        if fault is not None:
+        lost_after = fault is not None and (
+            fault.kind in LOST_AFTER_GENERATION or (fault.kind == "empty" and fault.status == 200)
+        )
+        if fault is not None and not lost_after:
             answer = await fault_response(fault)
             if answer is not None:
                 return answer
         if state.config.latency:
             await asyncio.sleep(state.config.latency)
+        # Like Cloudflare, a generation that completes is billed whether or not the client still waits.
+        answer = await run_model(request, model, inputs, proxied)
+        if answer.status_code == 200:
+            with state.lock:
+                state.counts["generations"] += 1
+                prompt = inputs.get("prompt") if isinstance(inputs, dict) else None
+                state.counts[f"prompt:{prompt}"] += 1
+                if key is not None and isinstance(answer.body, bytes) and answer.media_type == "application/json":
+                    # Volatile, as AI Gateway's: filled when the first answer is complete, so a re-send made
+                    # while the first generation still runs is not merged with it.
+                    ttl = _int_or(request.headers.get("cf-aig-cache-ttl"), DEFAULT_CACHE_TTL)
+                    state.cache[key] = (loop.time() + ttl, answer.body)
+            if key is not None:
+                answer.headers["cf-aig-cache-status"] = "MISS"
+        if lost_after and fault is not None:  # the answer is lost on the way back, after the image was billed
+            return await fault_response(fault) or answer
+        return answer
 
+    async def run_model(request: Request, model: str, inputs: Any, proxied: bool) -> Response:
         if model in PROXIED_MODELS:
             problem = imagen_input_problem(inputs)
             if problem:
@@ -358,13 +425,15 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             return problem
         return await generate(request, model, body, proxied=False)
 
-    @app.get("/client/v4/accounts/{account_id}/tokens/verify")
-    async def verify_token(account_id: str, request: Request) -> Response:
+    async def verify(request: Request, kind: str) -> Response:
         with state.lock:
             state.counts["verify"] += 1
         denied = authorized(request)
         if denied is not None:
             return denied
+        if state.config.token_kind != kind:
+            # Each route refuses the other kind of token, in these words.
+            return envelope_error(401, 1000, "Invalid API Token")
         fault = state.next_fault()
         if fault is not None:
             answer = await fault_response(fault)
@@ -379,6 +448,25 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 "result": {"id": "emulator-token-id", "status": status},
             }
         )
+
+    @app.get("/client/v4/user/tokens/verify")
+    async def verify_user_token(request: Request) -> Response:
+        return await verify(request, "user")
+
+    @app.get("/client/v4/accounts/{account_id}/tokens/verify")
+    async def verify_account_token(account_id: str, request: Request) -> Response:
+        return await verify(request, "account")
+
+    @app.get("/client/v4/accounts/{account_id}/ai/models/search")
+    async def search_models(account_id: str, request: Request) -> Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        if not state.config.workers_ai_access:
+            return envelope_error(401, 10000, "Authentication error")
+        models = [{"name": name, "task": {"name": "Text-to-Image"}} for name in (*sorted(PROXIED_MODELS), FLUX, SDXL)]
+        per_page = _int_or(request.query_params.get("per_page"), len(models))
+        return _envelope_ok(models[: max(1, per_page)])
 
     @app.get("/images/{image_id}.png")
     async def image(image_id: str) -> Response:
@@ -427,7 +515,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     @app.patch("/__emulator__/config")
     async def configure(request: Request) -> Response:
         changes = await request.json()
-        allowed = {"latency", "failure_rate", "token_status", "public_url", "seed"}
+        allowed = {"latency", "failure_rate", "token_status", "token_kind", "workers_ai_access", "public_url", "seed"}
         unknown = set(changes) - allowed
         if unknown:
             return _json({"error": f"unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}"}, 422)

@@ -43,7 +43,10 @@ class EmulatorClient:
         self._post("/__emulator__/faults", {"faults": [fault] * times})
 
     def configure(self, **settings: Any) -> dict[str, Any]:
-        """Change ``latency``, ``failure_rate``, ``token_status``, ``public_url`` or ``seed`` while running."""
+        """
+        Change ``latency``, ``failure_rate``, ``token_status``, ``token_kind``, ``workers_ai_access``,
+        ``public_url`` or ``seed`` while running.
+        """
         response = self._http.patch("/__emulator__/config", json=settings)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
@@ -60,6 +63,18 @@ class EmulatorClient:
     def api_requests(self) -> int:
         """How many API calls (generation attempts) the emulator has seen since the last reset."""
         return int(self.stats()["api_requests"])
+
+    @property
+    def generations(self) -> int:
+        """How many generations completed (what Cloudflare bills), whether or not the client still waited."""
+        return int(self.stats()["generations"])
+
+    def wait_for_generations(self, count: int, timeout: float = 10.0) -> int:
+        """The generation count once it reaches ``count`` (a slow generation outlives its client) or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (seen := self.generations) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return seen
 
     def reset(self) -> None:
         """Forget faults, counters, images and configuration changes."""

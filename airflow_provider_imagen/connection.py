@@ -1,0 +1,243 @@
+"""
+The Airflow connection: its form (the one definition, read by every Airflow version), and the settings the
+hook reads from it, validated as untrusted input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+# Only constants at import time: provider discovery imports this module (through get_provider_info) while
+# errors.py may still be importing Airflow's exceptions, so the error types are imported where raised.
+from airflow_provider_imagen.constants import CLOUDFLARE_MODEL_PREFIXES
+
+if TYPE_CHECKING:
+    import httpx
+    from airflow.sdk import Connection
+
+    from airflow_provider_imagen.errors import ConnectionConfigError
+
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+DEFAULT_TIMEOUT = 180.0
+DEFAULT_MAX_RETRIES = 3
+MAX_MAX_RETRIES = 10
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# --- The connection form --------------------------------------------------------------------------------
+
+#: Relabelled, hidden and placeholder fields, with the dashed keys the Airflow 3.2+ UI reads.
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema", "port", "login"],
+    "relabeling": {"password": "API Token", "host": "API Base URL"},
+    "placeholders": {
+        "password": "Cloudflare API token with the Workers AI and AI Gateway permissions",
+        "host": "https://api.cloudflare.com/client/v4 (leave empty), or http://127.0.0.1:8787/client/v4",
+        "extra": '{"account_id": "...", "gateway_id": "my-gateway"}',
+        "account_id": "0123456789abcdef0123456789abcdef",
+        "gateway_id": "default",
+    },
+}
+
+#: The extra fields: a JSON schema each (Airflow 3.2+), from which :func:`connection_form_widgets` builds the
+#: same fields for Airflow 3.1.
+CONN_FIELDS: dict[str, Any] = {
+    "account_id": {
+        "label": "Account ID",
+        "description": "Your Cloudflare account id (required): the dashboard's Workers AI page shows it.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "gateway_id": {
+        "label": "AI Gateway ID",
+        "description": "Optional AI Gateway to route through (sent as cf-aig-gateway-id); 'default' if empty.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "timeout": {
+        "label": "Timeout (seconds)",
+        "description": "How long to wait for a generation; 180 if empty.",
+        "schema": {"type": ["number", "null"], "minimum": 1, "maximum": 3600},
+    },
+    "max_retries": {
+        "label": "Max retries",
+        "description": "Retries of transient failures (throttling, 5xx, timeouts); 3 if empty. Each may be billed.",
+        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_MAX_RETRIES},
+    },
+}
+
+
+def connection_form_widgets() -> dict[str, Any]:
+    """The extra fields as Airflow 3.1's form widgets, built from :data:`CONN_FIELDS`."""
+    from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+    from flask_babel import lazy_gettext
+    from wtforms import IntegerField, StringField
+    from wtforms.validators import Optional
+
+    widgets = {}
+    for name, spec in CONN_FIELDS.items():
+        # Airflow 3.1's form service knows string, integer, boolean and password fields only: a number
+        # (the timeout) is a text field there, which ConnectionSettings parses and checks.
+        kind = IntegerField if "integer" in spec["schema"]["type"] else StringField
+        widgets[name] = kind(
+            lazy_gettext(spec["label"]),
+            validators=[Optional()],
+            widget=BS3TextFieldWidget(),
+            description=spec["description"],
+        )
+    return widgets
+
+
+def ui_field_behaviour() -> dict[str, Any]:
+    """:data:`UI_FIELD_BEHAVIOUR` with the underscored keys Airflow 3.1's hook classmethod returns."""
+    return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
+
+
+# --- The settings ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """What the hook reads from an Airflow connection. The token is kept out of ``repr``."""
+
+    conn_id: str
+    base_url: str
+    account_id: str
+    api_token: str = field(repr=False)
+    gateway_id: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    _run_urls: dict[str, httpx.URL] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def host(self) -> str:
+        """The API's host and port, for messages: never the token, never the path."""
+        rest = self.base_url.partition("://")[2]
+        return rest.split("/", 1)[0]
+
+    def run_url(self, model: str) -> httpx.URL:
+        """
+        The absolute URL ``model`` runs at: ``.../ai/run`` for third-party models (the model goes in the
+        body), ``.../ai/run/{model}`` for Cloudflare's own.
+
+        :raises InvalidInputError: when ``model`` is not a well-formed model id, so no input can move the
+            token-carrying request to another route of the Cloudflare API.
+        """
+        url = self._run_urls.get(model)
+        if url is None:
+            import httpx
+
+            from airflow_provider_imagen.errors import ConnectionConfigError
+            from airflow_provider_imagen.rules import check_model_id
+
+            check_model_id(model)
+            # Built once per model: httpx parses a relative URL and joins it to the base on every request,
+            # about 50 µs, a tenth of a call's CPU; an absolute URL object is taken as it is.
+            run_path = f"/accounts/{self.account_id}/ai/run"
+            path = f"{run_path}/{model}" if model.startswith(CLOUDFLARE_MODEL_PREFIXES) else run_path
+            url = httpx.URL(self.base_url + path)
+            # Defence in depth: whatever the model id, the request stays under this account's run route.
+            base_path = httpx.URL(self.base_url).path.rstrip("/")
+            if url.path != base_path + path:
+                raise ConnectionConfigError(f"Connection {self.conn_id!r}: cannot build a run URL for {model!r}")
+            self._run_urls[model] = url
+        return url
+
+    @classmethod
+    def from_connection(cls, conn: Connection) -> ConnectionSettings:
+        """
+        Validate ``conn`` and read it.
+
+        :raises ConnectionConfigError: naming the connection id and the missing or malformed field.
+        """
+        from airflow_provider_imagen.errors import ConnectionConfigError
+
+        conn_id = conn.conn_id or "<unnamed>"
+        extra = conn.extra_dejson or {}
+
+        def get_extra(name: str) -> Any:
+            # Airflow 3 saves form fields under plain names; older forms used a prefixed key.
+            value = extra.get(name)
+            if value in (None, ""):
+                value = extra.get(f"extra__cloudflare_workers_ai__{name}")
+            return None if value == "" else value
+
+        def fail(what: str) -> ConnectionConfigError:
+            return ConnectionConfigError(f"Connection {conn_id!r}: {what}")
+
+        token = conn.password
+        if not token:
+            raise fail("the API token is missing: put it in the connection's password ('API Token') field")
+        if any(ch.isspace() for ch in token.strip()) or not token.isprintable():
+            raise fail("the API token holds spaces or control characters: paste the token alone")
+
+        account_id = get_extra("account_id")
+        if not account_id:
+            raise fail("extra 'account_id' is missing: set it to your Cloudflare account id")
+        account_id = str(account_id).strip()
+        if not _SAFE_ID.match(account_id):
+            raise fail("extra 'account_id' must be letters, digits, '-' or '_' (a Cloudflare account id)")
+
+        gateway_id = get_extra("gateway_id")
+        if gateway_id is not None and not _SAFE_ID.match(str(gateway_id)):
+            raise fail("extra 'gateway_id' must be letters, digits, '-' or '_' (an AI Gateway id)")
+
+        timeout = get_extra("timeout")
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise fail(f"extra 'timeout' must be a number of seconds, got {timeout!r}") from None
+        if not 0 < timeout <= 3600:
+            raise fail(f"extra 'timeout' must be between 0 and 3600 seconds, got {timeout}")
+
+        max_retries = get_extra("max_retries")
+        if max_retries is None:
+            max_retries = DEFAULT_MAX_RETRIES
+        if isinstance(max_retries, str) and max_retries.strip().isdigit():
+            max_retries = int(max_retries)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+            raise fail(f"extra 'max_retries' must be a whole number, got {max_retries!r}")
+        if not 0 <= max_retries <= MAX_MAX_RETRIES:
+            raise fail(f"extra 'max_retries' must be between 0 and {MAX_MAX_RETRIES}, got {max_retries}")
+
+        return cls(
+            conn_id=conn_id,
+            base_url=_base_url(conn, fail),
+            account_id=account_id,
+            api_token=token.strip(),
+            gateway_id=str(gateway_id) if gateway_id else None,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+
+def _base_url(conn: Connection, fail: Any) -> str:
+    import httpx
+
+    host = (conn.host or "").strip()
+    if not host:
+        return DEFAULT_BASE_URL
+    if "://" not in host:
+        # A URI connection (``cloudflare_workers_ai://...``) keeps the scheme in ``schema``; a bare host is
+        # ambiguous, and guessing https for a local http server only surfaces later as a TLS error.
+        if conn.schema not in ("http", "https"):
+            raise fail(
+                f"host {host!r} has no scheme: write the API base URL in full, such as {DEFAULT_BASE_URL} "
+                "or http://127.0.0.1:8787/client/v4"
+            )
+        host = f"{conn.schema}://{host}"
+    try:
+        url = httpx.URL(host)
+    except httpx.InvalidURL as exc:
+        raise fail(f"host {host!r} is not a valid URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise fail(f"host must be an http(s) URL such as {DEFAULT_BASE_URL}, got {host!r}")
+    if url.userinfo:
+        raise fail("host must not hold credentials: put the API token in the password field")
+    if url.query or url.fragment:
+        raise fail(f"host must be a plain base URL without a query or fragment, got {host!r}")
+    if conn.port and url.port is None:
+        url = url.copy_with(port=conn.port)
+    return str(url).rstrip("/")

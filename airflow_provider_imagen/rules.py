@@ -1,0 +1,85 @@
+"""
+The input rules, as plain functions: the one statement of each, with one message each.
+
+The pydantic models, the hook and the operators (at DAG-parse time, for literal values) all call these, so
+a value gets the same words wherever it is checked. Cheap to import: no pydantic, no httpx.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from airflow_provider_imagen.constants import (
+    ASPECT_RATIOS,
+    CLOUDFLARE_MODEL_PREFIXES,
+    IMAGEN_4,
+    MAX_PROMPT_CHARS,
+    PERSON_GENERATION,
+)
+from airflow_provider_imagen.errors import InvalidInputError
+
+MAX_MODEL_ID_CHARS = 200
+
+# Segments of letters, digits, '-', '_' and '.', none starting with '.', so neither '.' nor '..' can be one:
+# httpx resolves dot segments, and a model id goes into the path of a request that carries the API token.
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+_PROXIED_MODEL = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+")
+_CLOUDFLARE_MODEL = re.compile(rf"@(?:cf|hf)/{_SEGMENT}(?:/{_SEGMENT})*")
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters for messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def prompt_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as a prompt, or ``None``. Measured after stripping, as it is sent."""
+    if not isinstance(value, str):
+        return f"must be a string (got {shown(value)})"
+    stripped = value.strip()
+    if not stripped:
+        return "must not be blank"
+    if len(stripped) > MAX_PROMPT_CHARS:
+        return f"must be at most {MAX_PROMPT_CHARS} characters (got {len(stripped)})"
+    return None
+
+
+def choice_problem(value: Any, allowed: tuple[str, ...]) -> str | None:
+    """What is wrong with ``value`` as one of ``allowed`` (``None`` meaning unset is fine), or ``None``."""
+    if value is None or value in allowed:
+        return None
+    return f"must be one of {', '.join(allowed)} (got {shown(value)})"
+
+
+def imagen_input_problems(prompt: Any, aspect_ratio: Any, person_generation: Any) -> list[str]:
+    """Every problem of an Imagen input, one ``field: problem`` line each."""
+    problems = [
+        ("prompt", prompt_problem(prompt)),
+        ("aspect_ratio", choice_problem(aspect_ratio, ASPECT_RATIOS)),
+        ("person_generation", choice_problem(person_generation, PERSON_GENERATION)),
+    ]
+    return [f"{name}: {problem}" for name, problem in problems if problem]
+
+
+def check_model_id(model: Any, field: str = "model") -> str:
+    """
+    ``model`` if it is a well-formed Workers AI model id: ``vendor/model`` for third-party models such as
+    ``google/imagen-4``, ``@cf/...`` or ``@hf/...`` for Cloudflare's own.
+
+    :raises InvalidInputError: naming ``field`` and what is allowed.
+    """
+    if isinstance(model, str) and len(model) <= MAX_MODEL_ID_CHARS:
+        pattern = _CLOUDFLARE_MODEL if model.startswith("@") else _PROXIED_MODEL
+        if pattern.fullmatch(model):
+            return model
+    raise InvalidInputError(
+        f"Invalid {field}: expected a Workers AI model id such as {IMAGEN_4!r} or '@cf/vendor/model' "
+        f"(letters, digits, '-', '_', '.' in '/'-separated parts, none starting with '.'), got {shown(model)}"
+    )
+
+
+def returns_bytes(model: str) -> bool:
+    """Cloudflare's own text-to-image models answer with image bytes or base64, not a URL."""
+    return model.startswith(CLOUDFLARE_MODEL_PREFIXES)
