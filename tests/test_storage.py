@@ -89,3 +89,12 @@ def test_only_http_urls_are_followed(tmp_path):
 def test_bad_output_paths_are_rejected_by_name(bad):
     with pytest.raises(InvalidInputError, match="output_path"):
         resolve_output_path(bad)
+
+
+def test_a_local_image_is_on_disk_before_its_name_appears(tmp_path, image_url, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    store_image(output_path=f"{tmp_path}/", url=image_url, prompt="A lighthouse", inputs={})
+    assert len(synced) >= 1  # the file's bytes (and, where the filesystem allows, the folder's entry)
+

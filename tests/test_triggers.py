@@ -225,3 +225,54 @@ def test_a_read_cancelled_under_everyone_is_read_again(monkeypatch, imagen_emula
     (payload,) = asyncio.run(cancelled_then_again())
     assert payload["status"] == "success"
     assert len(reads) == 2
+
+
+def test_a_missing_connection_fails_the_task_through_one_event_naming_it(monkeypatch):
+    from airflow_provider_imagen.operators import ImagenGenerateImageOperator
+
+    monkeypatch.delenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", raising=False)
+    (payload,) = asyncio.run(events(trigger(cloudflare_conn_id="nowhere")))
+    assert payload["status"] == "error"
+    assert "nowhere" in payload["error"]["message"]
+    error = error_from_dict(payload["error"])
+    assert type(error).__name__ == "AirflowNotFoundException"  # what the synchronous path raises too
+    with pytest.raises(type(error), match="nowhere"):
+        ImagenGenerateImageOperator(task_id="t", prompt="x").execute_complete({}, payload)
+
+
+def test_a_rotated_token_replaces_the_shared_client_and_the_old_one_is_closed(monkeypatch, imagen_emulator):
+    good = os.environ["AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT"]
+    monkeypatch.setattr(clients, "SHARED_SETTINGS_SECONDS", 0.0)  # every trigger reads the connection anew
+
+    async def rotate():
+        try:
+            first = await events(trigger())
+            seen = [shared_async_clients.open_clients()]
+            for token in ("rotated-1", "rotated-2", "rotated-3"):
+                rotated = json.loads(good)
+                rotated["password"] = token
+                monkeypatch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", json.dumps(rotated))
+                await events(trigger())
+                await asyncio.sleep(0)  # let a replaced client's close run
+                seen.append(shared_async_clients.open_clients())
+            return first, seen
+        finally:
+            await shared_async_clients.aclose()
+
+    (first,), seen = asyncio.run(rotate())
+    assert first["status"] == "success"
+    assert seen == [1, 1, 1, 1]  # one open client at a time: each replaced one is closed, not leaked
+
+
+def test_a_loop_keeps_a_bounded_number_of_shared_clients(imagen_emulator):
+    async def many_timeouts():
+        try:
+            for timeout in range(1, clients.MAX_CLIENTS_PER_LOOP + 10):
+                await events(trigger(timeout=float(timeout)))
+            await asyncio.sleep(0)
+            return len(shared_async_clients), shared_async_clients.open_clients()
+        finally:
+            await shared_async_clients.aclose()
+
+    kept, open_clients = asyncio.run(many_timeouts())
+    assert kept == open_clients == clients.MAX_CLIENTS_PER_LOOP
