@@ -97,4 +97,3 @@ def test_a_local_image_is_on_disk_before_its_name_appears(tmp_path, image_url, m
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     store_image(output_path=f"{tmp_path}/", url=image_url, prompt="A lighthouse", inputs={})
     assert len(synced) >= 1  # the file's bytes (and, where the filesystem allows, the folder's entry)
-
