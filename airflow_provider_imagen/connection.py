@@ -14,15 +14,21 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_imagen.constants import CLOUDFLARE_MODEL_PREFIXES
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
     import httpx
     from airflow.sdk import Connection
 
     from airflow_provider_imagen.errors import ConnectionConfigError
+    from airflow_provider_imagen.models import GatewayOptions
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_TIMEOUT = 180.0
 DEFAULT_MAX_RETRIES = 3
 MAX_MAX_RETRIES = 10
+
+#: How long AI Gateway keeps the answer a call's cache key names: long enough for a re-send to find it.
+RESEND_CACHE_TTL = 600
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -108,6 +114,52 @@ class ConnectionSettings:
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     _run_urls: dict[str, httpx.URL] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def masked(self) -> ConnectionSettings:
+        """These settings, with the token registered with Airflow's log masker."""
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(self.api_token)
+        return self
+
+    def client_kwargs(self, timeout: float | None = None) -> dict[str, Any]:
+        """``httpx.Client`` / ``AsyncClient`` arguments; ``timeout`` overrides the connection's."""
+        import httpx
+
+        seconds = timeout or self.timeout
+        return {
+            "base_url": self.base_url,
+            "headers": {"Authorization": f"Bearer {self.api_token}", "User-Agent": "airflow-provider-imagen"},
+            # Generation blocks until the image exists: a long read, a short connect.
+            "timeout": httpx.Timeout(seconds, connect=min(10.0, seconds)),
+            "follow_redirects": False,
+        }
+
+    def build_request(
+        self,
+        client: httpx.Client | httpx.AsyncClient,
+        model: str,
+        input: Mapping[str, Any],
+        options: GatewayOptions | None,
+    ) -> httpx.Request:
+        """
+        The POST that runs ``model``: its route, body, and AI Gateway headers. Unless ``options`` name a
+        ``cache_key`` or ``skip_cache``, it carries a fresh cache key, the same for every attempt of this call,
+        so that a re-send after a lost answer gets the cached answer instead of a second generation.
+        """
+        import uuid
+
+        from airflow_provider_imagen.rules import returns_bytes
+
+        url = self.run_url(model)  # checks the model id
+        headers = {"cf-aig-gateway-id": self.gateway_id} if self.gateway_id else {}
+        if options is not None:
+            headers.update(options.to_headers())
+        if options is None or (options.cache_key is None and not options.skip_cache):
+            headers["cf-aig-cache-key"] = f"airflow-imagen-{uuid.uuid4().hex}"
+            headers.setdefault("cf-aig-cache-ttl", str(RESEND_CACHE_TTL))
+        body = dict(input) if returns_bytes(model) else {"model": model, "input": dict(input)}
+        return client.build_request("POST", url, json=body, headers=headers)
 
     @property
     def host(self) -> str:
@@ -211,6 +263,40 @@ class ConnectionSettings:
             timeout=timeout,
             max_retries=max_retries,
         )
+
+
+async def aread_settings(
+    conn_id: str,
+    aget_connection: Callable[[str], Awaitable[Connection]],
+    get_connection: Callable[[str], Connection],
+) -> ConnectionSettings:
+    """
+    ``conn_id``'s settings, read without blocking the event loop, with the token masked in logs.
+
+    ``airflow dags test`` runs triggers in-process, where the async lookup cannot reach connections stored
+    in the metadata database; only there (its comms are in memory, so the sync lookup does not block) the
+    sync lookup is used instead.
+    """
+    try:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+    except ImportError:  # pragma: no cover - Airflow 3.1
+        from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef]
+
+    try:
+        conn = await aget_connection(conn_id)
+    except AirflowNotFoundException:
+        if not _in_process_comms():
+            raise
+        conn = get_connection(conn_id)
+    return ConnectionSettings.from_connection(conn).masked()
+
+
+def _in_process_comms() -> bool:
+    """True under ``dag.test()`` / ``airflow dags test``, whose in-memory comms have no async send."""
+    from airflow.sdk.execution_time import task_runner
+
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    return comms is not None and type(comms).__name__ == "InProcessSupervisorComms" and not hasattr(comms, "asend")
 
 
 def _base_url(conn: Connection, fail: Any) -> str:

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from airflow.sdk import BaseHook
-from tenacity import AsyncRetrying, RetryCallState, Retrying
+from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_imagen import connection
 from airflow_provider_imagen.clients import shared_async_clients
-from airflow_provider_imagen.connection import MAX_MAX_RETRIES, ConnectionSettings
+from airflow_provider_imagen.connection import MAX_MAX_RETRIES, ConnectionSettings, aread_settings
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
-from airflow_provider_imagen.errors import CloudflareWorkersAIError, ConnectionConfigError, InvalidInputError
-
-try:  # Airflow >= 3.2 moved the exceptions into the task SDK.
-    from airflow.sdk.exceptions import AirflowNotFoundException
-except ImportError:  # pragma: no cover - Airflow 3.1
-    from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef]
-from airflow_provider_imagen.models import MAX_CONCURRENCY, GatewayOptions, GeneratedImage, ImagenInput, RunResult
+from airflow_provider_imagen.errors import CloudflareWorkersAIError, ConnectionConfigError
+from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, ImagenInput, RunResult
 from airflow_provider_imagen.responses import image_from_result, parse_response
 from airflow_provider_imagen.retry import is_idempotent, retry_policy, transport_error
 from airflow_provider_imagen.rules import check_model_id, returns_bytes
@@ -31,19 +25,13 @@ from airflow_provider_imagen.verify import check_connection
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from airflow.sdk import Connection
-
-#: How long AI Gateway keeps the answer a generation's cache key names: long enough for a re-send to find it.
-RESEND_CACHE_TTL = 600
-
 
 class CloudflareWorkersAIHook(BaseHook):
     """
     Call Cloudflare Workers AI models, Imagen 4 first among them.
 
-    One pooled ``httpx.Client`` (and one ``httpx.AsyncClient`` for the async methods) is created on first
-    use and reused for every call; close them with :meth:`close` / :meth:`aclose` or use the hook as a
-    (async) context manager.
+    Its pooled ``httpx.Client`` and ``httpx.AsyncClient`` are made on first use; close them with :meth:`close`
+    / :meth:`aclose`, or use the hook as a (async) context manager.
 
     :param cloudflare_conn_id: the Airflow connection: password is the API token, extra ``account_id``
         (required), ``gateway_id``, ``timeout`` and ``max_retries`` (optional), host an optional API base URL.
@@ -55,10 +43,8 @@ class CloudflareWorkersAIHook(BaseHook):
     :param retry_backoff: seconds before the first retry; doubles each time, with jitter.
     :param max_retry_wait: the longest single wait between attempts. A ``Retry-After`` longer than this
         ends the retries instead of blocking the task for that long.
-    :param share_async_client: use one ``AsyncClient`` per event loop, connection and timeout, shared with
-        other hooks (what triggers do), and the connection as read by any of them in the last
-        :data:`~airflow_provider_imagen.clients.SHARED_SETTINGS_SECONDS`; :meth:`aclose` then gives the
-        client back instead of closing it.
+    :param share_async_client: share the event loop's client and connection read with other hooks, as
+        triggers do (see ``clients.py``); :meth:`aclose` then gives the client back instead of closing it.
     """
 
     conn_name_attr = "cloudflare_conn_id"
@@ -104,13 +90,11 @@ class CloudflareWorkersAIHook(BaseHook):
         """Relabelled, hidden and placeholder fields of the connection form, for Airflow 3.1."""
         return connection.ui_field_behaviour()
 
-    # --- Connection and clients ----------------------------------------------------------------------
-
     @property
     def settings(self) -> ConnectionSettings:
         """The validated connection, read once (synchronously)."""
         if self._settings is None:
-            self._settings = self._read_settings(self.get_connection(self.cloudflare_conn_id))
+            self._settings = ConnectionSettings.from_connection(self.get_connection(self.cloudflare_conn_id)).masked()
         return self._settings
 
     async def aget_settings(self) -> ConnectionSettings:
@@ -123,35 +107,12 @@ class CloudflareWorkersAIHook(BaseHook):
         return self._settings
 
     async def _aread_settings(self) -> ConnectionSettings:
-        try:
-            conn = await self.aget_connection(self.cloudflare_conn_id)
-        except AirflowNotFoundException:
-            if not _in_process_comms():
-                raise
-            # ``airflow dags test`` runs triggers in-process, where the async lookup cannot reach connections
-            # stored in the metadata database. Its comms are in memory, so the sync lookup does not block.
-            conn = self.get_connection(self.cloudflare_conn_id)
-        return self._read_settings(conn)
-
-    def _read_settings(self, conn: Connection) -> ConnectionSettings:
-        settings = ConnectionSettings.from_connection(conn)
-        _mask(settings.api_token)
-        return settings
-
-    def _client_kwargs(self, settings: ConnectionSettings) -> dict[str, Any]:
-        timeout = self.timeout or settings.timeout
-        return {
-            "base_url": settings.base_url,
-            "headers": {"Authorization": f"Bearer {settings.api_token}", "User-Agent": "airflow-provider-imagen"},
-            # Generation blocks until the image exists: a long read, a short connect.
-            "timeout": httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            "follow_redirects": False,
-        }
+        return await aread_settings(self.cloudflare_conn_id, self.aget_connection, self.get_connection)
 
     def get_conn(self) -> httpx.Client:
         """The hook's pooled synchronous client, created on first use."""
         if self._client is None:
-            self._client = httpx.Client(**self._client_kwargs(self.settings))
+            self._client = httpx.Client(**self.settings.client_kwargs(self.timeout))
         return self._client
 
     async def aget_conn(self) -> httpx.AsyncClient:
@@ -162,7 +123,7 @@ class CloudflareWorkersAIHook(BaseHook):
             def make() -> httpx.AsyncClient:
                 # Many small pools instead of one big one: see transport.py for why and by how much.
                 transport = SpreadTransport(proxy=environment_proxy(settings.base_url))
-                return httpx.AsyncClient(transport=transport, **self._client_kwargs(settings))
+                return httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
 
             # Concurrent first calls all awaited the settings above: only the first one makes the client.
             if self._async_client is None:
@@ -196,18 +157,14 @@ class CloudflareWorkersAIHook(BaseHook):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # --- Calls ----------------------------------------------------------------------------------------
-
     def run(
         self, model: str, input: Mapping[str, Any], *, gateway_options: GatewayOptions | dict[str, Any] | None = None
     ) -> RunResult:
         """
         Run any Workers AI model and return its parsed answer.
 
-        Third-party models (``google/imagen-4``) go to ``POST /accounts/{id}/ai/run`` with the model in the
-        body; Cloudflare's own (``@cf/...``) to ``POST /accounts/{id}/ai/run/{model}`` with the input as body.
-        Unless ``gateway_options`` names a ``cache_key`` or ``skip_cache``, the request carries a fresh AI
-        Gateway cache key, the same for all its attempts, so that a re-send finds the first answer.
+        The request's route, body and AI Gateway cache key are described at ``ConnectionSettings.build_request``;
+        which failures are retried, at ``retry.py``.
 
         :param model: the model id: ``vendor/model``, ``@cf/...`` or ``@hf/...``.
         :param input: the model's input object.
@@ -218,7 +175,7 @@ class CloudflareWorkersAIHook(BaseHook):
         """
         settings = self.settings
         client = self.get_conn()
-        request = self._build_request(client, settings, model, input, gateway_options)
+        request = settings.build_request(client, model, input, GatewayOptions.parse(gateway_options))
         start, attempt_number = time.monotonic(), 0
         try:
             for attempt in Retrying(**self._retry_policy(settings, model, request)):
@@ -240,7 +197,7 @@ class CloudflareWorkersAIHook(BaseHook):
         """The same as :meth:`run`, without blocking the event loop."""
         settings = await self.aget_settings()
         client = await self.aget_conn()
-        request = self._build_request(client, settings, model, input, gateway_options)
+        request = settings.build_request(client, model, input, GatewayOptions.parse(gateway_options))
         start, attempt_number = time.monotonic(), 0
         try:
             async for attempt in AsyncRetrying(**self._retry_policy(settings, model, request)):
@@ -320,14 +277,9 @@ class CloudflareWorkersAIHook(BaseHook):
         :param max_concurrency: how many requests may be in flight at once (1..1000).
         :return: a :class:`GeneratedImage` or a :class:`CloudflareWorkersAIError` per prompt, in order.
         """
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            max_concurrency = 0
-        if not 1 <= max_concurrency <= MAX_CONCURRENCY:
-            raise InvalidInputError(f"Invalid max_concurrency: must be a whole number from 1 to {MAX_CONCURRENCY}")
-        inputs = ImagenInput.parse_many(prompts, aspect_ratio, person_generation)
-        options = GatewayOptions.parse(gateway_options)
-        if options is not None and options.cache_key is not None and len(inputs) > 1:
-            raise InvalidInputError("Invalid gateway_options: cache_key would give every prompt the same image")
+        inputs, options = ImagenInput.parse_batch(
+            prompts, aspect_ratio, person_generation, gateway_options, max_concurrency
+        )
         check_model_id(model)
         gate = asyncio.Semaphore(max_concurrency)
 
@@ -355,21 +307,22 @@ class CloudflareWorkersAIHook(BaseHook):
         # Read the connection here, synchronously: an async lookup cannot see a connection stored in the
         # metadata database when the task runs in-process (``airflow dags test``), a sync lookup always can.
         self.settings  # noqa: B018
+        batch = self.agenerate_images(
+            prompts,
+            aspect_ratio,
+            person_generation,
+            model=model,
+            gateway_options=gateway_options,
+            max_concurrency=max_concurrency,
+        )
 
-        async def run_all() -> list[GeneratedImage | CloudflareWorkersAIError]:
+        async def run_and_close() -> list[GeneratedImage | CloudflareWorkersAIError]:
             try:
-                return await self.agenerate_images(
-                    prompts,
-                    aspect_ratio,
-                    person_generation,
-                    model=model,
-                    gateway_options=gateway_options,
-                    max_concurrency=max_concurrency,
-                )
+                return await batch
             finally:
                 await self.aclose()  # the client belongs to this loop, which ends here
 
-        return asyncio.run(run_all())
+        return asyncio.run(run_and_close())
 
     def test_connection(self) -> tuple[bool, str]:
         """The UI's Test button: which kind of token it is, whether it is active, and whether it reaches Workers AI."""
@@ -380,68 +333,17 @@ class CloudflareWorkersAIHook(BaseHook):
         finally:
             self.close()
 
-    # --- Shared by the sync and async paths ----------------------------------------------------------
-
-    def _build_request(
-        self,
-        client: httpx.Client | httpx.AsyncClient,
-        settings: ConnectionSettings,
-        model: str,
-        input: Mapping[str, Any],
-        gateway_options: GatewayOptions | dict[str, Any] | None,
-    ) -> httpx.Request:
-        url = settings.run_url(model)  # checks the model id
-        options = GatewayOptions.parse(gateway_options)
-        headers = {"cf-aig-gateway-id": settings.gateway_id} if settings.gateway_id else {}
-        if options is not None:
-            headers.update(options.to_headers())
-        if options is None or (options.cache_key is None and not options.skip_cache):
-            # One key for every attempt of this call: a re-send after a lost answer gets the cached image.
-            headers["cf-aig-cache-key"] = f"airflow-imagen-{uuid.uuid4().hex}"
-            headers.setdefault("cf-aig-cache-ttl", str(RESEND_CACHE_TTL))
-        body = dict(input) if returns_bytes(model) else {"model": model, "input": dict(input)}
-        return client.build_request("POST", url, json=body, headers=headers)
-
     def _retry_policy(self, settings: ConnectionSettings, model: str, request: httpx.Request) -> dict[str, Any]:
-        def log_retry(state: RetryCallState, attempts: int) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            sleep = state.next_action.sleep if state.next_action else 0.0
-            self.log.warning(
-                "Cloudflare Workers AI call to %s failed on attempt %d of %d: %s; retrying in %.1f s",
-                model,
-                state.attempt_number,
-                attempts,
-                exc,
-                sleep,
-            )
-
         return retry_policy(
             attempts=1 + (settings.max_retries if self.max_retries is None else self.max_retries),
             backoff=self.retry_backoff,
             max_wait=self.max_retry_wait,
             idempotent=is_idempotent(request, returns_bytes(model)),
-            log_retry=log_retry,
+            log=self.log,
+            model=model,
         )
 
 
 def _annotate(err: CloudflareWorkersAIError, model: str, attempts: int) -> None:
     err.model = model
     err.attempts = max(attempts, 1)
-
-
-def _in_process_comms() -> bool:
-    """True under ``dag.test()`` / ``airflow dags test``, whose in-memory comms have no async send."""
-    try:
-        from airflow.sdk.execution_time import task_runner
-    except ImportError:  # pragma: no cover
-        return False
-    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
-    return comms is not None and type(comms).__name__ == "InProcessSupervisorComms" and not hasattr(comms, "asend")
-
-
-def _mask(secret: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - very old task SDKs
-        return
-    mask_secret(secret)

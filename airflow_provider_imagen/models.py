@@ -85,6 +85,26 @@ class ImagenInput(BaseModel):
         return cls(**values)
 
     @classmethod
+    def parse_batch(
+        cls,
+        prompts: Sequence[str],
+        aspect_ratio: str | None,
+        person_generation: str | None,
+        gateway_options: GatewayOptions | dict[str, Any] | None,
+        max_concurrency: int,
+    ) -> tuple[list[ImagenInput], GatewayOptions | None]:
+        """A batch's inputs and gateway options, all checked before its first request."""
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            max_concurrency = 0
+        if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+            raise InvalidInputError(f"Invalid max_concurrency: must be a whole number from 1 to {MAX_CONCURRENCY}")
+        inputs = cls.parse_many(prompts, aspect_ratio, person_generation)
+        options = GatewayOptions.parse(gateway_options)
+        if options is not None and options.cache_key is not None and len(inputs) > 1:
+            raise InvalidInputError("Invalid gateway_options: cache_key would give every prompt the same image")
+        return inputs, options
+
+    @classmethod
     def parse_many(
         cls, prompts: Sequence[str], aspect_ratio: str | None, person_generation: str | None
     ) -> list[ImagenInput]:

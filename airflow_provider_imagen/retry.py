@@ -38,7 +38,7 @@ from airflow_provider_imagen.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from logging import Logger
 
 # --- Error answers -----------------------------------------------------------------------------------
 
@@ -190,7 +190,8 @@ def retry_policy(
     backoff: float,
     max_wait: float,
     idempotent: bool,
-    log_retry: Callable[[RetryCallState, int], None],
+    log: Logger,
+    model: str,
 ) -> dict[str, Any]:
     """
     Keyword arguments for tenacity's ``Retrying`` / ``AsyncRetrying``.
@@ -200,9 +201,22 @@ def retry_policy(
     :param max_wait: the longest single wait. A ``Retry-After`` longer than this ends the retries instead.
     :param idempotent: whether the request carries a cache key that makes a re-send of a completed
         generation free (see :func:`is_idempotent`).
-    :param log_retry: called before each wait with the retry state and ``attempts``.
+    :param log: where each retry is logged, with its attempt, its cause and the wait.
+    :param model: the model called, for the log.
     """
     exponential = backoff_wait(backoff, max_wait)
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        sleep = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "Cloudflare Workers AI call to %s failed on attempt %d of %d: %s; retrying in %.1f s",
+            model,
+            state.attempt_number,
+            attempts,
+            exc,
+            sleep,
+        )
 
     def should_retry(exc: BaseException) -> bool:
         if isinstance(exc, GenerationOutcomeUnknownError):
@@ -223,6 +237,6 @@ def retry_policy(
         "stop": stop_after_attempt(attempts),
         "wait": wait,
         "retry": retry_if_exception(should_retry),
-        "before_sleep": lambda state: log_retry(state, attempts),
+        "before_sleep": log_retry,
         "reraise": True,
     }
