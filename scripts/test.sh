@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 EXTRAS=bench scripts/bootstrap.sh .venv 3.3.2  # bench: the peers the benchmark smoke test compares
 scripts/bootstrap.sh .venv-airflow31 3.1.8
+RESOLUTION=lowest-direct scripts/bootstrap.sh .venv-lowest 3.1.8  # the floors pyproject.toml declares
 scripts/install-browser.sh  # Debian's Chromium, for the web UI test
 
 echo "== ruff" >&2
@@ -20,6 +21,9 @@ echo "== pytest on Airflow 3.3" >&2
 .venv/bin/python -m pytest "$@" || status=$?
 echo "== pytest on Airflow 3.1" >&2
 .venv-airflow31/bin/python -m pytest "$@" || status=$((status ? status : $?))
+echo "== pytest on the lowest direct dependencies (Airflow 3.1.8; unit and emulator tests)" >&2
+.venv-lowest/bin/python -m pytest --ignore=tests/e2e --ignore=tests/test_benchmarks_smoke.py "$@" \
+  || status=$((status ? status : $?))
 if [ "$status" -ne 0 ]; then
   echo "tests failed (exit $status)" >&2
   exit "$status"
