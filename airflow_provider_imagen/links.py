@@ -19,7 +19,8 @@ class GeneratedImageLink(BaseOperatorLink):
     """
     Points at the image a task generated: the stored copy when it lives at a web URL, else Cloudflare's URL.
 
-    Computed by the worker when the task ends (Airflow 3), from the task instance's own XComs, so every map
+    Computed by the worker when the task ends (Airflow 3), from the task instance's own ``image`` summary,
+    which every successful try pushes (reading an XCom that was never pushed logs an error), so every map
     index of a mapped task links to its own image.
     """
 
@@ -28,5 +29,7 @@ class GeneratedImageLink(BaseOperatorLink):
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
-        stored = _web_url(XCom.get_value(ti_key=ti_key, key="stored_uri"))
-        return stored or _web_url(XCom.get_value(ti_key=ti_key, key="return_value")) or ""
+        summary = XCom.get_value(ti_key=ti_key, key="image")
+        if not isinstance(summary, dict):
+            return ""
+        return _web_url(summary.get("stored_uri")) or _web_url(summary.get("url")) or ""

@@ -49,7 +49,11 @@ with DAG(
     @task(inlets=[GENERATED_IMAGES])
     def check_images(*, inlet_events=None) -> list[dict[str, object]]:
         """Open every image the latest Asset event lists: what a thumbnailer or uploader would do next."""
-        latest = inlet_events[GENERATED_IMAGES][-1]
+        events = inlet_events[GENERATED_IMAGES]
+        if not events:  # triggered by hand before imagen_persist_asset ever stored an image
+            print("Nothing to check yet: run imagen_persist_asset first; this DAG then runs on its own.")
+            return []
+        latest = events[-1]
         checked = []
         for image in latest.extra["images"]:
             path = ObjectStoragePath(image["stored_uri"])

@@ -271,3 +271,28 @@ def test_cli_serves_on_loopback_with_its_flags():
         process.terminate()
         process.wait(10)
     assert b"cli-token" not in process.stderr.read()  # the token is never logged
+
+
+def test_the_pytest_plugin_imports_nothing_heavy_until_a_fixture_is_used():
+    # pytest loads the plugin in every session of every project that installs the provider.
+    code = (
+        "import sys, airflow_provider_imagen.emulator.pytest_plugin as p;"
+        "print([m for m in ('fastapi', 'starlette', 'uvicorn', 'httpx') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_faults_route_takes_times(imagen_emulator):
+    route = f"{imagen_emulator.url}/__emulator__/faults"
+    assert httpx.post(route, json={"preset": "capacity", "times": 3}).json() == {"queued": 3, "pending": 3}
+    assert httpx.post(route, json={"status": 503, "times": 2}).json() == {"queued": 2, "pending": 5}
+    assert httpx.post(route, json={"status": 503, "times": 0}).status_code == 422
+    assert imagen_emulator.stats()["faults_pending"] == 5
+
+
+def test_the_docs_page_works_offline(imagen_emulator):
+    page = httpx.get(f"{imagen_emulator.url}/__emulator__/docs")
+    assert page.status_code == 200 and "/client/v4/accounts/{account_id}/ai/run" in page.text
+    assert "cdn" not in page.text.lower() and "<script" not in page.text.lower()
+    assert httpx.get(f"{imagen_emulator.url}/__emulator__/openapi.json").json()["info"]["title"]

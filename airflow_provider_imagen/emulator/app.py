@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_imagen.emulator import images
@@ -285,7 +286,10 @@ def imagen_input_problem(payload: Any) -> str | None:
 def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     """Build the emulator's application. ``app.state.emulator`` is its :class:`EmulatorState`."""
     state = EmulatorState(config or EmulatorConfig())
-    app = FastAPI(title="Cloudflare Workers AI emulator", docs_url="/__emulator__/docs", redoc_url=None)
+    # No Swagger UI: it loads its scripts from a CDN, which an offline machine cannot reach.
+    app = FastAPI(
+        title="Cloudflare Workers AI emulator", docs_url=None, redoc_url=None, openapi_url="/__emulator__/openapi.json"
+    )
     app.state.emulator = state
 
     def authorized(request: Request) -> Response | None:
@@ -485,12 +489,34 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
 
     # --- Control routes -------------------------------------------------------------------------
 
+    @app.get("/__emulator__/docs")
+    async def docs() -> Response:
+        """A plain page of every route, readable offline."""
+        rows = "".join(
+            f"<tr><td>{', '.join(sorted(route.methods or []))}</td><td><code>{route.path}</code></td>"
+            f"<td>{(route.endpoint.__doc__ or '').strip()}</td></tr>"
+            for route in app.routes
+            if isinstance(route, APIRoute)
+        )
+        page = (
+            "<!DOCTYPE html><html><head><title>Cloudflare Workers AI emulator</title></head><body>"
+            "<h1>Cloudflare Workers AI emulator</h1><p>The schema: <a href='/__emulator__/openapi.json'>"
+            f"openapi.json</a>.</p><table border='1' cellpadding='4'>{rows}</table></body></html>"
+        )
+        return Response(page, media_type="text/html")
+
     @app.post("/__emulator__/faults")
     async def queue_faults(request: Request) -> Response:
+        """Queue faults: a fault's fields (or ``preset``), ``{"faults": [...]}``, or either with ``times``."""
         body = await request.json()
         items = body.get("faults", [body]) if isinstance(body, dict) else body
+        times = body.get("times", 1) if isinstance(body, dict) else 1
+        if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= 10_000:
+            return _json({"error": f"times must be a whole number from 1 to 10000, got {times!r}"}, 422)
         try:
-            faults = [make_fault(**item) for item in items]
+            faults = [
+                make_fault(**{k: v for k, v in item.items() if k != "times"}) for item in items for _ in range(times)
+            ]
         except (TypeError, ValueError) as exc:
             return _json({"error": str(exc)}, 422)
         pending = state.queue(faults)

@@ -64,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     connection = {
         "conn_type": "cloudflare_workers_ai",
         "host": f"http://{args.host}:{args.port}/client/v4",
-        "password": "<the --token value>",
+        # The default token is a public test value, so the hint can be pasted as it is; a token of your own
+        # is never printed.
+        "password": args.token if args.token == DEFAULT_TOKEN else "<the --token you passed>",
         "extra": {"account_id": "emulator-account"},
     }
     print(f"Cloudflare Workers AI emulator on http://{args.host}:{args.port}/client/v4", file=sys.stderr)

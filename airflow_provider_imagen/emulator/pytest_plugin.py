@@ -18,26 +18,20 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from airflow_provider_imagen.emulator.server import EmulatorClient, EmulatorServer
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from airflow_provider_imagen.emulator.server import EmulatorFixture, EmulatorServer
 
-class EmulatorFixture(EmulatorClient):
-    """What the ``imagen_emulator`` fixture hands a test: fault controls, counts, and the URLs."""
-
-    def __init__(self, server: EmulatorServer) -> None:
-        super().__init__(server.url)
-        self.server = server
-        self.token = server.config.token
-        self.account_id = "emulator-account"
-        self.conn_id = "cloudflare_workers_ai_default"
+# Nothing heavy at import time: pytest loads this plugin in every session of every project that installs the
+# provider, so the emulator (FastAPI, uvicorn, httpx) is imported only when a test asks for it.
 
 
 @pytest.fixture(scope="session")
 def imagen_emulator_server() -> Iterator[EmulatorServer]:
     """One emulator for the whole session, on a free port of 127.0.0.1."""
+    from airflow_provider_imagen.emulator.server import EmulatorServer
+
     with EmulatorServer() as server:
         yield server
 
@@ -47,6 +41,8 @@ def imagen_emulator(
     imagen_emulator_server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[EmulatorFixture]:
     """The session's emulator, reset, with ``cloudflare_workers_ai_default`` pointing at it."""
+    from airflow_provider_imagen.emulator.server import EmulatorFixture
+
     handle = EmulatorFixture(imagen_emulator_server)
     handle.reset()
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", imagen_emulator_server.connection_json())

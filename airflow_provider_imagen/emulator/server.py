@@ -6,13 +6,15 @@ import json
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import uvicorn
 
 from airflow_provider_imagen.emulator.app import EmulatorConfig, create_app
 from airflow_provider_imagen.emulator.faults import make_fault
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 class EmulatorClient:
@@ -132,6 +134,8 @@ class EmulatorServer:
         return self._client
 
     def start(self, timeout: float = 10.0) -> EmulatorServer:
+        import uvicorn
+
         # Bind first, so the port is known (and ours) before uvicorn starts.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -191,3 +195,14 @@ class EmulatorServer:
                 "extra": {"account_id": account_id},
             }
         )
+
+
+class EmulatorFixture(EmulatorClient):
+    """What the ``imagen_emulator`` fixture hands a test: fault controls, counts, and the URLs."""
+
+    def __init__(self, server: EmulatorServer) -> None:
+        super().__init__(server.url)
+        self.server = server
+        self.token = server.config.token
+        self.account_id = "emulator-account"
+        self.conn_id = "cloudflare_workers_ai_default"

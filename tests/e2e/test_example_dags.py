@@ -160,3 +160,25 @@ def test_batch_dag_generates_every_prompt_in_order_into_a_folder(dagbag, imagen_
         with open(path, "rb") as image:
             assert png_size(image.read()) == SIZES["4:3"]
     assert imagen_emulator.api_requests == len(PROMPTS)
+
+
+def test_a_successful_task_logs_no_error_and_no_avoidable_warning(dagbag, imagen_emulator, capsys, caplog):
+    dag_run = dagbag.get_dag("imagen_quickstart").test()
+    assert dag_run.state == "success"
+    lines = (capsys.readouterr().out + caplog.text).splitlines()
+    problems = [line for line in lines if "[error" in line or "[warning" in line or "ERROR" in line]
+    # Airflow itself warns about the '_' in the connection type whenever it caches a connection's URI; the
+    # README says so. Everything else a successful task logs is info.
+    avoidable = [line for line in problems if "shall not contain '_'" not in line]
+    assert avoidable == []
+
+
+def test_the_asset_consumer_explains_itself_when_triggered_before_any_image(dagbag, capsys):
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:  # as on a new deployment: the producer never ran
+        session.query(AssetEvent).delete()
+    dag_run = dagbag.get_dag("imagen_persist_asset_consumer").test()
+    assert dag_run.state == "success"
+    assert "Nothing to check yet: run imagen_persist_asset first" in capsys.readouterr().out
