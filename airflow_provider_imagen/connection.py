@@ -277,10 +277,7 @@ async def aread_settings(
     in the metadata database; only there (its comms are in memory, so the sync lookup does not block) the
     sync lookup is used instead.
     """
-    try:
-        from airflow.sdk.exceptions import AirflowNotFoundException
-    except ImportError:  # pragma: no cover - Airflow 3.1
-        from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef]
+    from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
     try:
         conn = await aget_connection(conn_id)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-try:  # Airflow >= 3.2 moved the exceptions into the task SDK.
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
-except ImportError:  # pragma: no cover - Airflow 3.1
-    from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef]
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class InvalidInputError(AirflowFailException, ValueError):

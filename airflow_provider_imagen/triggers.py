@@ -7,16 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_imagen import errors
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.rules import check_model_id
-
-try:  # Airflow >= 3.2 moved the exceptions into the task SDK.
-    from airflow.sdk.exceptions import AirflowNotFoundException
-except ImportError:  # pragma: no cover - Airflow 3.1
-    from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
