@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.e2e, pytest.mark.services, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Debian's, unless told otherwise
 # Flags for this machine: no GPU, no sandbox as root, and no calls home (the network is closed).
 CHROMIUM_ARGS = [
     "--headless",
