@@ -559,3 +559,13 @@ def test_concurrent_first_calls_make_one_async_client(imagen_emulator):
         return {id(client) for client in clients}
 
     assert len(asyncio.run(main())) == 1
+
+
+@respx.mock
+def test_a_404_that_is_not_cloudflares_points_at_the_base_url(hook):
+    # e.g. a host of https://api.cloudflare.com without /client/v4: the answer is a plain 404 page
+    route = respx.post(RUN).respond(404, text="404 page not found")
+    with pytest.raises(CloudflareBadRequestError) as info:
+        hook.generate_image("a cat")
+    assert route.call_count == 1  # a configuration error is not retried
+    assert "api.cloudflare.com/client/v4/accounts/acc123/ai/run: check the connection's API base URL" in str(info.value)
