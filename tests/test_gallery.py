@@ -336,6 +336,18 @@ def test_task_instance_view_shows_only_that_map_index(api, runs):
     assert len(figures(html)) == 1
     assert PROMPTS["mapped"][1] in html and PROMPTS["mapped"][0] not in html
     assert "Images of mapped [1]" in html
+    assert '<a href="gallery">All images of this run</a>' in html
+
+
+def test_a_stored_uri_the_gallery_will_not_read_says_why_instead_of_a_broken_image(api, runs):
+    html = api.get(f"{run_path(runs)}/gallery?task_id=forged", headers=bearer()).text
+    cards = figures(html)
+    assert "not shown: the gallery does not read &#39;https&#39; URIs" in cards[4]
+    assert "not shown: chained or malformed storage URI" in cards[7]
+    assert "not shown: a relative path names no stored image" in cards[8]
+    assert "<img" not in cards[4] + cards[7] + cards[8]
+    # A local path is tried, and refused when read because it is no image (tested below).
+    assert 'src="thumbnails/forged/-1/0"' in cards[0]
 
 
 def test_task_instance_view_of_an_unmapped_task_shows_the_task(api, runs):
@@ -391,6 +403,9 @@ def test_a_thousand_mapped_images_page_fast_with_the_same_queries_as_a_small_run
     assert "Robot number 999" in last and "Next →" not in last and 'href="gallery?page=20"' in last
     beyond = api.get(f"{many}?page=99", headers=bearer()).text
     assert "Page 21 of 21" in beyond
+    one_each = api.get(f"{many}?page=47&per_page=1", headers=bearer()).text
+    assert "Robot number 46" in one_each and "Page 47 of 1000" in one_each
+    assert 'href="gallery?page=46&amp;per_page=1"' in one_each and 'href="gallery?page=48&amp;per_page=1"' in one_each
 
 
 # -- serving stored images -----------------------------------------------------------------------------
@@ -539,3 +554,43 @@ def test_loading_the_plugin_imports_no_web_framework():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- thumbnails ----------------------------------------------------------------------------------------
+
+
+def test_thumbnails_flatten_transparency_on_white_and_keep_the_aspect_ratio():
+    from PIL import Image
+
+    from airflow_provider_imagen.plugins.store import make_thumbnail
+
+    source = io.BytesIO()
+    Image.new("RGBA", (768, 1408), (255, 0, 0, 0)).save(source, "PNG")  # 9:16, fully transparent
+    with Image.open(io.BytesIO(make_thumbnail(source.getvalue()))) as thumb:
+        assert thumb.format == "JPEG" and thumb.size == (175, 320)
+        assert all(channel > 245 for channel in thumb.getpixel((80, 160)))
+
+
+def test_images_too_large_to_thumbnail_are_refused_before_decoding():
+    from PIL import Image
+
+    from airflow_provider_imagen.plugins.store import NotServable, make_thumbnail
+
+    huge = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(huge, "PNG")  # 100 MP in a few KB
+    with pytest.raises(NotServable, match="too many pixels"):
+        make_thumbnail(huge.getvalue())
+
+
+def test_the_thumbnail_cache_stays_within_its_bytes_and_drops_the_least_recently_used():
+    from airflow_provider_imagen.plugins.store import ThumbnailCache
+
+    cache = ThumbnailCache(max_bytes=300)
+    for name in "abc":
+        cache.put((name, "v1"), b"x" * 100)
+    assert cache.get(("a", "v1")) is not None  # a is now the most recently used
+    cache.put(("d", "v1"), b"x" * 100)
+    assert cache.get(("b", "v1")) is None
+    assert all(cache.get((name, "v1")) for name in "acd")
+    cache.put(("too big", "v1"), b"x" * 301)
+    assert cache.get(("too big", "v1")) is None and cache.get(("d", "v1")) is not None

@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from airflow_provider_imagen.plugins.images import GalleryImage, find_image, run_exists, run_images
-from airflow_provider_imagen.plugins.store import NotServable, open_image, thumbnail
+from airflow_provider_imagen.plugins.store import NotServable, open_image, refusal, thumbnail
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -84,6 +84,7 @@ class _Card:
     link: str
     thumbnail: str
     position_label: str
+    refused: str | None  # why the stored URI will not be read, when that shows without reading it
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.image, name)
@@ -92,7 +93,8 @@ class _Card:
 def _card(image: GalleryImage, batch_sizes: Counter[tuple[str, int]]) -> _Card:
     where = f"{quote(image.task_id, safe='')}/{image.map_index}/{image.position}"
     several = batch_sizes[(image.task_id, image.map_index)] > 1
-    return _Card(image, f"images/{where}", f"thumbnails/{where}", str(image.position) if several else "")
+    refused = refusal(image.stored_uri) if image.stored_uri else None
+    return _Card(image, f"images/{where}", f"thumbnails/{where}", str(image.position) if several else "", refused)
 
 
 @app.get("/dags/{dag_id}/runs/{run_id}/gallery", response_class=HTMLResponse)
@@ -126,8 +128,13 @@ def gallery(
     tasks = Counter(image.task_id for image in images)
 
     def page_link(number: int) -> str:
-        query = {"task_id": task_id, "map_index": map_index, "page": number, "per_page": per_page}
-        return "gallery?" + urlencode({k: v for k, v in query.items() if v not in (None, "", PAGE_SIZE)})
+        query: dict[str, str | int] = {"task_id": task_id} if task_id else {}
+        if task_id and map_index is not None:
+            query["map_index"] = map_index
+        query["page"] = number
+        if per_page != PAGE_SIZE:
+            query["per_page"] = per_page
+        return "gallery?" + urlencode(query)
 
     html = _TEMPLATES.get_template("gallery.html").render(
         dag_id=dag_id,

@@ -45,23 +45,32 @@ def media_type_of(head: bytes) -> str | None:
     return None
 
 
+def refusal(uri: str) -> str | None:
+    """
+    Why the gallery will not read a stored URI, decided from the URI alone; ``None`` when it will try.
+
+    :param uri: the ``stored_uri`` the operator pushed: an absolute local path or ``scheme://...``.
+    """
+    if "::" in uri or "\x00" in uri:
+        return "chained or malformed storage URI"
+    scheme = urlsplit(uri).scheme.lower()
+    if not scheme:
+        return None if uri.startswith("/") else "a relative path names no stored image"
+    return None if scheme in STORAGE_SCHEMES else f"the gallery does not read {scheme!r} URIs"
+
+
 def storage_path(uri: str) -> ObjectStoragePath:
     """
     The ``ObjectStoragePath`` of a stored URI from XCom, if it names an object store the gallery reads.
 
-    :param uri: the ``stored_uri`` the operator pushed: an absolute local path or ``scheme://...``.
+    :param uri: the ``stored_uri`` the operator pushed.
     :raises NotServable: for web URLs, other schemes, fsspec chains and relative paths.
     """
     from airflow.sdk import ObjectStoragePath
 
-    if "::" in uri or "\x00" in uri:
-        raise NotServable("chained or malformed storage URI")
-    scheme = urlsplit(uri).scheme.lower()
-    if not scheme:
-        if not uri.startswith("/"):
-            raise NotServable("a relative path names no stored image")
-    elif scheme not in STORAGE_SCHEMES:
-        raise NotServable(f"the gallery does not read {scheme!r} URIs")
+    reason = refusal(uri)
+    if reason is not None:
+        raise NotServable(reason)
     return ObjectStoragePath(uri)
 
 
