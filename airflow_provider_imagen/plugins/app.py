@@ -80,6 +80,8 @@ def _map_index(value: str | None) -> int | None:
 
 @dataclass(frozen=True)
 class _Card:
+    """One card of the page: the image's fields, and its links relative to the run's URL (no run id to quote)."""
+
     image: GalleryImage
     link: str
     thumbnail: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -131,16 +132,22 @@ def make_thumbnail(data: bytes, longest: int = THUMBNAIL_PIXELS) -> bytes:
     """
     from PIL import Image, UnidentifiedImageError
 
+    too_many_pixels = NotServable("the image has too many pixels to thumbnail")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in {"PNG", "JPEG", "WEBP"}:
-                raise NotServable("not a PNG, JPEG or WebP image")
-            if image.width * image.height > MAX_SOURCE_PIXELS:
-                raise NotServable("the image has too many pixels to thumbnail")
-            image.draft("RGB", (longest, longest))  # JPEG decodes at a smaller scale: much faster
-            image.thumbnail((longest, longest))
-            rgba = image.convert("RGBA")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        with warnings.catch_warnings():
+            # Pillow only warns about a bomb below twice its limit: refuse it instead of logging it.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format not in {"PNG", "JPEG", "WEBP"}:
+                    raise NotServable("not a PNG, JPEG or WebP image")
+                if image.width * image.height > MAX_SOURCE_PIXELS:
+                    raise too_many_pixels
+                image.draft("RGB", (longest, longest))  # JPEG decodes at a smaller scale: much faster
+                image.thumbnail((longest, longest))
+                rgba = image.convert("RGBA")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise too_many_pixels from None
+    except (UnidentifiedImageError, OSError) as err:
         raise NotServable(f"cannot decode the image ({type(err).__name__})") from None
     flat = Image.new("RGB", rgba.size, "white")
     flat.paste(rgba, mask=rgba.getchannel("A"))
