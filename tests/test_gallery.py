@@ -34,6 +34,8 @@ pytestmark = pytest.mark.e2e
 
 DAG_ID = "imagen_gallery_test"
 MANY_DAG_ID = "imagen_gallery_many"
+FAILURES_DAG_ID = "imagen_gallery_failures"
+FAILING_BATCH = ["A prompt that meets the daily limit", "A prompt drawn after it"]
 MANY = 1000
 SECRET = "sql_alchemy_conn = postgresql://airflow:hunter2@db/airflow"
 
@@ -109,7 +111,12 @@ def _build_dags(tmp: Path, emulator_url: str):
         ImagenGenerateImageOperator.partial(task_id="mapped", output_path=f"{tmp}/many/").expand(
             prompt=["A tiny robot watering a plant"]
         )
-    return dag, many
+
+    with DAG(FAILURES_DAG_ID, schedule=None, start_date=datetime(2025, 1, 1), catchup=False) as failures:
+        ImagenGenerateImagesOperator(
+            task_id="batch", prompts=FAILING_BATCH, max_concurrency=1, fail_on_error=False, output_path=f"{tmp}/f/"
+        )
+    return dag, many, failures
 
 
 def _clone_map_index_zero(dag_id: str, run_id: str, task_id: str, count: int) -> None:
@@ -140,13 +147,17 @@ def _clone_map_index_zero(dag_id: str, run_id: str, task_id: str, count: int) ->
 
 @pytest.fixture(scope="module")
 def runs(airflow_db, imagen_emulator_server: EmulatorServer, tmp_path_factory) -> dict[str, str]:
-    """Run both DAGs against the emulator once: dag_id -> run_id."""
+    """Run the DAGs against the emulator once: dag_id -> run_id."""
+    from airflow_provider_imagen.emulator.server import EmulatorClient
+
     tmp = tmp_path_factory.mktemp("gallery-images")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", imagen_emulator_server.connection_json())
         result = {}
         for dag in _build_dags(tmp, imagen_emulator_server.url):
             register_dag(dag)
+            if dag.dag_id == FAILURES_DAG_ID:  # the batch's first prompt meets a daily limit (never retried)
+                EmulatorClient(imagen_emulator_server.url).inject("daily_limit")
             dag_run = dag.test()
             assert dag_run.state == "success", dag.dag_id
             result[dag.dag_id] = dag_run.run_id
@@ -348,6 +359,15 @@ def test_a_stored_uri_the_gallery_will_not_read_says_why_instead_of_a_broken_ima
     assert "<img" not in cards[4] + cards[7] + cards[8]
     # A local path is tried, and refused when read because it is no image (tested below).
     assert 'src="thumbnails/forged/-1/0"' in cards[0]
+
+
+def test_a_batchs_failed_prompts_are_listed_with_their_reason(api, runs):
+    html = api.get(f"{run_path(runs, FAILURES_DAG_ID)}/gallery", headers=bearer()).text
+    assert "1 image · 1 failed prompt" in html
+    assert len(figures(html)) == 1 and FAILING_BATCH[1] in figures(html)[0]
+    failures = html[html.index('<section class="failures">') : html.index("</section>")]
+    assert f"task batch, prompt 0: <q>{FAILING_BATCH[0]}</q>" in failures
+    assert "code 3036" in failures and "daily free allocation" in failures
 
 
 def test_task_instance_view_of_an_unmapped_task_shows_the_task(api, runs):

@@ -23,7 +23,7 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from airflow_provider_imagen.plugins.images import GalleryImage, find_image, run_exists, run_images
+from airflow_provider_imagen.plugins.images import GalleryImage, find_image, read_gallery, run_exists
 from airflow_provider_imagen.plugins.store import NotServable, open_image, refusal, thumbnail
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 48
 MAX_PAGE_SIZE = 200
+MAX_FAILURES_SHOWN = 100
 
 # The page runs no script at all; images come from this app or from Cloudflare's (http or https) URLs.
 PAGE_CSP = (
@@ -122,7 +123,8 @@ def gallery(
     """
     _require_run(session, dag_id, run_id)
     index = _map_index(map_index) if task_id else None
-    images = run_images(session, dag_id=dag_id, run_id=run_id, task_id=task_id or None, map_index=index)
+    found = read_gallery(session, dag_id=dag_id, run_id=run_id, task_id=task_id or None, map_index=index)
+    images = found.images
     pages = max(1, math.ceil(len(images) / per_page))
     page = min(page, pages)
     shown = images[(page - 1) * per_page : page * per_page]
@@ -146,6 +148,8 @@ def gallery(
         total=len(images),
         tasks=sorted(tasks.items()),
         images=[_card(image, batch_sizes) for image in shown],
+        failures=found.failures[:MAX_FAILURES_SHOWN] if page == 1 else [],
+        failures_total=len(found.failures),
         page=page,
         pages=pages,
         page_link=page_link,

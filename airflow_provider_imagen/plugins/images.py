@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-#: The XComs the operators push: ``image`` (one summary, single operator) and ``images`` (a list, batch).
-SUMMARY_KEYS = ("image", "images")
+#: The XComs the operators push: ``image`` (one summary, single operator), ``images`` (a list, batch), and
+#: ``failures`` (the prompts a batch with ``fail_on_error=False`` could not draw).
+GALLERY_KEYS = ("image", "images", "failures")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,25 @@ class GalleryImage:
     def web_url(self) -> str | None:
         """Cloudflare's URL when it is a plain web URL (never a ``javascript:`` or ``data:`` one)."""
         return self.url if self.url and self.url.startswith(("https://", "http://")) else None
+
+
+@dataclass(frozen=True)
+class FailedPrompt:
+    """A prompt of a batch that produced no image, with the reason the operator recorded."""
+
+    task_id: str
+    map_index: int
+    index: int | None
+    prompt: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunGallery:
+    """What a run (or task, or task instance) has to show: its images, and its batches' failed prompts."""
+
+    images: list[GalleryImage]
+    failures: list[FailedPrompt]
 
 
 def _text(value: Any) -> str | None:
@@ -89,11 +109,22 @@ def _images_of(task_id: str, map_index: int, key: str, value: Any) -> list[Galle
     return [image for image in parsed if image is not None]
 
 
-def run_images(
+def _failures_of(task_id: str, map_index: int, value: Any) -> list[FailedPrompt]:
+    entries = value if isinstance(value, list) else []
+    return [
+        FailedPrompt(
+            task_id, map_index, _whole(e.get("index")), _text(e.get("prompt")) or "", _text(e.get("reason")) or ""
+        )
+        for e in entries
+        if isinstance(e, dict)
+    ]
+
+
+def read_gallery(
     session: Session, *, dag_id: str, run_id: str, task_id: str | None = None, map_index: int | None = None
-) -> list[GalleryImage]:
+) -> RunGallery:
     """
-    Every image of a run (or of one task, or one task instance), in task and map-index order.
+    Every image of a run (or of one task, or one task instance) in task and map-index order, and its failures.
 
     One SQL query for the whole run: a run of 1,000 mapped task instances is 1,000 small rows, not 1,000
     queries.
@@ -109,17 +140,21 @@ def run_images(
 
     query = (
         select(XComModel.task_id, XComModel.map_index, XComModel.key, XComModel.value)
-        .where(XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.key.in_(SUMMARY_KEYS))
+        .where(XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.key.in_(GALLERY_KEYS))
         .order_by(XComModel.task_id, XComModel.map_index, XComModel.key)
     )
     if task_id is not None:
         query = query.where(XComModel.task_id == task_id)
         if map_index is not None:
             query = query.where(XComModel.map_index == map_index)
-    images: list[GalleryImage] = []
+    gallery = RunGallery(images=[], failures=[])
     for row in session.execute(query):
-        images.extend(_images_of(row.task_id, row.map_index, row.key, XComModel.deserialize_value(row)))
-    return images
+        value = XComModel.deserialize_value(row)
+        if row.key == "failures":
+            gallery.failures.extend(_failures_of(row.task_id, row.map_index, value))
+        else:
+            gallery.images.extend(_images_of(row.task_id, row.map_index, row.key, value))
+    return gallery
 
 
 def find_image(
@@ -135,7 +170,7 @@ def find_image(
     :param map_index: the map index (-1 when not mapped).
     :param position: the image's place in its task instance's XCom (0 for the single-image operator).
     """
-    for image in run_images(session, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index):
+    for image in read_gallery(session, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index).images:
         if image.position == position:
             return image
     return None
