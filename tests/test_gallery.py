@@ -562,6 +562,24 @@ def test_airflow_loads_the_plugin_from_its_entry_point_with_both_views(tmp_path)
     assert gallery["fastapi_apps"][0]["url_prefix"] == "/imagen"
 
 
+def test_behind_a_proxy_path_the_views_point_under_it():
+    """With ``[api] base_url = https://host/airflow`` the UI and the app live under ``/airflow``: so do the views."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from airflow_provider_imagen.plugins.gallery import ImagenGalleryPlugin as P; "
+        "print('\\n'.join(v['href'] for v in P.external_views))"
+    )
+    env = {**os.environ, "AIRFLOW__API__BASE_URL": "https://airflow.example.com/airflow/"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == [
+        "/airflow/imagen/dags/{DAG_ID}/runs/{RUN_ID}/gallery",
+        "/airflow/imagen/dags/{DAG_ID}/runs/{RUN_ID}/gallery?task_id={TASK_ID}&map_index={MAP_INDEX}",
+    ]
+
+
 def test_loading_the_plugin_imports_no_web_framework():
     """Every process that loads plugins (task runners too) imports the plugin module: it must stay cheap."""
     import subprocess

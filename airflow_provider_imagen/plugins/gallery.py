@@ -15,7 +15,23 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
 
 URL_PREFIX = "/imagen"
-RUN_GALLERY = URL_PREFIX + "/dags/{DAG_ID}/runs/{RUN_ID}/gallery"
+
+
+def _ui_root() -> str:
+    """
+    The path the api-server is served under (``[api] base_url``'s path, as Airflow reads it), without ``/``.
+
+    The UI puts an external view's ``href`` in the iframe as it is, so behind a proxy at ``/airflow`` the
+    gallery lives at ``/airflow/imagen/...``.
+    """
+    from urllib.parse import urlsplit
+
+    from airflow.configuration import conf
+
+    return urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+
+
+RUN_GALLERY = _ui_root() + URL_PREFIX + "/dags/{DAG_ID}/runs/{RUN_ID}/gallery"
 
 
 class LazyApp:
