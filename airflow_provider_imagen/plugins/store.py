@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
 
-#: Object stores a worker can write with ``output_path``; web and network-shell schemes are refused.
+#: Object stores a worker can write with ``output_path``; web (SSRF), ftp, sftp and any other scheme are refused.
 STORAGE_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "wasb", "wasbs"})
 THUMBNAIL_PIXELS = 320  # the longer side of a thumbnail
 MAX_SOURCE_PIXELS = 50_000_000  # Imagen's largest images are ~2 MP; this stops a decompression bomb early
