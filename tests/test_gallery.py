@@ -562,6 +562,26 @@ def test_airflow_loads_the_plugin_from_its_entry_point_with_both_views(tmp_path)
     assert gallery["fastapi_apps"][0]["url_prefix"] == "/imagen"
 
 
+def test_the_plugin_loads_once_and_cleanly_when_airflow_also_reads_provider_info_plugins(tmp_path):
+    """With ``lazy_discover_providers = False`` Airflow adds provider-info plugins: ours must not come twice."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+from airflow import plugins_manager
+if hasattr(plugins_manager, "_get_plugins"):  # Airflow 3.2+
+    plugins, errors = plugins_manager._get_plugins()
+else:
+    plugins_manager.ensure_plugins_loaded()
+    plugins, errors = plugins_manager.plugins, plugins_manager.import_errors
+print([p.name for p in plugins].count("imagen_gallery"), [e for e in errors.values() if "imagen" in e])
+"""
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "1 []", out.stderr[-2000:]
+
+
 def test_behind_a_proxy_path_the_views_point_under_it():
     """With ``[api] base_url = https://host/airflow`` the UI and the app live under ``/airflow``: so do the views."""
     import os
