@@ -1,0 +1,1 @@
+"""The Airflow UI plugin: an "Images" view of each DAG run and task instance (see ``gallery``)."""
