@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
+import shutil
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,6 +17,8 @@ from tests.e2e.services import AirflowServices
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from playwright.sync_api import Page
 
 AIRFLOW_VERSION = importlib.metadata.version("apache-airflow-core")
 ARTIFACTS = REPO / "test-artifacts" / f"airflow-{AIRFLOW_VERSION}"
@@ -75,3 +80,51 @@ def screenshots_dir() -> Path:
     path = ARTIFACTS / "screenshots"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Debian's, unless told otherwise
+# Flags for this machine: no GPU, no sandbox as root, and no calls home (the network is closed).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+
+
+@contextlib.contextmanager
+def logged_in_page(
+    services: AirflowServices, width: int = 1280, height: int = 800, before_sign_in: str | None = None
+) -> Iterator[Page]:
+    """
+    A Chromium page logged in through Airflow's own login form; skips (fails under CI) without Chromium.
+
+    :param before_sign_in: a screenshot name to save once the form is filled, before signing in.
+    """
+    if not shutil.which(CHROMIUM):
+        message = f"{CHROMIUM} is not installed (scripts/install-browser.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(20_000)
+        expect.set_options(timeout=20_000)
+        page.goto(services.base_url)
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill(services.password)
+        if before_sign_in:
+            page.screenshot(path=str(screenshots_dir() / f"{before_sign_in}.png"))
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{services.base_url}/")
+        try:
+            yield page
+        finally:
+            browser.close()

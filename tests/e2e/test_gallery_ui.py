@@ -18,9 +18,8 @@ import pytest
 from packaging.version import Version
 
 from tests.conftest import REPO
-from tests.e2e.conftest import AIRFLOW_VERSION, screenshots_dir
+from tests.e2e.conftest import AIRFLOW_VERSION, logged_in_page, screenshots_dir
 from tests.e2e.test_airflow_services import xcom
-from tests.e2e.test_web_ui import CHROMIUM, CHROMIUM_ARGS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -58,27 +57,8 @@ def test_the_real_api_server_mounts_the_gallery_behind_airflows_login(
 @pytest.fixture(scope="module")
 def page(airflow_services: AirflowServices) -> Iterator[Page]:
     """A browser page logged in through Airflow's own login form."""
-    if not shutil.which(CHROMIUM):
-        message = f"{CHROMIUM} is not installed (scripts/install-browser.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import expect, sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 900})
-        page.set_default_timeout(20_000)
-        expect.set_options(timeout=20_000)
-        page.goto(airflow_services.base_url)
-        page.get_by_label("Username").fill("admin")
-        page.get_by_label("Password").fill(airflow_services.password)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(f"{airflow_services.base_url}/")
-        try:
-            yield page
-        finally:
-            browser.close()
+    with logged_in_page(airflow_services, width=1360, height=900) as logged_in:
+        yield logged_in
 
 
 def open_images_tab(page: Page, url: str) -> FrameLocator:

@@ -6,14 +6,12 @@ Test button, and the "Generated image" link. Each step leaves a screenshot in ``
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.conftest import AIRFLOW_VERSION, screenshots_dir
+from tests.e2e.conftest import AIRFLOW_VERSION, logged_in_page, screenshots_dir
 from tests.e2e.test_airflow_services import xcom
 
 if TYPE_CHECKING:
@@ -26,18 +24,6 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.e2e, pytest.mark.services, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Debian's, unless told otherwise
-# Flags for this machine: no GPU, no sandbox as root, and no calls home (the network is closed).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-sync",
-]
 UPSTREAM_TEST_BUTTON_BUG = (
     "Airflow's Test button sends port 0 for a connection without a port, and this Airflow's API rejects "
     "that as 'host or port differs' (HTTP 400) before the hook runs; fixed upstream in apache/airflow#73298"
@@ -47,28 +33,8 @@ UPSTREAM_TEST_BUTTON_BUG = (
 @pytest.fixture(scope="module")
 def page(airflow_services: AirflowServices) -> Iterator[Page]:
     """A logged-in browser page on the deployment's UI."""
-    if not shutil.which(CHROMIUM):
-        message = f"{CHROMIUM} is not installed (scripts/install-browser.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import expect, sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(20_000)
-        expect.set_options(timeout=20_000)
-        page.goto(airflow_services.base_url)
-        page.get_by_label("Username").fill("admin")
-        page.get_by_label("Password").fill(airflow_services.password)
-        shot(page, "01-login")
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(f"{airflow_services.base_url}/")
-        try:
-            yield page
-        finally:
-            browser.close()
+    with logged_in_page(airflow_services, before_sign_in="01-login") as logged_in:
+        yield logged_in
 
 
 def shot(page: Page, name: str) -> None:
