@@ -296,3 +296,20 @@ def test_the_docs_page_works_offline(imagen_emulator):
     assert page.status_code == 200 and "/client/v4/accounts/{account_id}/ai/run" in page.text
     assert "cdn" not in page.text.lower() and "<script" not in page.text.lower()
     assert httpx.get(f"{imagen_emulator.url}/__emulator__/openapi.json").json()["info"]["title"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "ok", "words"),
+    [
+        ({"token_kind": "user"}, True, "an active user API token that reaches Workers AI"),
+        ({"token_kind": "account"}, True, "an active account-owned API token that reaches Workers AI"),
+        ({"token_kind": "user", "token_status": "expired"}, False, "a user token, and it is expired"),
+        ({"token_kind": "account", "workers_ai_access": False}, False, "cannot reach Workers AI"),
+    ],
+)
+def test_the_test_button_against_each_kind_of_token(imagen_emulator, settings, ok, words):
+    imagen_emulator.configure(**settings)
+    result, message = CloudflareWorkersAIHook().test_connection()
+    assert (result, words in message) == (ok, True), message
+    assert imagen_emulator.token not in message
+    assert imagen_emulator.stats()["generations"] == 0  # free calls only

@@ -10,17 +10,6 @@ from airflow_provider_imagen.get_provider_info import get_provider_info
 ALLOWED_STANDARD_FIELDS = {"description", "host", "port", "login", "password", "schema", "extra"}
 
 
-def _dashed_keys_only(value):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            # conn-fields names are extra keys (plain names); everything else is a schema key.
-            yield key
-            yield from _dashed_keys_only(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _dashed_keys_only(item)
-
-
 def test_provider_info_is_valid_for_airflows_own_schema():
     import importlib.resources
 
