@@ -127,7 +127,12 @@ def test_connection_form_shows_the_cloudflare_fields_and_saves(
 @pytest.mark.parametrize(
     ("token", "expected", "screenshot"),
     [
-        pytest.param(None, "Connection works: the API token is active", "05-test-connection-works", id="right-token"),
+        pytest.param(
+            None,
+            "Connection works: an active user API token that reaches Workers AI",
+            "05-test-connection-works",
+            id="right-token",
+        ),
         pytest.param(
             "not-the-token", "HTTP 403, code 10000): Authentication error", "06-test-wrong-token", id="wrong-token"
         ),
