@@ -158,7 +158,8 @@ def _caused_by_tls(exc: BaseException) -> bool:
     for _ in range(5):  # httpx -> httpcore -> ssl: a short chain
         if seen is None:
             return False
-        if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLZeroReturnError):
+        # A peer hanging up mid-handshake (EOF) can be load, not configuration: that one stays retryable.
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, (ssl.SSLZeroReturnError, ssl.SSLEOFError)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
