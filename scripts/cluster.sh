@@ -93,19 +93,35 @@ setup_venv() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-pid_of() { cat "$pids/$1.pid" 2>/dev/null || true; }
+# A PID file holds the PID and the process's start time (clock ticks after boot), so that a PID reused by
+# another process after a reboot or a crash is never mistaken for ours.
+proc_start() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $20 }'; }
 
-alive() { local pid; pid="$(pid_of "$1")"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+write_pid() { echo "$2 $(proc_start "$2")" > "$pids/$1.pid"; }
+
+pid_of() {  # the PID in NAME's PID file, if that process still runs
+  local pid start
+  read -r pid start < "$pids/$1.pid" 2>/dev/null || return 0
+  [ -n "$pid" ] && [ "$(proc_start "$pid")" = "$start" ] && echo "$pid"
+  return 0
+}
+
+alive() { [ -n "$(pid_of "$1")" ]; }
 
 # Every process in the session a service was started in: task runners put themselves in process groups
 # of their own, but stay in the worker's session.
-# PostgreSQL's backends make sessions of their own, but are the postmaster's children.
-session_members() { ps -e -o pid= -o sid= -o ppid= | awk -v sid="$1" '$2 == sid || $3 == sid { print $1 }'; }
+# Every process in the session of a service's first process: task runners put themselves in process groups
+# of their own but stay in it. Linux reuses no PID that is still some process's session id, so this holds
+# after the first process died too. With a second argument, its children as well: PostgreSQL's backends
+# make sessions of their own.
+session_members() {
+  ps -e -o pid= -o sid= -o ppid= | awk -v sid="$1" -v kids="${2:-}" '$2 == sid || (kids && $3 == sid) { print $1 }'
+}
 
 launch() {  # launch NAME COMMAND...: in a session of its own, output to logs/NAME.log, PID to pids/NAME.pid
   local name="$1"; shift
   setsid "$@" > "$logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$pids/$name.pid"
+  write_pid "$name" $!
 }
 
 wait_for() {  # wait_for NAME SECONDS COMMAND...: until COMMAND succeeds, or fail with NAME's log tail
@@ -197,7 +213,7 @@ start_postgres() {
   runuser -u postgres -- "$bin/pg_ctl" -D "$data/data" -l "$data/postgres.log" -w -t 60 start \
     -o "-c listen_addresses=127.0.0.1 -p $CLUSTER_PG_PORT -k $data/socket -c max_connections=200 -c fsync=off" \
     > /dev/null || { tail "$logs/postgres.log" >&2; die "PostgreSQL did not start"; }
-  head -n 1 "$data/data/postmaster.pid" > "$pids/postgres.pid"
+  write_pid postgres "$(head -n 1 "$data/data/postmaster.pid")"
   runuser -u postgres -- "$bin/psql" -h "$data/socket" -p "$CLUSTER_PG_PORT" -U postgres -q -v ON_ERROR_STOP=1 \
     -c "CREATE ROLE airflow LOGIN PASSWORD '$CLUSTER_PG_PASSWORD'" -c "CREATE DATABASE airflow OWNER airflow" > /dev/null
 }
@@ -205,9 +221,11 @@ start_postgres() {
 start() {
   setup_debian
   setup_venv
-  if ls "$pids"/*.pid >/dev/null 2>&1; then
-    die "a cluster already runs from $cluster_dir (scripts/cluster.sh stop first)"
-  fi
+  local name
+  for name in "${SERVICES[@]}"; do
+    alive "$name" && die "a cluster already runs from $cluster_dir ($name): scripts/cluster.sh stop first"
+  done
+  [ ! -d "$pids" ] || stop  # what a crashed run left: stale PID files, or processes of a dead service
   mkdir -p "$pids" "$logs"
   # A start that fails half way stops what it had started.
   trap 'if [ "$cluster_started" != 1 ]; then log "start failed: stopping what it started"; stop || true; fi' EXIT
@@ -268,21 +286,22 @@ sys.exit(0 if all(health.get(p, {}).get("status") == "healthy" for p in ("metada
 # -- stop and status ---------------------------------------------------------------------------------
 
 stop_one() {  # SIGTERM the session, wait up to 30 s, then SIGKILL whatever of it is left
-  local name="$1" pid members
-  pid="$(pid_of "$name")"
-  [ -n "$pid" ] || return 0
-  if [ "$name" = postgres ]; then
+  local name="$1" pid members kids=""
+  read -r pid _ < "$pids/$name.pid" 2>/dev/null || true
+  [[ "$pid" =~ ^[0-9]+$ ]] || { rm -f "$pids/$name.pid"; return 0; }
+  [ -n "$(pid_of "$name")" ] && kids=1  # still our process: its children are ours too
+  if [ "$name" = postgres ] && [ -n "$kids" ]; then
     local bin; bin="$(pg_bin || true)"
     if [ -n "$bin" ] && [ -f "$cluster_dir/pg/data/postmaster.pid" ]; then
       runuser -u postgres -- "$bin/pg_ctl" -D "$cluster_dir/pg/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
     fi
   fi
-  members="$(session_members "$pid")"
+  members="$(session_members "$pid" "$kids")"
   if [ -n "$members" ]; then
     kill -TERM $members 2>/dev/null || true
     local deadline=$((SECONDS + 30))
-    while [ -n "$(session_members "$pid")" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
-    members="$(session_members "$pid")"
+    while [ -n "$(session_members "$pid" "$kids")" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
+    members="$(session_members "$pid" "$kids")"
     if [ -n "$members" ]; then
       log "$name: still running after 30 s, SIGKILL to $(echo $members | wc -w) process(es)"
       kill -KILL $members 2>/dev/null || true
@@ -320,7 +339,7 @@ status() {
     if alive "$name"; then
       printf '%-14s running  pid %s\n' "$name" "$(pid_of "$name")"
     elif [ -f "$pids/$name.pid" ]; then
-      printf '%-14s DEAD     pid %s\n' "$name" "$(pid_of "$name")"; rc=1
+      printf '%-14s DEAD     (pid file %s)\n' "$name" "$pids/$name.pid"; rc=1
     else
       printf '%-14s stopped\n' "$name"; rc=1
     fi
