@@ -101,7 +101,7 @@ write_pid() { echo "$2 $(proc_start "$2")" > "$pids/$1.pid"; }
 
 pid_of() {  # the PID in NAME's PID file, if that process still runs
   local pid start
-  read -r pid start < "$pids/$1.pid" 2>/dev/null || return 0
+  [ -f "$pids/$1.pid" ] && read -r pid start < "$pids/$1.pid" || return 0
   [ -n "$pid" ] && [ "$(proc_start "$pid")" = "$start" ] && echo "$pid"
   return 0
 }
@@ -225,7 +225,8 @@ start() {
   for name in "${SERVICES[@]}"; do
     alive "$name" && die "a cluster already runs from $cluster_dir ($name): scripts/cluster.sh stop first"
   done
-  [ ! -d "$pids" ] || stop  # what a crashed run left: stale PID files, or processes of a dead service
+  # What a crashed run left: stale PID files, or processes of a service whose first process died.
+  if compgen -G "$pids/*.pid" >/dev/null; then stop; fi
   mkdir -p "$pids" "$logs"
   # A start that fails half way stops what it had started.
   trap 'if [ "$cluster_started" != 1 ]; then log "start failed: stopping what it started"; stop || true; fi' EXIT
@@ -287,7 +288,7 @@ sys.exit(0 if all(health.get(p, {}).get("status") == "healthy" for p in ("metada
 
 stop_one() {  # SIGTERM the session, wait up to 30 s, then SIGKILL whatever of it is left
   local name="$1" pid members kids=""
-  read -r pid _ < "$pids/$name.pid" 2>/dev/null || true
+  pid=""; [ ! -f "$pids/$name.pid" ] || read -r pid _ < "$pids/$name.pid" || true
   [[ "$pid" =~ ^[0-9]+$ ]] || { rm -f "$pids/$name.pid"; return 0; }
   [ -n "$(pid_of "$name")" ] && kids=1  # still our process: its children are ours too
   if [ "$name" = postgres ] && [ -n "$kids" ]; then
