@@ -25,7 +25,7 @@ from airflow_provider_imagen.storage import file_name_for, store_image
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-moto_server = pytest.importorskip("moto.server", reason="needs moto (the dev extra)")
+moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (the dev extra)")
 pytest.importorskip("s3fs", reason="needs apache-airflow-providers-amazon[s3fs] (the dev extra)")
 
 CONN_ID = "imagen_s3_test"
@@ -42,9 +42,7 @@ def png(size: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, rows, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

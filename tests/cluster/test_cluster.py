@@ -104,7 +104,8 @@ class Airflow:
             if run["state"] in ("success", "failed") or time.monotonic() > deadline:
                 break
             time.sleep(2)
-        states = sorted((t["task_id"], t["map_index"], t["state"], t["try_number"]) for t in self.task_instances(run_id))
+        tis = self.task_instances(run_id)
+        states = sorted((t["task_id"], t["map_index"], t["state"], t["try_number"]) for t in tis)
         assert run["state"] == "success", f"run {run_id} is {run['state']!r}; tasks: {states}"
         return run
 
@@ -306,16 +307,16 @@ def test_run_survives_a_worker_killed_mid_generation(airflow: Airflow, emulator:
 
     # Wait until a worker runs an `on_worker` generation whose request the emulator has received (it takes
     # CLUSTER_LATENCY seconds to answer), then kill that worker.
-    victim, in_flight = None, []
+    victim = None
     deadline = time.monotonic() + 120
     while victim is None:
         assert time.monotonic() < deadline, "no generation in flight on a worker within 120 s"
         asked = {prompt_of(r) for r in emulator.stats()["recent"][len(before["recent"]) :]}
         for ti in airflow.task_instances(run_id):
-            if ti["task_id"] == "on_worker" and ti["state"] == "running" and ti["hostname"] in WORKERS:
-                if prompts["on_worker"][ti["map_index"]] in asked:
-                    victim = ti["hostname"]
-                    break
+            on_a_worker = ti["task_id"] == "on_worker" and ti["state"] == "running" and ti["hostname"] in WORKERS
+            if on_a_worker and prompts["on_worker"][ti["map_index"]] in asked:
+                victim = ti["hostname"]
+                break
         else:
             time.sleep(0.3)
     running = [
@@ -343,9 +344,8 @@ def test_run_survives_a_worker_killed_mid_generation(airflow: Airflow, emulator:
 
     # Reported, not asserted: each generation in flight on the killed worker is re-sent by the retry and
     # billed again, until durable generation lands.
-    extra_prompts = {
-        p: n for p, n in counted["per_prompt_requests"].items() if n > 1 and p in {*prompts["on_worker"], *prompts["batch"]}
-    }
+    on_workers = {*prompts["on_worker"], *prompts["batch"]}
+    extra_prompts = {p: n for p, n in counted["per_prompt_requests"].items() if n > 1 and p in on_workers}
     FIGURES["run2 (faults, worker killed)"] = {
         "seconds": round(seconds, 1),
         "images": len(every_prompt),
