@@ -202,10 +202,22 @@ def hostname() -> str:
 EOF
 }
 
+# PostgreSQL's folder: in CLUSTER_DIR when the postgres user can reach it, else (a clone under /root, say)
+# a folder of its own under /tmp. Its path is kept in CLUSTER_DIR/pg-dir for stop.
+pg_dir() { cat "$cluster_dir/pg-dir" 2>/dev/null || echo "$cluster_dir/pg"; }
+
 start_postgres() {
   local bin data="$cluster_dir/pg"
   bin="$(pg_bin)"
-  rm -rf "$data"; mkdir -p "$data/socket"
+  [ ! -f "$cluster_dir/pg-dir" ] || rm -rf "$(cat "$cluster_dir/pg-dir")"
+  rm -rf "$data"; mkdir -p "$data"
+  if ! runuser -u postgres -- test -x "$data"; then  # fails when a parent folder is closed to others
+    rm -rf "$data"
+    data="$(mktemp -d /tmp/imagen-cluster-pg.XXXXXX)"
+    log "the postgres user cannot reach $cluster_dir: PostgreSQL's data go to $data"
+  fi
+  echo "$data" > "$cluster_dir/pg-dir"
+  mkdir -p "$data/socket"
   chown -R postgres:postgres "$data"
   runuser -u postgres -- "$bin/initdb" -D "$data/data" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
     > "$logs/postgres-initdb.log" 2>&1 || { tail "$logs/postgres-initdb.log" >&2; die "initdb failed"; }
@@ -293,8 +305,8 @@ stop_one() {  # SIGTERM the session, wait up to 30 s, then SIGKILL whatever of i
   [ -n "$(pid_of "$name")" ] && kids=1  # still our process: its children are ours too
   if [ "$name" = postgres ] && [ -n "$kids" ]; then
     local bin; bin="$(pg_bin || true)"
-    if [ -n "$bin" ] && [ -f "$cluster_dir/pg/data/postmaster.pid" ]; then
-      runuser -u postgres -- "$bin/pg_ctl" -D "$cluster_dir/pg/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    if [ -n "$bin" ] && [ -f "$(pg_dir)/data/postmaster.pid" ]; then
+      runuser -u postgres -- "$bin/pg_ctl" -D "$(pg_dir)/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
     fi
   fi
   members="$(session_members "$pid" "$kids")"
@@ -331,6 +343,7 @@ stop() {
     [ -f "$pids/$name.pid" ] && left="$left $name"
   done
   [ -z "$left" ] || die "could not stop:$left"
+  case "$(pg_dir)" in /tmp/imagen-cluster-pg.*) rm -rf "$(pg_dir)" "$cluster_dir/pg-dir" ;; esac
   log "stopped"
 }
 
