@@ -17,6 +17,7 @@
 #   CLUSTER_HEARTBEAT_TIMEOUT  [scheduler] task_instance_heartbeat_timeout, seconds (default: 20, for the
 #                      worker-kill test; Airflow's default is 300)
 #   CLUSTER_WORKER_CONCURRENCY  task slots per Celery worker (default: 4)
+#   CLUSTER_TRIGGERER_CAPACITY  [triggerer] capacity (default: 1000, Airflow's)
 #
 # After start, `source $CLUSTER_DIR/env.sh` gives a shell the same Airflow settings (AIRFLOW_HOME, DB,
 # broker, connections) and CLUSTER_* facts (URLs, ports, bucket). That file holds the emulator's token
@@ -172,6 +173,8 @@ export AIRFLOW__CELERY__WORKER_CONCURRENCY=${CLUSTER_WORKER_CONCURRENCY:-4}
 export AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$api_port AIRFLOW__API__BASE_URL='$api'
 export AIRFLOW__API__SECRET_KEY='$secret' AIRFLOW__API_AUTH__JWT_SECRET='$jwt'
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=5
+# Triggers one triggerer runs at once (Airflow's default: 1000).
+export AIRFLOW__TRIGGERER__CAPACITY=${CLUSTER_TRIGGERER_CAPACITY:-1000}
 # A dead worker's tasks are noticed after this many seconds without a heartbeat (Airflow's default: 300).
 export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=${CLUSTER_HEARTBEAT_TIMEOUT:-20}
 export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL=5
