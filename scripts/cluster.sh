@@ -33,7 +33,7 @@ airflow_version=3.3.2
 bucket=imagen-cluster
 pids="$cluster_dir/pids"
 logs="$cluster_dir/logs"
-# Start order; stop goes the other way.
+# Start order (stop ends the Airflow parts first, then the rest).
 AIRFLOW_PARTS=(api-server scheduler dag-processor triggerer worker-a worker-b)
 SERVICES=(postgres redis s3 emulator "${AIRFLOW_PARTS[@]}")
 
@@ -55,6 +55,7 @@ setup_debian() {
     return
   fi
   command -v apt-get >/dev/null || die "PostgreSQL or Redis is missing and there is no apt-get to install them"
+  [ "$(id -u)" = 0 ] || die "PostgreSQL or Redis is missing: apt-get install postgresql redis-server (as root)"
   log "Installing Debian's postgresql and redis-server ..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
@@ -209,27 +210,32 @@ EOF
 # a folder of its own under /tmp. Its path is kept in CLUSTER_DIR/pg-dir for stop.
 pg_dir() { cat "$cluster_dir/pg-dir" 2>/dev/null || echo "$cluster_dir/pg"; }
 
+# PostgreSQL refuses to run as root: as root it runs as the postgres user, else as whoever runs this.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
 start_postgres() {
   local bin data="$cluster_dir/pg"
   bin="$(pg_bin)"
   [ ! -f "$cluster_dir/pg-dir" ] || rm -rf "$(cat "$cluster_dir/pg-dir")"
   rm -rf "$data"; mkdir -p "$data"
-  if ! runuser -u postgres -- test -x "$data"; then  # fails when a parent folder is closed to others
+  if ! as_pg test -x "$data"; then  # fails when a parent folder is closed to others
     rm -rf "$data"
     data="$(mktemp -d /tmp/imagen-cluster-pg.XXXXXX)"
     log "the postgres user cannot reach $cluster_dir: PostgreSQL's data go to $data"
   fi
   echo "$data" > "$cluster_dir/pg-dir"
   mkdir -p "$data/socket"
-  chown -R postgres:postgres "$data"
-  runuser -u postgres -- "$bin/initdb" -D "$data/data" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
+  local auth_local=trust  # the socket's folder is open to its owner only
+  chmod 700 "$data"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$data"; auth_local=peer; fi
+  as_pg "$bin/initdb" -D "$data/data" -U postgres --auth-local="$auth_local" --auth-host=scram-sha-256 \
     > "$logs/postgres-initdb.log" 2>&1 || { tail "$logs/postgres-initdb.log" >&2; die "initdb failed"; }
   ln -sf "$data/postgres.log" "$logs/postgres.log"  # written by the postgres user, in its own folder
-  runuser -u postgres -- "$bin/pg_ctl" -D "$data/data" -l "$data/postgres.log" -w -t 60 start \
+  as_pg "$bin/pg_ctl" -D "$data/data" -l "$data/postgres.log" -w -t 60 start \
     -o "-c listen_addresses=127.0.0.1 -p $CLUSTER_PG_PORT -k $data/socket -c max_connections=200 -c fsync=off" \
     > /dev/null || { tail "$logs/postgres.log" >&2; die "PostgreSQL did not start"; }
   write_pid postgres "$(head -n 1 "$data/data/postmaster.pid")"
-  runuser -u postgres -- "$bin/psql" -h "$data/socket" -p "$CLUSTER_PG_PORT" -U postgres -q -v ON_ERROR_STOP=1 \
+  as_pg "$bin/psql" -h "$data/socket" -p "$CLUSTER_PG_PORT" -U postgres -q -v ON_ERROR_STOP=1 \
     -c "CREATE ROLE airflow LOGIN PASSWORD '$CLUSTER_PG_PASSWORD'" -c "CREATE DATABASE airflow OWNER airflow" > /dev/null
 }
 
@@ -309,7 +315,7 @@ stop_one() {  # SIGTERM the session, wait up to 30 s, then SIGKILL whatever of i
   if [ "$name" = postgres ] && [ -n "$kids" ]; then
     local bin; bin="$(pg_bin || true)"
     if [ -n "$bin" ] && [ -f "$(pg_dir)/data/postmaster.pid" ]; then
-      runuser -u postgres -- "$bin/pg_ctl" -D "$(pg_dir)/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+      as_pg "$bin/pg_ctl" -D "$(pg_dir)/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
     fi
   fi
   members="$(session_members "$pid" "$kids")"
