@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import re
 import signal
 import struct
 import time
@@ -96,6 +95,19 @@ class Airflow:
         response = self.api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
         response.raise_for_status()
         return list(response.json()["task_instances"])
+
+    def stored_uris(self, run_id: str) -> dict[str, list[str]]:
+        """Per task, the ``stored_uri`` XComs of its task instances: where the run says it put each image."""
+        uris: dict[str, list[str]] = {}
+        for ti in self.task_instances(run_id):
+            response = self.api.get(
+                f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/xcomEntries/stored_uri",
+                params={"map_index": ti["map_index"]},
+            )
+            response.raise_for_status()
+            value = response.json()["value"]
+            uris.setdefault(ti["task_id"], []).extend(value if isinstance(value, list) else [value])
+        return uris
 
     def wait_for_run(self, run_id: str, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -191,25 +203,20 @@ def complete_png(data: bytes) -> bool:
     return False
 
 
-def slug(prompt: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].rstrip("-")
-
-
-def check_bucket(bucket: Bucket, tag: str, prompts: dict[str, list[str]]) -> dict[str, Any]:
-    """One complete PNG per prompt under <tag>/<task>/, and nothing else: no temporary or partial objects."""
-    stored = bucket.objects(f"{tag}/")
-    by_task = Counter(key.split("/")[1] for key in stored)
-    assert by_task == {task: len(p) for task, p in prompts.items()}, sorted(stored)
-    for task, task_prompts in prompts.items():
-        names = [key.split("/", 2)[2] for key in stored if key.split("/")[1] == task]
-        assert all(name.endswith(".png") and not name.startswith(".") for name in names), names
-        # Each prompt's image, once (names start with a slug of the prompt; the index tells them apart).
-        for prompt in task_prompts:
-            assert sum(1 for name in names if name.startswith(slug(prompt))) == 1, (prompt, names)
-    broken = [key for key, data in stored.items() if not complete_png(data)]
+def check_bucket(bucket: Bucket, tag: str, prompts: dict[str, list[str]], stored: dict[str, list[str]]) -> dict:
+    """
+    One complete PNG per image under <tag>/<task>/, and nothing else (no temporary or partial objects): the
+    objects are exactly those the task instances report in XCom ``stored_uri``, one per prompt.
+    """
+    objects = bucket.objects(f"{tag}/")
+    by_task = Counter(key.split("/")[1] for key in objects)
+    assert by_task == {task: len(p) for task, p in prompts.items()}, sorted(objects)
+    reported = [uri.split(f"@{bucket.name}/", 1)[1] for uris in stored.values() for uri in uris]
+    assert sorted(reported) == sorted(objects), (sorted(reported), sorted(objects))
+    broken = [key for key, data in objects.items() if not complete_png(data)]
     assert not broken, f"objects that are not complete PNGs: {broken}"
     assert bucket.unfinished_uploads() == []
-    return {"objects": len(stored), "bytes": sum(map(len, stored.values())), "per_task": dict(by_task)}
+    return {"objects": len(objects), "bytes": sum(map(len, objects.values())), "per_task": dict(by_task)}
 
 
 def who_ran_what(tis: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -279,7 +286,7 @@ def test_run_with_transient_faults_stores_each_image_once(airflow: Airflow, emul
     tis = airflow.task_instances(run_id)
 
     assert {ti["state"] for ti in tis} == {"success"}
-    stored = check_bucket(bucket, tag, prompts)
+    stored = check_bucket(bucket, tag, prompts, airflow.stored_uris(run_id))
     assert counted["faults_served"] > 0, "no fault was injected: the drill proved nothing"
     assert all(n >= 1 for n in counted["per_prompt_requests"].values()), counted
     # Billed exactly once per image: every request was a fault or the one generation of its prompt.
@@ -334,7 +341,7 @@ def test_run_survives_a_worker_killed_mid_generation(airflow: Airflow, emulator:
     survivor = next(w for w in WORKERS if w != victim)
 
     assert {ti["state"] for ti in tis} == {"success"}
-    stored = check_bucket(bucket, tag, prompts)
+    stored = check_bucket(bucket, tag, prompts, airflow.stored_uris(run_id))
     assert all(n >= 1 for n in counted["per_prompt_requests"].values()), counted
     # The interrupted tasks were retried, and finished on the worker that was left.
     by_key = {(ti["task_id"], ti["map_index"]): ti for ti in tis}
