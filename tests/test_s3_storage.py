@@ -144,13 +144,6 @@ def test_bytes_that_are_not_an_image_leave_no_object(bucket):
     assert bucket.objects() == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "storage._publish copies into target.open('wb'), and s3fs's file commits what it holds when the "
-        "`with` block exits on an exception: an upload that fails half way publishes a truncated object"
-    ),
-)
 def test_an_upload_that_fails_midway_leaves_no_object(bucket, monkeypatch):
     image = png(600_000)
     copy = shutil.copyfileobj
