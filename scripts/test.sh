@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a passing test suite: ./scripts/test.sh
-# Lints and type-checks, runs the tests on Airflow 3.3 (latest) and on 3.1 (the oldest supported),
-# then runs the README's quickstart command from a clean state.
+# Lints and type-checks, runs the tests on Airflow 3.3 (latest) and on 3.1 (the oldest supported), the unit
+# tests on the lowest dependency versions pyproject.toml admits, the cluster test (scripts/test-cluster.sh:
+# installs PostgreSQL and Redis with apt-get when missing), then the README's quickstart from a clean state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,8 @@ echo "== pytest on Airflow 3.1" >&2
 echo "== pytest on the lowest direct dependencies (Airflow 3.1.8; unit and emulator tests)" >&2
 .venv-lowest/bin/python -m pytest --ignore=tests/e2e --ignore=tests/test_benchmarks_smoke.py "$@" \
   || status=$((status ? status : $?))
+echo "== the cluster test: CeleryExecutor, PostgreSQL, Redis, S3 (moto), two workers, one killed" >&2
+scripts/test-cluster.sh || status=$((status ? status : $?))
 if [ "$status" -ne 0 ]; then
   echo "tests failed (exit $status)" >&2
   exit "$status"
