@@ -80,10 +80,11 @@ setup_venv() {
   export UV_COMPILE_BYTECODE=1  # every airflow command pays ~2 s more without compiled bytecode
   "$uv_bin" venv --quiet --allow-existing --python "${PYTHON:-python3}" "$venv"
   # celery<5.7: celery 5.7.0 removed celery.backends.database.retry, which apache-airflow-providers-celery
-  # 3.26.0 imports, so the CeleryExecutor does not load. Nothing else needs a pin.
+  # 3.26.0 imports, so the CeleryExecutor does not load. The provider's floor: left free, the resolver may
+  # trade it for a newer redis client and pick 3.6.1, which imports a module Airflow 3 no longer has.
   "$uv_bin" pip install --quiet --python "$venv/bin/python" \
     "apache-airflow==$airflow_version" \
-    apache-airflow-providers-celery \
+    "apache-airflow-providers-celery>=3.26" \
     "apache-airflow-providers-amazon[s3fs]" \
     "celery<5.7" \
     psycopg2-binary asyncpg redis "moto[server]" pytest \
