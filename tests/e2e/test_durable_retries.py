@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.e2e, pytest.mark.services]
 
 DAGS = Path(__file__).parent / "durable_dags"
-DAG_IDS = ["durable_single", "durable_deferrable", "durable_batch", "durable_expired", "durable_cleared"]
+DAG_IDS = [
+    "durable_single",
+    "durable_deferrable",
+    "durable_batch",
+    "durable_expired",
+    "durable_cleared",
+    "durable_killed",
+]
 BATCH_PROMPTS = [f"durable batch, study {n}" for n in range(10)]
 ON_33 = tuple(int(part) for part in AIRFLOW_VERSION.split(".")[:2]) >= (3, 3)
 KEPT_IN = "the task state store" if ON_33 else "durable_cache_path"
@@ -162,3 +169,12 @@ def test_a_changed_input_generates_again(airflow, emulator):
     assert (ti["state"], ti["try_number"]) == ("success", 2)
     assert generations(emulator, "durable changed, first") == 1
     assert generations(emulator, "durable changed, second") == 1  # the record of the old prompt is not reused
+
+
+def test_a_try_killed_mid_call_costs_no_second_generation(airflow, emulator):
+    before = emulator.client.stats()["cache_hits"]
+    emulator.client.inject("slow", delay=6)  # Cloudflare answers after the try's execution_timeout (3 s)
+    _, ti = run(airflow, "durable_killed")
+    assert ti["try_number"] == 2
+    assert generations(emulator, "durable killed") == 1  # the killed try's image, billed once
+    assert emulator.client.stats()["cache_hits"] == before + 1  # try 2's re-send, answered by the gateway cache

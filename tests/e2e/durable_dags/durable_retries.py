@@ -52,3 +52,14 @@ with dag("durable_changed"):
         retries=1,
         retry_delay=timedelta(seconds=8),
     )
+
+with dag("durable_killed"):
+    # The try is killed while Cloudflare still works on the image (which it finishes and bills); the next
+    # try re-sends the same request, which AI Gateway answers from its cache.
+    ImagenGenerateImageOperator(
+        task_id="generate",
+        prompt="durable killed",
+        execution_timeout=timedelta(seconds=3),
+        retries=1,
+        retry_delay=timedelta(seconds=5),
+    )
