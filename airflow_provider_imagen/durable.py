@@ -167,6 +167,49 @@ class _ObjectStorage:
             (self.folder / f"{key}.json").unlink()
 
 
+class _BestEffort:
+    """
+    A backend whose failures never fail the task: the image this try obtained is still delivered, and only
+    a later try's reuse is lost (the log says so once).
+    """
+
+    def __init__(self, backend: _Backend, log: Any) -> None:
+        self._backend = backend
+        self._log = log
+        self._warned = False
+        self.name = backend.name
+
+    def _failed(self, what: str, err: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            self._log.warning(
+                "Could not %s a durable record in %s (%s: %s): a retry may generate again",
+                what,
+                self.name,
+                type(err).__name__,
+                err,
+            )
+
+    def get(self, key: str) -> Any:
+        try:
+            return self._backend.get(key)
+        except Exception as err:
+            self._failed("read", err)
+            return None
+
+    def set(self, key: str, value: Any) -> None:
+        try:
+            self._backend.set(key, value)
+        except Exception as err:
+            self._failed("write", err)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._backend.delete(key)
+        except Exception as err:
+            self._failed("delete", err)
+
+
 def _open_backend(context: Context, request: Request) -> _Backend | None:
     store = context.get("task_state_store")  # type: ignore[call-overload]
     if store is not None and all(callable(getattr(store, name, None)) for name in ("get", "set", "delete")):
@@ -205,7 +248,9 @@ class Ledger:
         """The ledger of the request ``context`` runs for, or one that keeps nothing when ``durable`` is off."""
         request = Request.of(context, retries) if durable else None
         backend = _open_backend(context, request) if request is not None else None
-        if durable and request is not None and backend is None:
+        if backend is not None:
+            backend = _BestEffort(backend, log)
+        elif durable and request is not None:
             log.warning(
                 "durable=True but there is nowhere to keep generated images across tries (no task state store "
                 "before Airflow 3.3, and [%s] %s is not set): a retry will generate, and pay for, them again",

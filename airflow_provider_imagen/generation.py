@@ -116,7 +116,8 @@ class ImageJob:
             return None, regenerations
         image = GeneratedImage.model_validate(record["image"])
         stored = record.get("stored_uri")
-        if self.output_path is not None and not (stored and record.get("output_path") == self.output_path):
+        kept = bool(stored) and record.get("output_path") == self.output_path and _exists(str(stored))
+        if self.output_path is not None and not kept:
             if image.url is None:
                 return None, regenerations
             try:
@@ -325,6 +326,16 @@ def batch_results(
         summaries.append({**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused})
         returned.append(outcome.image.url or outcome.stored)
     return summaries, failures, returned
+
+
+def _exists(uri: str) -> bool:
+    """Whether an earlier try's stored copy is still there (someone may have removed it since)."""
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        return bool(ObjectStoragePath(uri).exists())
+    except Exception:
+        return False
 
 
 def storage_failure(err: Exception, image: GeneratedImage, output_path: object) -> CloudflareWorkersAIError:

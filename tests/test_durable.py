@@ -231,6 +231,35 @@ def test_without_a_place_to_keep_records_the_log_says_retries_pay_again(imagen_e
     assert capsys.readouterr().out.count("a retry will generate, and pay for, them again") == 1
 
 
+def test_a_batch_retry_reuses_stored_copies_without_downloading_again(imagen_emulator, tries, backend, tmp_path):
+    """Stored images are reused as they are; one removed since is stored again from its URL, still not generated."""
+    op = batch(prompts=PROMPTS[:3], max_concurrency=1, output_path=f"{tmp_path}/out/")
+    ti = TaskInstance()
+    imagen_emulator.inject("content_policy")
+    with pytest.raises(CloudflareWorkersAIError):
+        tries(op, ti)
+    stored = [s["stored_uri"] for s in ti.pushed["images"] if s]
+    _, records = backend
+    assert imagen_emulator.token not in json.dumps(records())  # records hold URLs and URIs, never the token
+    (tmp_path / "out" / stored[0].rsplit("/", 1)[1]).unlink()  # someone removed one stored copy
+    downloads = imagen_emulator.stats()["image_requests"]
+    ti.retry()
+    tries(op, ti)
+    assert imagen_emulator.generations == 3
+    assert imagen_emulator.stats()["image_requests"] == downloads + 2  # the new image and the removed copy
+    assert ti.pushed["stored_uri"][1:] == stored
+
+
+def test_a_failing_record_store_never_fails_the_task(imagen_emulator, capsys):
+    class Broken(FakeTaskStateStore):
+        def set(self, key, value, *, retention=None):
+            raise RuntimeError("state store unavailable")
+
+    url = single(prompt="A lighthouse").execute({"ti": TaskInstance(), "task_state_store": Broken()})
+    assert url.startswith(imagen_emulator.url)
+    assert "Could not write a durable record in the task state store" in capsys.readouterr().out
+
+
 # --- Deferrable -----------------------------------------------------------------------------------------
 
 
