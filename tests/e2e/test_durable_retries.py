@@ -92,6 +92,16 @@ def try_log(api: httpx.Client, dag_id: str, run_id: str, try_number: int) -> str
     return "\n".join(str(line.get("event", "")) for line in response.json()["content"])
 
 
+def records(airflow: AirflowServices, dag_id: str, run_id: str) -> list[str]:
+    """The durable records a task instance has now: task state store keys (3.3) or files (3.1)."""
+    if ON_33:
+        with airflow.client() as api:
+            response = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/generate/state-store")
+            response.raise_for_status()
+            return [e["key"] for e in response.json()["task_state_store"] if e["key"].startswith("imagen_durable")]
+    return sorted(p.name for p in (airflow.home / "durable-cache" / dag_id).rglob("*.json"))
+
+
 def run(airflow: AirflowServices, dag_id: str, final: str = "success") -> tuple[str, dict[str, Any]]:
     run_id = airflow.trigger(dag_id)
     with airflow.client() as api:
@@ -110,6 +120,7 @@ def test_single_persist_failed_the_retry_reuses_the_image(airflow, emulator):
         log = try_log(api, "durable_single", run_id, 2)
     assert summary["reused"] is True and summary["billing"]["generated"] == 0
     assert f"Generated 0 images, reused 1 from earlier tries (durable, kept in {KEPT_IN}" in log
+    assert records(airflow, "durable_single", run_id) == []  # success forgets them
 
 
 def test_deferrable_failure_after_resuming_costs_no_second_generation(airflow, emulator):
@@ -146,6 +157,7 @@ def test_a_cleared_task_generates_again(airflow, emulator):
     run_id, ti = run(airflow, "durable_cleared", final="failed")
     assert ti["try_number"] == 2
     assert generations(emulator, "durable cleared") == 1  # the retry reused it (and failed to store it too)
+    assert records(airflow, "durable_cleared", run_id)  # kept while the task instance has not succeeded
     with airflow.client() as api:
         response = api.post(
             "/dags/durable_cleared/clearTaskInstances",
@@ -155,6 +167,7 @@ def test_a_cleared_task_generates_again(airflow, emulator):
         ti = wait_for(api, "durable_cleared", run_id, {"success", "failed"})
     assert (ti["state"], ti["try_number"]) == ("success", 3)
     assert generations(emulator, "durable cleared") == 2  # a person asked for a new image
+    assert records(airflow, "durable_cleared", run_id) == []
 
 
 def test_a_changed_input_generates_again(airflow, emulator):
