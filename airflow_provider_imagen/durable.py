@@ -123,6 +123,8 @@ class _Backend(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def clear(self) -> None: ...
+
 
 class _TaskStateStore:
     """Airflow 3.3's task state store: kept across retries, dropped when a person clears the task."""
@@ -140,6 +142,10 @@ class _TaskStateStore:
 
     def delete(self, key: str) -> None:
         self._store.delete(key)
+
+    def clear(self) -> None:
+        # Everything of this task instance, as Airflow's own [state_store] clear_on_success does.
+        self._store.clear()
 
 
 class _ObjectStorage:
@@ -165,6 +171,11 @@ class _ObjectStorage:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.folder / f"{key}.json").unlink()
+
+    def clear(self) -> None:
+        # The task instance's folder holds only its records, of this request and of earlier ones.
+        if self.folder.exists():
+            self.folder.rmdir(recursive=True)
 
 
 class _BestEffort:
@@ -209,6 +220,12 @@ class _BestEffort:
         except Exception as err:
             self._failed("delete", err)
 
+    def clear(self) -> None:
+        try:
+            self._backend.clear()
+        except Exception as err:
+            self._failed("delete", err)
+
 
 def _open_backend(context: Context, request: Request) -> _Backend | None:
     store = context.get("task_state_store")  # type: ignore[call-overload]
@@ -240,7 +257,7 @@ class Ledger:
         self.backend = backend
         self.request = request
         self._lock = threading.Lock()
-        self._summary: dict[str, Any] = {"first_try": request.first_try if request else 0, "billed": 0, "keys": []}
+        self._summary: dict[str, Any] = {"first_try": request.first_try if request else 0, "billed": 0}
         self._loaded = False
 
     @classmethod
@@ -273,8 +290,6 @@ class Ledger:
             # A summary of an earlier request (the task was cleared since) is not this request's.
             if isinstance(saved, dict) and saved.get("first_try") == self.request.first_try:
                 self._summary = saved
-            elif isinstance(saved, dict):  # an earlier request's records: deleted with this one's on success
-                self._summary["keys"] = [k for k in saved.get("keys", []) if isinstance(k, str)]
         self._loaded = True
         return self._summary
 
@@ -355,15 +370,11 @@ class Ledger:
                 "regenerations": regenerations,
             },
         )
-        if key not in self._summary["keys"]:
-            self._summary["keys"].append(key)
 
     def clear(self) -> None:
         """Forget everything: the task succeeded, and the next run of it is a new request."""
         if self.backend is None or self.request is None:
             return
         with self._lock:
-            keys = [*self._load().get("keys", []), f"{KEY_PREFIX}_ledger"]
-            for key in keys:
-                self.backend.delete(key)
-            self._summary = {"first_try": self.request.first_try, "billed": 0, "keys": []}
+            self.backend.clear()
+            self._summary = {"first_try": self.request.first_try, "billed": 0}

@@ -46,6 +46,9 @@ class FakeTaskStateStore:
     def delete(self, key: str) -> None:
         self.values.pop(key, None)
 
+    def clear(self) -> None:
+        self.values.clear()
+
 
 @dataclass
 class TaskInstance:
