@@ -119,3 +119,11 @@ class GenerationOutcomeUnknownError(CloudflareServerError):
 
 class StorageError(CloudflareWorkersAIError):
     """A generated image could not be written to ``output_path``; the message says what was kept."""
+
+
+class SpendLimitError(AirflowFailException, CloudflareWorkersAIError):
+    """
+    Generating more would exceed the task's ``max_images``; the message says how many were generated.
+
+    Fails the task without retries: every try of the task instance counts toward the same limit.
+    """

@@ -29,6 +29,24 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Cloudflare Workers AI", "python-modules": ["airflow_provider_imagen.triggers"]}
         ],
         "extra-links": ["airflow_provider_imagen.links.GeneratedImageLink"],
+        "config": {
+            "imagen": {
+                "description": "Imagen on Cloudflare Workers AI.",
+                "options": {
+                    "durable_cache_path": {
+                        "description": (
+                            "Where durable=True keeps the images a task instance paid for until it succeeds, so a "
+                            "retry reuses them (an ObjectStorage URI or local path). Only used before Airflow 3.3, "
+                            "which keeps them in the task state store. Empty: a retry generates them again."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "s3://aws_default@my-bucket/imagen-durable/",
+                        "default": None,
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "cloudflare_workers_ai",

@@ -9,15 +9,16 @@ from airflow.configuration import conf
 from airflow.sdk import BaseOperator
 
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4, MAX_IMAGE_BYTES
-from airflow_provider_imagen.errors import CloudflareWorkersAIError, InvalidInputError, StorageError
+from airflow_provider_imagen.errors import CloudflareWorkersAIError, InvalidInputError
 from airflow_provider_imagen.links import GeneratedImageLink
-from airflow_provider_imagen.rules import check_model_id, imagen_input_problems, returns_bytes
+from airflow_provider_imagen.rules import check_literal_inputs, check_max_images, check_model_id, returns_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.sdk import Context, ObjectStoragePath
 
+    from airflow_provider_imagen.generation import ImageJob, Outcome
     from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
     from airflow_provider_imagen.models import GeneratedImage
 
@@ -25,24 +26,6 @@ if TYPE_CHECKING:
 #: The longest a deferred generation may wait in the triggerer before the task fails: every attempt at the
 #: longest timeout, with the longest waits between them.
 DEFER_TIMEOUT = timedelta(hours=1)
-
-
-def _is_literal(value: object) -> bool:
-    """True for a plain string that no template will change (checked at DAG parse time)."""
-    return isinstance(value, str) and "{{" not in value and "{%" not in value
-
-
-def check_literal_inputs(prompt: object, aspect_ratio: object, person_generation: object, model: object) -> None:
-    """
-    Reject plainly wrong literal arguments when the DAG is parsed, long before a run, in the same words as
-    a rendered value gets in ``execute()``.
-    """
-    literal = [value if _is_literal(value) else None for value in (prompt, aspect_ratio, person_generation)]
-    problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2])
-    if problems:
-        raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
-    if _is_literal(model):
-        check_model_id(model)
 
 
 def _unset_if_empty(value: Any) -> Any:
@@ -65,6 +48,11 @@ class _ImagenOperatorMixin:
     max_retries: int | None
     output_path: str | ObjectStoragePath | None
     max_image_bytes: int
+    aspect_ratio: str | None
+    person_generation: str | None
+    gateway_options: dict[str, Any] | None
+    durable: bool
+    retries: int | None
     outlets: Any
     log: Any
 
@@ -91,6 +79,25 @@ class _ImagenOperatorMixin:
             raise InvalidInputError(
                 f"Model {self.model!r} returns the image as bytes, not a URL: set output_path to store it"
             )
+
+    def _job(self, context: Context, max_images: int | None = None) -> ImageJob:
+        """This try's images: what earlier tries of the same request left (see ``durable.py``), and accounting."""
+        from airflow_provider_imagen.durable import Ledger
+        from airflow_provider_imagen.generation import ImageJob
+        from airflow_provider_imagen.models import GatewayOptions
+
+        identity = _identity(context)
+        return ImageJob(
+            Ledger.open(context, retries=self.retries, durable=self.durable, log=self.log),
+            model=self.model,
+            aspect_ratio=_unset_if_empty(self.aspect_ratio),
+            person_generation=_unset_if_empty(self.person_generation),
+            gateway_options=GatewayOptions.parse(self.gateway_options),
+            output_path=self.output_path,
+            store=lambda image, index: self._store(image, identity if index is None else {**identity, "index": index}),
+            log=self.log,
+            max_images=max_images,
+        )
 
     def _store(self, image: GeneratedImage, identity: dict[str, Any]) -> str | None:
         if self.output_path is None:
@@ -152,6 +159,8 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         ``[operators] default_deferrable``.
     :param timeout: seconds to wait for Cloudflare; the connection's ``timeout`` (default 180) when unset.
     :param max_retries: retries of transient failures; the connection's ``max_retries`` (default 3) when unset.
+    :param durable: keep the image this task instance paid for until it succeeds, so a retry reuses it
+        instead of paying again (see ``docs/durable.md``); a cleared task generates again.
     """
 
     template_fields: Sequence[str] = (
@@ -179,6 +188,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         timeout: float | None = None,
         max_retries: int | None = None,
+        durable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -194,6 +204,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         self.deferrable = deferrable
         self.timeout = timeout
         self.max_retries = max_retries
+        self.durable = durable
 
     def execute(self, context: Context) -> str | None:
         from airflow_provider_imagen.models import GatewayOptions, ImagenInput
@@ -206,12 +217,16 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         )
         GatewayOptions.parse(self.gateway_options)
         self._check_output()
+        if self.deferrable and returns_bytes(self.model):
+            raise InvalidInputError(f"deferrable=True needs a model that returns a URL; {self.model!r} returns bytes")
+
+        job = self._job(context)
+        (item,) = job.items([self.prompt])
+        reused, regenerations = job.reuse(item, single=True)
+        if reused is not None:  # an earlier try paid for it
+            return self._finish(context, job, reused)
 
         if self.deferrable:
-            if returns_bytes(self.model):
-                raise InvalidInputError(
-                    f"deferrable=True needs a model that returns a URL; {self.model!r} returns bytes"
-                )
             from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 
             self.defer(
@@ -221,7 +236,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
                     person_generation=_unset_if_empty(self.person_generation),
                     cloudflare_conn_id=self.cloudflare_conn_id,
                     model=self.model,
-                    gateway_options=self.gateway_options,
+                    gateway_options=job.options_for(item, regenerations, as_dict=True),
                     timeout=self.timeout,
                     max_retries=self.max_retries,
                 ),
@@ -230,36 +245,29 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
             )
 
         with self.get_hook() as hook:
-            image = hook.generate_image(
-                self.prompt,
-                _unset_if_empty(self.aspect_ratio),
-                _unset_if_empty(self.person_generation),
-                model=self.model,
-                gateway_options=self.gateway_options,
-            )
-        return self._finish(context, image)
+            return self._finish(context, job, job.generate_one(hook, item, regenerations))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         """Resume after the trigger: the same XComs as the synchronous path, or the same typed error."""
-        from airflow_provider_imagen.models import GeneratedImage
         from airflow_provider_imagen.triggers import error_from_dict
 
         if not isinstance(event, dict) or event.get("status") != "success":
             raise error_from_dict(event.get("error") if isinstance(event, dict) else None)
-        return self._finish(context, GeneratedImage.model_validate(event["image"]))
+        job = self._job(context)
+        # The trigger's image is recorded first, so a failure from here on costs no second generation.
+        return self._finish(context, job, job.resume(job.items([self.prompt])[0], event["image"]))
 
-    def _finish(self, context: Context, image: GeneratedImage) -> str | None:
-        try:
-            stored = self._store(image, _identity(context))
-        except Exception as err:
-            raise _storage_failure(err, image, self.output_path) from err
-        summary = {**image.to_xcom(), "stored_uri": stored}
+    def _finish(self, context: Context, job: ImageJob, outcome: Outcome) -> str | None:
+        image, stored = outcome.image, outcome.stored
+        assert image is not None
+        summary = {**image.to_xcom(), "stored_uri": stored, "reused": outcome.reused, "billing": job.billing()}
         context["ti"].xcom_push(key="image", value=summary)
         if stored is not None:
             context["ti"].xcom_push(key="stored_uri", value=stored)
             self._emit_asset_events(context, [summary])
         self.log.info(
-            "Generated a %s image with %s in %.1f s (%d attempt(s)): %s%s",
+            "%s a %s image with %s in %.1f s (%d attempt(s)): %s%s",
+            "Reused" if outcome.reused else "Generated",
             image.aspect_ratio or "default-ratio",
             image.model,
             image.elapsed_seconds,
@@ -267,6 +275,8 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
             image.url or "(bytes)",
             f", stored at {stored}" if stored else "",
         )
+        self.log.info("%s", job.describe())
+        job.ledger.clear()  # success: the next run of this task instance is a new request
         return image.url or stored
 
 
@@ -294,6 +304,10 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
     :param max_image_bytes: refuse to store an image larger than this (default 100 MiB).
     :param timeout: seconds to wait for each generation.
     :param max_retries: retries of transient failures, per prompt.
+    :param durable: keep each image as it completes until the task succeeds, so a retry generates only the
+        prompts without one (see ``docs/durable.md``); a cleared task generates again.
+    :param max_images: the most images this task instance may generate (with ``durable``, over all its tries):
+        the task fails before exceeding it, saying how many were generated.
     """
 
     template_fields: Sequence[str] = (
@@ -321,9 +335,12 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         max_image_bytes: int = MAX_IMAGE_BYTES,
         timeout: float | None = None,
         max_retries: int | None = None,
+        durable: bool = True,
+        max_images: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_max_images(max_images)
         if isinstance(prompts, list):
             for prompt in prompts:
                 check_literal_inputs(prompt, None, None, None)
@@ -340,76 +357,43 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         self.max_image_bytes = max_image_bytes
         self.timeout = timeout
         self.max_retries = max_retries
+        self.durable = durable
+        self.max_images = max_images
 
     def execute(self, context: Context) -> list[str | None]:
-        import asyncio
-
-        from airflow_provider_imagen.triggers import error_to_dict
+        from airflow_provider_imagen.generation import batch_results
+        from airflow_provider_imagen.models import ImagenInput
 
         self._check_output(folder=True)
         prompts = list(self.prompts) if isinstance(self.prompts, (list, tuple)) else self.prompts
-        hook = self.get_hook()
-        # Validation happens inside, before the first request.
-        results = hook.generate_images(
+        # Every prompt and option is checked before the first request.
+        ImagenInput.parse_batch(
             prompts,  # type: ignore[arg-type]
             _unset_if_empty(self.aspect_ratio),
             _unset_if_empty(self.person_generation),
-            model=self.model,
-            gateway_options=self.gateway_options,
-            max_concurrency=self.max_concurrency,
+            self.gateway_options,
+            self.max_concurrency,
         )
+        check_model_id(self.model)
+        job = self._job(context, max_images=self.max_images)
+        outcomes = job.run_batch(self.get_hook(), job.items(prompts), self.max_concurrency)  # type: ignore[arg-type]
 
-        identity = _identity(context)
-
-        async def store_all() -> list[str | CloudflareWorkersAIError | None]:
-            gate = asyncio.Semaphore(self.max_concurrency)
-
-            async def store(index: int, result: Any) -> str | CloudflareWorkersAIError | None:
-                if isinstance(result, CloudflareWorkersAIError):
-                    return result
-                async with gate:
-                    try:  # fsspec writes are blocking: keep them off the loop, a few at a time
-                        return await asyncio.to_thread(self._store, result, {**identity, "index": index})
-                    except Exception as err:  # a storage error is this prompt's failure, not the batch's
-                        return _storage_failure(err, result, self.output_path)
-
-            return list(await asyncio.gather(*(store(index, result) for index, result in enumerate(results))))
-
-        stored = asyncio.run(store_all()) if self.output_path is not None else [None] * len(results)
-
-        summaries: list[dict[str, Any] | None] = []
-        failures: list[dict[str, Any]] = []
-        returned: list[str | None] = []
-        for index, (prompt, result, where) in enumerate(zip(prompts, results, stored, strict=True)):
-            error = result if isinstance(result, CloudflareWorkersAIError) else where
-            if isinstance(error, CloudflareWorkersAIError):
-                failures.append({"index": index, "prompt": prompt, "error": error_to_dict(error), "reason": str(error)})
-                summaries.append(None)
-                returned.append(None)
-                continue
-            assert not isinstance(result, CloudflareWorkersAIError)
-            summary = {**result.to_xcom(), "stored_uri": where}
-            summaries.append(summary)
-            returned.append(result.url or where)  # type: ignore[arg-type]
+        summaries, failures, returned = batch_results(prompts, outcomes)  # type: ignore[arg-type]
 
         ti = context["ti"]
         ti.xcom_push(key="images", value=summaries)
         ti.xcom_push(key="failures", value=failures)
+        ti.xcom_push(key="billing", value=job.billing())
         if self.output_path is not None:
             ti.xcom_push(key="stored_uri", value=[s["stored_uri"] if s else None for s in summaries])
             self._emit_asset_events(context, [s for s in summaries if s])
-        self.log.info("Generated %d of %d images with %s", len(prompts) - len(failures), len(prompts), self.model)
+        self.log.info("%d of %d images ready with %s", len(prompts) - len(failures), len(prompts), self.model)
+        self.log.info("%s", job.describe())
         if failures and self.fail_on_error:
             lines = "\n".join(f"  [{f['index']}] {f['prompt']!r}: {f['reason']}" for f in failures)
             raise CloudflareWorkersAIError(
-                f"{len(failures)} of {len(prompts)} images failed (the others succeeded):\n{lines}"
+                f"{len(failures)} of {len(prompts)} images failed (the others succeeded"
+                f"{', and a retry reuses them' if job.ledger.where else ''}):\n{lines}"
             )
+        job.ledger.clear()  # success: the next run of this task instance is a new request
         return returned
-
-
-def _storage_failure(err: Exception, image: GeneratedImage, output_path: object) -> CloudflareWorkersAIError:
-    """A failed write, as a typed error that says what was kept: the image itself is still at its URL."""
-    if isinstance(err, CloudflareWorkersAIError):
-        return err
-    kept = f"the image is still at {image.url}" if image.url else "the image bytes were not kept"
-    return StorageError(f"storing the image at {output_path!s} failed ({type(err).__name__}: {err}); {kept}")

@@ -83,3 +83,27 @@ def check_model_id(model: Any, field: str = "model") -> str:
 def returns_bytes(model: str) -> bool:
     """Cloudflare's own text-to-image models answer with image bytes or base64, not a URL."""
     return model.startswith(CLOUDFLARE_MODEL_PREFIXES)
+
+
+def _is_literal(value: object) -> bool:
+    """True for a plain string that no template will change (checked at DAG parse time)."""
+    return isinstance(value, str) and "{{" not in value and "{%" not in value
+
+
+def check_literal_inputs(prompt: object, aspect_ratio: object, person_generation: object, model: object) -> None:
+    """
+    Reject plainly wrong literal arguments when the DAG is parsed, long before a run, in the same words as
+    a rendered value gets in ``execute()``.
+    """
+    literal = [value if _is_literal(value) else None for value in (prompt, aspect_ratio, person_generation)]
+    problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2])
+    if problems:
+        raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
+    if _is_literal(model):
+        check_model_id(model)
+
+
+def check_max_images(max_images: object) -> None:
+    """A spend limit is a whole number of images, at least one."""
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise InvalidInputError(f"Invalid max_images: must be a whole number of at least 1, got {max_images!r}")

@@ -1,0 +1,380 @@
+"""
+What a task instance already paid for, kept across its tries.
+
+Every generation is billed. When a try fails after Cloudflare made an image (the download failed, the worker
+died, some prompts of a batch failed), the image's URL, and where it was stored, are kept here under a
+fingerprint of the inputs that made it; the next try of the same request reuses them instead of paying again.
+
+Where the records live:
+
+- Airflow 3.3+: the task state store (``context["task_state_store"]``), scoped to the task instance.
+- Before 3.3: an ObjectStorage folder from ``[imagen] durable_cache_path``, one subfolder per DAG, run,
+  task and map index.
+- Neither: nothing is kept; the log says so once per try.
+
+A retry and a rerun are told apart by the *request*: the first try number of the current series of tries,
+``max_tries - retries + 1`` (the number Airflow's own sensors use for the same question). A retry leaves
+``max_tries`` as it is; a clear (UI or REST) sets it to ``try_number + retries``, so the request moves on to
+the next try number and records of the old request are never reused. The task instance's id is no help: Airflow
+3 gives every try a new one, retries and clears alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_imagen.models import GatewayOptions, GeneratedImage
+
+#: Prefix of every key this module writes to the task state store (and of every file in the fallback folder).
+KEY_PREFIX = "imagen_durable"
+#: The provider configuration option naming the fallback folder below Airflow 3.3.
+CONFIG_SECTION, CONFIG_OPTION = "imagen", "durable_cache_path"
+
+
+def fingerprint(
+    model: str,
+    prompt: str,
+    aspect_ratio: str | None,
+    person_generation: str | None,
+    gateway_options: GatewayOptions | None,
+) -> str:
+    """
+    A digest of every input that changes the image: a re-rendered template or an edited DAG gets a new one.
+
+    Of the gateway options only ``gateway_id`` and ``cache_key`` can change the answer (another gateway, another
+    cached answer); TTLs, metadata, timeouts and logging cannot.
+    """
+    options = gateway_options
+    payload = {
+        "model": model,
+        "prompt": prompt.strip(),
+        "aspect_ratio": aspect_ratio or None,
+        "person_generation": person_generation or None,
+        "gateway_id": options.gateway_id if options is not None else None,
+        "cache_key": options.cache_key if options is not None else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Request:
+    """
+    One request for the images of a task instance: every try up to the next clear.
+
+    :param dag_id: the DAG.
+    :param run_id: the DAG run.
+    :param task_id: the task.
+    :param map_index: the map index (-1 when not mapped).
+    :param try_number: this try.
+    :param first_try: the first try of this request; a clear moves it on, a retry does not.
+    """
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    try_number: int
+    first_try: int
+
+    @classmethod
+    def of(cls, context: Context, retries: int | None) -> Request | None:
+        """The request ``context`` runs for; ``None`` outside a real task run (e.g. a mocked ``ti``)."""
+        ti = context.get("ti")
+        names, numbers = (
+            [getattr(ti, n, None) for n in ("dag_id", "run_id", "task_id")],
+            [getattr(ti, n, None) for n in ("map_index", "try_number", "max_tries")],
+        )
+        if not all(isinstance(v, str) for v in names) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in numbers
+        ):
+            return None
+        dag_id, run_id, task_id = (str(v) for v in names)
+        map_index, try_number, max_tries = (int(v) for v in numbers)  # type: ignore[arg-type]
+        # The first try after the last clear (Airflow's sensors ask the same); never after this try.
+        first_try = max(1, min(try_number, max_tries - (retries or 0) + 1))
+        return cls(dag_id, run_id, task_id, map_index, try_number, first_try)
+
+    def cache_key(self, image_fingerprint: str, occurrence: int = 0, regeneration: int = 0) -> str:
+        """
+        The AI Gateway cache key of one image of this request: the same in every try, so the request a killed
+        worker left behind is answered from the gateway's cache (not billed) when the next try sends it again;
+        new after a clear, and new for each regeneration of an expired URL.
+        """
+        name = [self.dag_id, self.run_id, self.task_id, self.map_index, self.first_try]
+        digest = hashlib.sha256(json.dumps([*name, image_fingerprint, occurrence, regeneration]).encode())
+        return f"airflow-imagen-{digest.hexdigest()[:40]}"
+
+
+class _Backend(Protocol):
+    name: str
+
+    def get(self, key: str) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class _TaskStateStore:
+    """Airflow 3.3's task state store: kept across retries, dropped when a person clears the task."""
+
+    name = "the task state store"
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def get(self, key: str) -> Any:
+        return self._store.get(key, None)
+
+    def set(self, key: str, value: Any) -> None:
+        self._store.set(key, value)
+
+    def delete(self, key: str) -> None:
+        self._store.delete(key)
+
+    def clear(self) -> None:
+        # Everything of this task instance, as Airflow's own [state_store] clear_on_success does.
+        self._store.clear()
+
+
+class _ObjectStorage:
+    """One JSON file per key in the task instance's folder under ``[imagen] durable_cache_path``."""
+
+    def __init__(self, folder: ObjectStoragePath) -> None:
+        self.folder = folder
+        self.name = f"durable_cache_path {folder}"
+
+    def get(self, key: str) -> Any:
+        try:
+            return json.loads((self.folder / f"{key}.json").read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # a write cut short: as good as no record
+            return None
+
+    def set(self, key: str, value: Any) -> None:
+        with contextlib.suppress(Exception):  # buckets have no folders to make
+            self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{key}.json").write_text(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / f"{key}.json").unlink()
+
+    def clear(self) -> None:
+        # The task instance's folder holds only its records, of this request and of earlier ones.
+        if self.folder.exists():
+            self.folder.rmdir(recursive=True)
+
+
+class _BestEffort:
+    """
+    A backend whose failures never fail the task: the image this try obtained is still delivered, and only
+    a later try's reuse is lost (the log says so once).
+    """
+
+    def __init__(self, backend: _Backend, log: Any) -> None:
+        self._backend = backend
+        self._log = log
+        self._warned = False
+        self.name = backend.name
+
+    def _failed(self, what: str, err: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            self._log.warning(
+                "Could not %s a durable record in %s (%s: %s): a retry may generate again",
+                what,
+                self.name,
+                type(err).__name__,
+                err,
+            )
+
+    def get(self, key: str) -> Any:
+        try:
+            return self._backend.get(key)
+        except Exception as err:
+            self._failed("read", err)
+            return None
+
+    def set(self, key: str, value: Any) -> None:
+        try:
+            self._backend.set(key, value)
+        except Exception as err:
+            self._failed("write", err)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._backend.delete(key)
+        except Exception as err:
+            self._failed("delete", err)
+
+    def clear(self) -> None:
+        try:
+            self._backend.clear()
+        except Exception as err:
+            self._failed("delete", err)
+
+
+def _open_backend(context: Context, request: Request) -> _Backend | None:
+    store = context.get("task_state_store")  # type: ignore[call-overload]
+    if store is not None and all(callable(getattr(store, name, None)) for name in ("get", "set", "delete")):
+        return _TaskStateStore(store)
+    from airflow.configuration import conf
+
+    root = conf.get(CONFIG_SECTION, CONFIG_OPTION, fallback=None)
+    if not root:
+        return None
+    from airflow_provider_imagen.storage import resolve_output_path
+
+    base, _ = resolve_output_path(root)
+    folder = base / quote(request.dag_id, safe="") / quote(request.run_id, safe="")
+    return _ObjectStorage(folder / quote(request.task_id, safe="") / str(request.map_index))
+
+
+class Ledger:
+    """
+    The records of one request of a task instance: each image it paid for, and how many it paid for.
+
+    Thread-safe: a batch records each prompt's image as it completes, from worker threads.
+
+    :param backend: where records live; ``None`` keeps nothing.
+    :param request: the request; ``None`` outside a real task run.
+    """
+
+    def __init__(self, backend: _Backend | None, request: Request | None) -> None:
+        self.backend = backend
+        self.request = request
+        self._lock = threading.Lock()
+        self._summary: dict[str, Any] = {"first_try": request.first_try if request else 0, "billed": 0}
+        self._loaded = False
+
+    @classmethod
+    def open(cls, context: Context, *, retries: int | None, durable: bool, log: Any) -> Ledger:
+        """The ledger of the request ``context`` runs for, or one that keeps nothing when ``durable`` is off."""
+        request = Request.of(context, retries) if durable else None
+        backend = _open_backend(context, request) if request is not None else None
+        if backend is not None:
+            backend = _BestEffort(backend, log)
+        elif durable and request is not None:
+            log.warning(
+                "durable=True but there is nowhere to keep generated images across tries (no task state store "
+                "before Airflow 3.3, and [%s] %s is not set): a retry will generate, and pay for, them again",
+                CONFIG_SECTION,
+                CONFIG_OPTION,
+            )
+        return cls(backend, request)
+
+    @property
+    def where(self) -> str | None:
+        """Where records are kept, for the log; ``None`` when nothing is."""
+        return self.backend.name if self.backend is not None else None
+
+    def _image_key(self, image_fingerprint: str, occurrence: int) -> str:
+        return f"{KEY_PREFIX}_image_{image_fingerprint}_{occurrence}"
+
+    def _load(self) -> dict[str, Any]:
+        if not self._loaded and self.backend is not None and self.request is not None:
+            saved = self.backend.get(f"{KEY_PREFIX}_ledger")
+            # A summary of an earlier request (the task was cleared since) is not this request's.
+            if isinstance(saved, dict) and saved.get("first_try") == self.request.first_try:
+                self._summary = saved
+        self._loaded = True
+        return self._summary
+
+    @property
+    def billed(self) -> int:
+        """Images generated by all tries of this request so far (this try included)."""
+        with self._lock:
+            return int(self._load().get("billed", 0))
+
+    def get(self, image_fingerprint: str, occurrence: int = 0) -> dict[str, Any] | None:
+        """
+        The record an earlier try of this request left for this image, or ``None``.
+
+        :param image_fingerprint: :func:`fingerprint` of the image's inputs.
+        :param occurrence: which of several equal prompts in one batch (0 for the first).
+        """
+        if self.backend is None or self.request is None:
+            return None
+        with self._lock:
+            self._load()
+            record = self.backend.get(self._image_key(image_fingerprint, occurrence))
+        if not isinstance(record, dict) or record.get("first_try") != self.request.first_try:
+            return None
+        if record.get("fingerprint") != image_fingerprint:
+            return None
+        return record
+
+    def put(
+        self,
+        image_fingerprint: str,
+        occurrence: int,
+        *,
+        image: GeneratedImage | None,
+        stored_uri: str | None = None,
+        output_path: str | None = None,
+        generated: bool = False,
+        regenerations: int = 0,
+    ) -> None:
+        """
+        Keep what this try obtained for one image; count it as billed when it was ``generated`` just now.
+
+        :param image: the image (its URL is what a later try reuses); ``None`` after its URL expired.
+        :param stored_uri: where it was stored, once it is.
+        :param output_path: the ``output_path`` it was stored under: another one needs storing again.
+        :param regenerations: how many times an expired URL made it generate again (part of the cache key).
+        """
+        with self._lock:
+            summary = self._load()
+            if generated:
+                summary["billed"] = int(summary.get("billed", 0)) + 1
+            if self.backend is None or self.request is None:
+                return
+            key = self._image_key(image_fingerprint, occurrence)
+            # Image bytes are never kept: only a stored copy of them can be reused.
+            if image is None or image.url is not None or stored_uri is not None:
+                self._write_image(key, image_fingerprint, image, stored_uri, output_path, regenerations)
+            self.backend.set(f"{KEY_PREFIX}_ledger", summary)
+
+    def _write_image(
+        self,
+        key: str,
+        image_fingerprint: str,
+        image: GeneratedImage | None,
+        stored_uri: str | None,
+        output_path: str | None,
+        regenerations: int,
+    ) -> None:
+        assert self.backend is not None and self.request is not None
+        self.backend.set(
+            key,
+            {
+                "first_try": self.request.first_try,
+                "try": self.request.try_number,
+                "fingerprint": image_fingerprint,
+                "image": image.to_xcom() if image is not None else None,
+                "stored_uri": stored_uri,
+                "output_path": output_path,
+                "regenerations": regenerations,
+            },
+        )
+
+    def clear(self) -> None:
+        """Forget everything: the task succeeded, and the next run of it is a new request."""
+        if self.backend is None or self.request is None:
+            return
+        with self._lock:
+            self.backend.clear()
+            self._summary = {"first_try": self.request.first_try, "billed": 0}

@@ -1,0 +1,346 @@
+"""
+One try of an Imagen operator: reuse what earlier tries of the same request paid for (see ``durable.py``),
+generate only what is missing, store it, and keep a record of each image the moment it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_imagen.errors import CloudflareWorkersAIError, ImageDownloadError, SpendLimitError, StorageError
+from airflow_provider_imagen.models import GatewayOptions, GeneratedImage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from airflow_provider_imagen.durable import Ledger
+    from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+
+#: What an expired image URL answers: the one case where an image already paid for is generated again.
+EXPIRED_STATUSES = frozenset({403, 404, 410})
+#: How long AI Gateway keeps an answer under a durable cache key: longer than a few retry delays, so the
+#: request a killed worker left behind is answered from the cache when the next try sends it again.
+DURABLE_CACHE_TTL = 3600
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to obtain: a prompt, its place in the batch, and what identifies it across tries."""
+
+    index: int
+    prompt: str
+    fingerprint: str
+    occurrence: int  # which of several equal prompts of one batch
+
+
+@dataclass
+class Outcome:
+    """What a try obtained for one item: an image (reused or generated) and where it is stored, or an error."""
+
+    image: GeneratedImage | None = None
+    stored: str | None = None
+    reused: bool = False
+    error: CloudflareWorkersAIError | None = None
+
+
+class ImageJob:
+    """
+    The images of one try, the ledger of what earlier tries paid for, and this try's accounting.
+
+    :param ledger: the records of this request (one that keeps nothing when ``durable`` is off).
+    :param model: the model id.
+    :param aspect_ratio: shared by every image.
+    :param person_generation: shared by every image.
+    :param gateway_options: the user's AI Gateway options.
+    :param output_path: where images are stored, or ``None``.
+    :param store: stores one image (the item's index, or ``None`` for a single image) and returns its URI.
+    :param log: the operator's logger.
+    :param max_images: the most images all tries of this request may generate, or ``None``.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        model: str,
+        aspect_ratio: str | None,
+        person_generation: str | None,
+        gateway_options: GatewayOptions | None,
+        output_path: object,
+        store: Callable[[GeneratedImage, int | None], str | None],
+        log: Any,
+        max_images: int | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.model = model
+        self.aspect_ratio = aspect_ratio
+        self.person_generation = person_generation
+        self.gateway_options = gateway_options
+        self.output_path = None if output_path is None else str(output_path)
+        self._store = store
+        self.log = log
+        self.max_images = max_images
+        self.generated = 0
+        self.reused = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def items(self, prompts: Sequence[str]) -> list[Item]:
+        from airflow_provider_imagen.durable import fingerprint
+
+        seen: dict[str, int] = {}
+        items = []
+        for index, prompt in enumerate(prompts):
+            digest = fingerprint(self.model, prompt, self.aspect_ratio, self.person_generation, self.gateway_options)
+            items.append(Item(index, prompt, digest, seen.get(digest, 0)))
+            seen[digest] = seen.get(digest, 0) + 1
+        return items
+
+    # --- Reuse ------------------------------------------------------------------------------------------
+
+    def reuse(self, item: Item, single: bool = False) -> tuple[Outcome | None, int]:
+        """
+        What an earlier try left for ``item``, stored at ``output_path`` if it is not yet: an :class:`Outcome`,
+        or ``None`` and the number of regenerations so far when ``item`` must be generated (again).
+
+        :raises CloudflareWorkersAIError: when storing the reused image fails for another reason than expiry.
+        """
+        record = self.ledger.get(item.fingerprint, item.occurrence)
+        if record is None:
+            return None, 0
+        regenerations = int(record.get("regenerations") or 0)
+        if record.get("image") is None:  # its URL expired and the regeneration did not complete
+            return None, regenerations
+        image = GeneratedImage.model_validate(record["image"])
+        stored = record.get("stored_uri")
+        kept = bool(stored) and record.get("output_path") == self.output_path and _exists(str(stored))
+        if self.output_path is not None and not kept:
+            if image.url is None:
+                return None, regenerations
+            try:
+                stored = self._store(image, None if single else item.index)
+            except ImageDownloadError as err:
+                if err.status_code not in EXPIRED_STATUSES:
+                    raise storage_failure(err, image, self.output_path) from err
+                self.log.warning(
+                    "The image of prompt %r that try %s generated has expired (HTTP %s from its URL): "
+                    "generating it again",
+                    item.prompt[:80],
+                    record.get("try"),
+                    err.status_code,
+                )
+                self.ledger.put(item.fingerprint, item.occurrence, image=None, regenerations=regenerations + 1)
+                return None, regenerations + 1
+            except Exception as err:
+                raise storage_failure(err, image, self.output_path) from err
+            self.ledger.put(
+                item.fingerprint,
+                item.occurrence,
+                image=image,
+                stored_uri=stored,
+                output_path=self.output_path,
+                regenerations=regenerations,
+            )
+        elif self.output_path is None:
+            stored = None
+        with self._lock:
+            self.reused += 1
+        return Outcome(image, stored, reused=True), regenerations
+
+    # --- Generation -------------------------------------------------------------------------------------
+
+    def options_for(self, item: Item, regenerations: int, as_dict: bool = False) -> Any:
+        """
+        The gateway options of ``item``'s request: the user's, plus a cache key that is the same in every try
+        of this request (see ``Request.cache_key``), unless durable is off or the user chose their own caching.
+
+        :param as_dict: a plain dict (or ``None``), for a trigger's serialized kwargs.
+        """
+        request = self.ledger.request
+        options = self.gateway_options
+        if request is not None and (options is None or (options.cache_key is None and not options.skip_cache)):
+            extra: dict[str, Any] = {"cache_key": request.cache_key(item.fingerprint, item.occurrence, regenerations)}
+            if options is None or options.cache_ttl is None:
+                extra["cache_ttl"] = DURABLE_CACHE_TTL
+            options = (options or GatewayOptions()).model_copy(update=extra)
+        if as_dict:
+            return options.model_dump(exclude_none=True) if options is not None else None
+        return options
+
+    def check_budget(self, needed: int, *, reserve: bool = False) -> None:
+        """
+        Fail before generating ``needed`` more images would exceed ``max_images``; ``reserve`` holds them
+        for generations about to start (a batch runs several at once).
+
+        :raises SpendLimitError: saying how many images this task instance has generated.
+        """
+        if self.max_images is None:
+            return
+        with self._lock:
+            if self.ledger.billed + self._in_flight + needed <= self.max_images:
+                self._in_flight += needed if reserve else 0
+                return
+        raise SpendLimitError(
+            f"max_images={self.max_images}: this task instance has generated {self.ledger.billed} image(s) "
+            f"in its tries so far and would need {needed} more; not generating them"
+        )
+
+    def release(self) -> None:
+        """A reserved generation failed: it was not billed."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+
+    def generated_one(self, item: Item, image: GeneratedImage, regenerations: int) -> None:
+        """Record a fresh image before anything else can fail: a later try reuses it instead of paying again."""
+        self.ledger.put(item.fingerprint, item.occurrence, image=image, generated=True, regenerations=regenerations)
+        with self._lock:
+            self.generated += 1
+        self.release()
+
+    def stored_one(self, item: Item, image: GeneratedImage, single: bool, regenerations: int) -> str | None:
+        """Store a fresh image and record where; a failure says the image is still at its URL."""
+        try:
+            stored = self._store(image, None if single else item.index)
+        except Exception as err:
+            raise storage_failure(err, image, self.output_path) from err
+        if stored is not None:
+            self.ledger.put(
+                item.fingerprint,
+                item.occurrence,
+                image=image,
+                stored_uri=stored,
+                output_path=self.output_path,
+                regenerations=regenerations,
+            )
+        return stored
+
+    def generate_one(self, hook: CloudflareWorkersAIHook, item: Item, regenerations: int) -> Outcome:
+        """Generate, record and store one image, synchronously."""
+        self.check_budget(1, reserve=True)
+        try:
+            image = hook.generate_image(
+                item.prompt,
+                self.aspect_ratio,
+                self.person_generation,
+                model=self.model,
+                gateway_options=self.options_for(item, regenerations),
+            )
+        except BaseException:
+            self.release()
+            raise
+        self.generated_one(item, image, regenerations)
+        return Outcome(image, self.stored_one(item, image, True, regenerations))
+
+    def resume(self, item: Item, event_image: dict[str, Any]) -> Outcome:
+        """A deferred generation's image, from its trigger event: recorded first, then stored."""
+        image = GeneratedImage.model_validate(event_image)
+        record = self.ledger.get(item.fingerprint, item.occurrence)
+        regenerations = int(record.get("regenerations") or 0) if record else 0
+        self.generated_one(item, image, regenerations)
+        return Outcome(image, self.stored_one(item, image, True, regenerations))
+
+    def run_batch(self, hook: CloudflareWorkersAIHook, items: list[Item], max_concurrency: int) -> list[Outcome]:
+        """
+        Every item of a batch, at most ``max_concurrency`` at a time: reused where an earlier try left it,
+        generated otherwise; each image recorded as soon as it exists, so a crash keeps what completed.
+        A prompt's failure is its :class:`Outcome`'s error, never the batch's.
+        """
+        plans = [self.ledger.get(item.fingerprint, item.occurrence) for item in items]
+        # Before any request: what has no record must be generated (an expired URL is found only later).
+        self.check_budget(sum(1 for plan in plans if plan is None or plan.get("image") is None))
+        hook.settings  # noqa: B018 - read synchronously: see CloudflareWorkersAIHook.generate_images
+        gate = asyncio.Semaphore(max_concurrency)
+
+        async def one(item: Item) -> Outcome:
+            async with gate:
+                try:
+                    outcome, regenerations = await asyncio.to_thread(self.reuse, item)
+                    if outcome is not None:
+                        return outcome
+                    await asyncio.to_thread(self.check_budget, 1, reserve=True)
+                    try:
+                        image = await hook.agenerate_image(
+                            item.prompt,
+                            self.aspect_ratio,
+                            self.person_generation,
+                            model=self.model,
+                            gateway_options=self.options_for(item, regenerations),
+                        )
+                    except BaseException:
+                        self.release()
+                        raise
+                    await asyncio.to_thread(self.generated_one, item, image, regenerations)
+                    try:  # fsspec writes and state store calls block: keep them off the loop
+                        stored = await asyncio.to_thread(self.stored_one, item, image, False, regenerations)
+                    except CloudflareWorkersAIError as err:
+                        return Outcome(image, error=err)
+                    return Outcome(image, stored)
+                except CloudflareWorkersAIError as err:
+                    return Outcome(error=err)
+
+        async def run_all() -> list[Outcome]:
+            try:
+                return list(await asyncio.gather(*(one(item) for item in items)))
+            finally:
+                await hook.aclose()  # the client belongs to this loop, which ends here
+
+        return asyncio.run(run_all())
+
+    # --- Accounting -------------------------------------------------------------------------------------
+
+    def billing(self) -> dict[str, Any]:
+        """This try's accounting, for XCom: images generated (billed), reused, and all tries' total."""
+        return {
+            "generated": self.generated,
+            "reused": self.reused,
+            "generated_by_all_tries": self.ledger.billed,
+            "durable": self.ledger.where,
+        }
+
+    def describe(self) -> str:
+        """The accounting in words: ``Generated 3 images, reused 7 from earlier tries (durable)``."""
+        where = f"durable, kept in {self.ledger.where}" if self.ledger.where else "not durable"
+        plural = "" if self.generated == 1 else "s"
+        return f"Generated {self.generated} image{plural}, reused {self.reused} from earlier tries ({where})"
+
+
+def batch_results(
+    prompts: Sequence[str], outcomes: Sequence[Outcome]
+) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]], list[str | None]]:
+    """A batch's XComs, in prompt order: a summary per image (``None`` if it failed), the failures, the URLs."""
+    from airflow_provider_imagen.triggers import error_to_dict
+
+    summaries: list[dict[str, Any] | None] = []
+    failures: list[dict[str, Any]] = []
+    returned: list[str | None] = []
+    for index, (prompt, outcome) in enumerate(zip(prompts, outcomes, strict=True)):
+        if outcome.error is not None or outcome.image is None:
+            error = outcome.error or CloudflareWorkersAIError("no image")
+            failures.append({"index": index, "prompt": prompt, "error": error_to_dict(error), "reason": str(error)})
+            summaries.append(None)
+            returned.append(None)
+            continue
+        summaries.append({**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused})
+        returned.append(outcome.image.url or outcome.stored)
+    return summaries, failures, returned
+
+
+def _exists(uri: str) -> bool:
+    """Whether an earlier try's stored copy is still there (someone may have removed it since)."""
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        return bool(ObjectStoragePath(uri).exists())
+    except Exception:
+        return False
+
+
+def storage_failure(err: Exception, image: GeneratedImage, output_path: object) -> CloudflareWorkersAIError:
+    """A failed write, as a typed error that says what was kept: the image itself is still at its URL."""
+    if isinstance(err, CloudflareWorkersAIError):
+        return err
+    kept = f"the image is still at {image.url}" if image.url else "the image bytes were not kept"
+    return StorageError(f"storing the image at {output_path!s} failed ({type(err).__name__}: {err}); {kept}")
