@@ -144,18 +144,22 @@ def generations(before: dict[str, Any], after: dict[str, Any], prompts: list[str
     """
     What the emulator served for these prompts between two snapshots of its counters.
 
-    Each request is either a transient fault (not billed) or a generation (billed). ``requests`` counts them
-    per prompt; with every image made at least once, ``generated == len(prompts)`` means exactly once each.
+    ``generated`` counts what Cloudflare would bill: generations that completed (the emulator's own count,
+    per prompt), whether or not a client was still waiting; a transient fault and an answer from the AI
+    Gateway cache (``cache_hits``) are not billed. ``per_prompt_requests`` counts every request per prompt.
     """
     requests = after["by_model"].get(IMAGEN, 0) - before["by_model"].get(IMAGEN, 0)
     faults = after["faults_served"] - before["faults_served"]
     seen = Counter(p for p in map(prompt_of, after["recent"][len(before["recent"]) :]) if p in set(prompts))
     assert len(after["recent"]) < 1000, "the emulator's request record overflowed: per-prompt counts are partial"
+    billed = {p: after["generations_by_prompt"].get(p, 0) - before["generations_by_prompt"].get(p, 0) for p in prompts}
     return {
         "requests": requests,
         "faults_served": faults,
-        "generated": requests - faults,
-        "extra_generations": requests - faults - len(prompts),
+        "cache_hits": after["cache_hits"] - before["cache_hits"],
+        "generated": sum(billed.values()),
+        "extra_generations": sum(billed.values()) - len(prompts),
+        "per_prompt_generations": billed,
         "per_prompt_requests": {p: seen[p] for p in prompts},
     }
 
@@ -298,7 +302,7 @@ def test_run_with_transient_faults_stores_each_image_once(airflow: Airflow, emul
         "seconds": round(seconds, 1),
         "images": len(every_prompt),
         **stored,
-        **{k: v for k, v in counted.items() if k != "per_prompt_requests"},
+        **{k: v for k, v in counted.items() if not k.startswith("per_prompt")},
         "task_instances_by_worker": work,
         "task_retries": sum(ti["try_number"] - 1 for ti in tis),
     }
@@ -349,15 +353,15 @@ def test_run_survives_a_worker_killed_mid_generation(airflow: Airflow, emulator:
         assert by_key[key]["try_number"] >= 2, (key, by_key[key])
         assert by_key[key]["hostname"] == survivor, (key, by_key[key])
 
-    # Reported, not asserted: each generation in flight on the killed worker is re-sent by the retry and
-    # billed again, until durable generation lands.
+    # Durable generation: a retry re-sends an in-flight generation with the same AI Gateway cache key (an
+    # unbilled cache hit) and reuses what earlier tries recorded, so the kill costs no second generation.
     on_workers = {*prompts["on_worker"], *prompts["batch"]}
     extra_prompts = {p: n for p, n in counted["per_prompt_requests"].items() if n > 1 and p in on_workers}
     FIGURES["run2 (faults, worker killed)"] = {
         "seconds": round(seconds, 1),
         "images": len(every_prompt),
         **stored,
-        **{k: v for k, v in counted.items() if k != "per_prompt_requests"},
+        **{k: v for k, v in counted.items() if not k.startswith("per_prompt")},
         "killed_worker": victim,
         "killed_after_seconds": round(killed_after, 1),
         "killed_processes": killed_processes,
@@ -367,3 +371,4 @@ def test_run_survives_a_worker_killed_mid_generation(airflow: Airflow, emulator:
         "task_retries": sum(ti["try_number"] - 1 for ti in tis),
     }
     print(f"\nExtra generations after killing {victim}: {counted['extra_generations']}")
+    assert all(n == 1 for n in counted["per_prompt_generations"].values()), counted["per_prompt_generations"]
