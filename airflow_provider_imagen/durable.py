@@ -268,7 +268,9 @@ class Ledger:
         if backend is not None:
             backend = _BestEffort(backend, log)
         elif durable and request is not None:
-            log.warning(
+            # A warning only where it matters: a task that will be retried. Without retries it is plain news.
+            say = log.warning if retries else log.info
+            say(
                 "durable=True but there is nowhere to keep generated images across tries (no task state store "
                 "before Airflow 3.3, and [%s] %s is not set): a retry will generate, and pay for, them again",
                 CONFIG_SECTION,
