@@ -89,6 +89,19 @@ def test_returned_inputs_get_the_operators_rules_and_messages(returned, message)
         imagen_inputs(returned, {"aspect_ratio": None, "person_generation": None})
 
 
+def test_a_plainly_wrong_decorator_argument_fails_when_the_dag_is_parsed():
+    with (
+        DAG(dag_id="t", schedule=None, start_date=datetime(2025, 1, 1)),
+        pytest.raises(InvalidInputError, match="aspect_ratio: must be one of 1:1, 3:4, 4:3, 9:16, 16:9"),
+    ):
+
+        @task.imagen(aspect_ratio="2:1")
+        def draw() -> str:
+            return "A lighthouse"
+
+        draw()
+
+
 def test_returned_values_win_over_the_decorators_and_empty_means_unset():
     defaults = {"aspect_ratio": "16:9", "person_generation": "dont_allow"}
     assert imagen_inputs(" A cat ", defaults) == {
