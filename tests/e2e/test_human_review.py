@@ -3,19 +3,26 @@ Human review in a real Airflow: generated images wait in Airflow's own review (H
 
 The answers go through the same REST endpoint the UI's "Required actions" buttons call
 (``PATCH /dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails``, Airflow 3.1+).
+The browser test saves a screenshot of the review page in ``test-artifacts/``; with ``UPDATE_DOCS_SCREENSHOTS=1``
+on Airflow 3.2 or later it also refreshes ``docs/images/human-review.png``.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import httpx
 import pytest
+from packaging.version import Version
 
+from tests.conftest import REPO
+from tests.e2e.conftest import AIRFLOW_VERSION, logged_in_page, screenshots_dir
 from tests.e2e.test_airflow_services import task_instances, xcom
 from tests.e2e.test_example_dags import SIZES, png_size
 
@@ -89,6 +96,28 @@ def test_the_review_shows_every_generated_image_inline(
         assert url.startswith(f"{services_emulator.url}/images/")
         image = httpx.get(url, timeout=30)
         assert image.status_code == 200 and png_size(image.content) == SIZES["4:3"]
+
+
+@pytest.mark.browser
+def test_the_reviewer_sees_the_images_in_airflows_own_page(
+    review_runs: dict[str, tuple[str, dict]], airflow_services: AirflowServices, services_emulator: EmulatorServer
+):
+    from playwright.sync_api import expect
+
+    run_id, _ = review_runs["Approve"]
+    with logged_in_page(airflow_services, height=1100) as page:
+        page.goto(f"{airflow_services.base_url}/dags/{DAG_ID}/runs/{quote(run_id)}/tasks/review/required_actions")
+        images = page.locator(f"img[src^='{services_emulator.url}/images/']")
+        expect(images).to_have_count(2)
+        for index in range(2):  # loaded and drawn by the browser, not a broken-image icon
+            expect(images.nth(index)).to_be_visible()
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0", arg=images.nth(index).element_handle()
+            )
+        expect(page.get_by_role("button", name="Approve")).to_be_visible()
+        page.screenshot(path=str(screenshots_dir() / "human-review.png"), full_page=True)
+    if os.environ.get("UPDATE_DOCS_SCREENSHOTS") and Version(AIRFLOW_VERSION) >= Version("3.2"):
+        shutil.copyfile(screenshots_dir() / "human-review.png", REPO / "docs" / "images" / "human-review.png")
 
 
 def test_approve_publishes_the_stored_images(
