@@ -87,6 +87,7 @@ def test_the_review_shows_every_generated_image_inline(
     run_id, detail = review_runs["Approve"]
     assert detail["options"] == ["Approve", "Reject"]
     assert detail["subject"] == "Publish these generated images?"
+    assert services_emulator.config.token not in str(detail)
     images = re.findall(r"!\[([^\]]*)\]\(([^)\s]+)\)", detail["body"])
     assert [alt for alt, _ in images] == [f"{subject}, watercolour" for subject in SUBJECTS]
     with airflow_services.client() as api:
