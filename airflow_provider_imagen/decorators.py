@@ -44,6 +44,8 @@ def imagen_inputs(returned: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """
     from airflow_provider_imagen.models import ImagenInput
 
+    if isinstance(returned, dict) and not all(isinstance(key, str) for key in returned):
+        raise InvalidInputError(f"Invalid Imagen input: a returned dict's keys must be among {', '.join(INPUT_KEYS)}")
     values = dict(returned) if isinstance(returned, dict) else {"prompt": returned}
     merged = {**defaults, **values}
     # An empty option means "not set", as for a rendered template; parse() refuses unknown keys by name.
@@ -91,8 +93,6 @@ class _ImagenDecoratedOperator(DecoratedOperator, ImagenGenerateImageOperator):
         context_merge(context, self.op_kwargs)
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         returned = self.python_callable(*self.op_args, **kwargs)
-        if isinstance(returned, dict) and not all(isinstance(key, str) for key in returned):
-            raise InvalidInputError(f"Invalid Imagen input: the keys of a returned dict must be {INPUT_KEYS}")
         inputs = imagen_inputs(
             returned, {"aspect_ratio": self.aspect_ratio, "person_generation": self.person_generation}
         )

@@ -76,6 +76,7 @@ def test_a_prompt_argument_is_refused_because_the_function_gives_it():
     ("returned", "message"),
     [
         ({"prompt": "a", "style": "noir"}, "Invalid Imagen input: style: unknown field"),
+        ({"prompt": "a", 1: "x"}, "keys must be among prompt, aspect_ratio, person_generation"),
         ({"prompt": "a", "aspect_ratio": "2:1"}, "aspect_ratio: must be one of 1:1, 3:4, 4:3, 9:16, 16:9"),
         ({"aspect_ratio": "1:1"}, "prompt: must be a string"),
         ("   ", "prompt: must not be blank"),
