@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -85,3 +87,60 @@ def test_the_provider_imports_without_openlineage():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+_LISTENER_RUN = """
+import os
+from datetime import datetime
+
+from airflow.dag_processing.bundles.manager import DagBundlesManager
+from airflow.sdk import DAG
+
+from airflow_provider_imagen.lineage import ImagenLineageMixin
+from airflow_provider_imagen.operators import ImagenGenerateImageOperator
+
+try:
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+except ImportError:  # Airflow 3.1
+    from airflow.models.dagbag import DagBag, sync_bag_to_db
+
+
+class LineageImageOperator(ImagenLineageMixin, ImagenGenerateImageOperator):
+    pass
+
+
+with DAG(dag_id="imagen_lineage_listener", schedule=None, start_date=datetime(2025, 1, 1)) as dag:
+    LineageImageOperator(task_id="stored", prompt="A kite at sunset", output_path=os.environ["OUT"])
+
+# What tests.conftest.register_dag does: importing that module here would give this process another home.
+DagBundlesManager().sync_bundles_to_db()
+bag = DagBag(dag_folder=os.devnull, collect_dags=False)
+bag.bag_dag(dag)
+sync_bag_to_db(bag, "dags-folder", None)
+print("STATE", dag.test().state, flush=True)
+"""
+
+
+def test_the_openlineage_listener_sends_the_stored_image_as_an_output(airflow_db, imagen_emulator, tmp_path):
+    # A real run with the OpenLineage provider enabled (a file transport), in a process of its own because the
+    # provider reads its configuration once per process. What a lineage backend receives is what is checked.
+    events = tmp_path / "events.jsonl"
+    script = tmp_path / "imagen_lineage_listener.py"
+    script.write_text(_LISTENER_RUN)
+    env = {
+        **os.environ,
+        "OUT": f"{tmp_path}/images/",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(events), "append": True}),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "imagen-tests",
+        # Emit from a thread: a fork of a process running dag.test()'s in-process API server can hang.
+        "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
+    }
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert "STATE success" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+
+    sent = [json.loads(line) for line in events.read_text().splitlines()]
+    complete = [e for e in sent if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith(".stored")]
+    assert len(complete) == 1, [(e["eventType"], e["job"]["name"]) for e in sent]
+    (stored,) = (tmp_path / "images").iterdir()
+    assert [(d["namespace"], d["name"]) for d in complete[0]["outputs"]] == [("file", str(stored))]
+    assert imagen_emulator.token not in events.read_text()
