@@ -28,6 +28,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "Cloudflare Workers AI", "python-modules": ["airflow_provider_imagen.triggers"]}
         ],
+        "task-decorators": [{"name": "imagen", "class-name": "airflow_provider_imagen.decorators.imagen_task"}],
         "extra-links": ["airflow_provider_imagen.links.GeneratedImageLink"],
         "config": {
             "imagen": {

@@ -52,6 +52,8 @@ def test_every_dag_imports_without_errors(dagbag):
         "imagen_persist_asset",
         "imagen_persist_asset_consumer",
         "imagen_batch",
+        "imagen_taskflow",
+        "imagen_human_review",  # waits for a person: run end to end in tests/e2e/test_human_review.py
     }
     assert set(SINGLE_IMAGE_DAGS) | others == set(dagbag.dag_ids)
 
@@ -182,3 +184,20 @@ def test_the_asset_consumer_explains_itself_when_triggered_before_any_image(dagb
     dag_run = dagbag.get_dag("imagen_persist_asset_consumer").test()
     assert dag_run.state == "success"
     assert "Nothing to check yet: run imagen_persist_asset first" in capsys.readouterr().out
+
+
+def test_taskflow_dag_draws_what_each_function_returns(dagbag, imagen_emulator):
+    from dags.imagen_taskflow import MENU
+
+    dag_run = dagbag.get_dag("imagen_taskflow").test()
+
+    assert dag_run.state == "success"
+    hero = _xcom(dag_run, "hero_image", key="image")
+    assert hero["prompt"] == "A chef preparing sushi in a traditional Japanese kitchen, detailed close-up"
+    assert (hero["width"], hero["height"]) == SIZES["16:9"]
+    assert _xcom(dag_run, "hero_image") == hero["url"]
+    cards = [_xcom(dag_run, "menu_card", key="image", map_index=i) for i in range(len(MENU))]
+    assert [c["prompt"].split(" on ")[0] for c in cards] == [f"A bowl of {dish}" for dish in MENU]
+    assert {(c["width"], c["height"]) for c in cards} == {(896, 1280)}  # 3:4, from the returned dict
+    assert _xcom(dag_run, "menu") == {dish: card["url"] for dish, card in zip(MENU, cards, strict=True)}
+    assert imagen_emulator.api_requests == 1 + len(MENU)

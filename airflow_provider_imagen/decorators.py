@@ -1,0 +1,129 @@
+"""
+``@task.imagen``: a TaskFlow function returns what to draw, and the task generates it.
+
+The function returns the prompt (a string) or a dict of Imagen inputs (``prompt``, ``aspect_ratio``,
+``person_generation``); the task then IS an :class:`ImagenGenerateImageOperator`, with its arguments, XComs,
+links, deferral and storage. Imported when a DAG that uses ``task.imagen`` is parsed, so it imports nothing
+the operators module does not already need.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.providers.common.compat.sdk import (
+    SET_DURING_EXECUTION,
+    DecoratedOperator,
+    context_merge,
+    determine_kwargs,
+    task_decorator_factory,
+)
+
+from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.operators import ImagenGenerateImageOperator
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Mapping, Sequence
+
+    from airflow.providers.common.compat.sdk import TaskDecorator
+    from airflow.sdk import Context
+
+#: The keys a returned dict may hold: the Imagen input, as ``ImagenInput`` defines it.
+INPUT_KEYS = ("prompt", "aspect_ratio", "person_generation")
+
+
+def imagen_inputs(returned: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The Imagen input a decorated function asked for: its returned values over the decorator's arguments.
+
+    Checked with the operator's own rules, so a bad value gets the same words as it would as an argument.
+
+    :param returned: what the function returned: the prompt, or a dict with some of :data:`INPUT_KEYS`.
+    :param defaults: the decorator's ``aspect_ratio`` and ``person_generation``.
+    :raises InvalidInputError: naming each bad or unknown field.
+    """
+    from airflow_provider_imagen.models import ImagenInput
+
+    if isinstance(returned, dict) and not all(isinstance(key, str) for key in returned):
+        raise InvalidInputError(f"Invalid Imagen input: a returned dict's keys must be among {', '.join(INPUT_KEYS)}")
+    values = dict(returned) if isinstance(returned, dict) else {"prompt": returned}
+    merged = {**defaults, **values}
+    # An empty option means "not set", as for a rendered template; parse() refuses unknown keys by name.
+    unset = {key: None for key in ("aspect_ratio", "person_generation") if merged.get(key) == ""}
+    checked = ImagenInput.parse(**{**merged, **unset})
+    return {key: getattr(checked, key) for key in INPUT_KEYS}
+
+
+class _ImagenDecoratedOperator(DecoratedOperator, ImagenGenerateImageOperator):
+    """
+    Calls the decorated function for the Imagen input, then runs :class:`ImagenGenerateImageOperator`.
+
+    :param python_callable: the function returning the prompt or a dict of inputs.
+    :param op_args: positional arguments for the function (templated).
+    :param op_kwargs: keyword arguments for the function (templated).
+    :param kwargs: every :class:`ImagenGenerateImageOperator` argument except ``prompt``.
+    """
+
+    template_fields: Sequence[str] = (
+        *DecoratedOperator.template_fields,
+        *ImagenGenerateImageOperator.template_fields,
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {**DecoratedOperator.template_fields_renderers}
+    custom_operator_name: str = "@task.imagen"
+
+    def __init__(
+        self,
+        *,
+        python_callable: Callable[..., Any],
+        op_args: Collection[Any] | None = None,
+        op_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if "prompt" in kwargs:
+            raise TypeError("@task.imagen takes the prompt from what the function returns, not as an argument")
+        super().__init__(
+            python_callable=python_callable,
+            op_args=op_args,
+            op_kwargs=op_kwargs,
+            prompt=SET_DURING_EXECUTION,
+            **kwargs,
+        )
+
+    def execute(self, context: Context) -> str | None:
+        context_merge(context, self.op_kwargs)
+        kwargs = determine_kwargs(self.python_callable, self.op_args, context)
+        returned = self.python_callable(*self.op_args, **kwargs)
+        inputs = imagen_inputs(
+            returned, {"aspect_ratio": self.aspect_ratio, "person_generation": self.person_generation}
+        )
+        self.prompt, self.aspect_ratio, self.person_generation = (inputs[key] for key in INPUT_KEYS)
+        return ImagenGenerateImageOperator.execute(self, context)
+
+
+def imagen_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
+    """
+    Turn a function that returns what to draw into an Imagen 4 task: ``@task.imagen``.
+
+    The task returns and pushes exactly what :class:`ImagenGenerateImageOperator` does (the image URL, or the
+    stored URI for models that return bytes; XComs ``image`` and ``stored_uri``), defers, stores and maps
+    (``.partial()`` / ``.expand()``) the same way. Keyword arguments are the operator's (``aspect_ratio``,
+    ``person_generation``, ``output_path``, ``deferrable``, ``model``, ``gateway_options``, ``timeout``,
+    ``max_retries``, ...) and any ``BaseOperator`` argument; a returned dict's values take precedence.
+
+    .. code-block:: python
+
+        @task.imagen(aspect_ratio="16:9", output_path="/data/images/")
+        def poster(film: str) -> str:
+            return f"A minimalist poster for {film}"
+
+    :param python_callable: the decorated function; it returns the prompt (``str``) or a dict with
+        ``prompt`` and optionally ``aspect_ratio`` and ``person_generation``.
+    """
+    if kwargs.pop("multiple_outputs", None):
+        raise TypeError("@task.imagen returns the image URL, so multiple_outputs=True is not supported")
+    return task_decorator_factory(
+        python_callable=python_callable,
+        multiple_outputs=False,  # never inferred from a "-> dict" annotation: the task returns a URL
+        decorated_operator_class=_ImagenDecoratedOperator,
+        **kwargs,
+    )

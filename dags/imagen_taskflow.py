@@ -1,0 +1,53 @@
+"""
+TaskFlow: ``@task.imagen`` turns a function that says what to draw into an Imagen 4 task.
+
+The function returns the prompt, or a dict of inputs (``prompt``, ``aspect_ratio``, ``person_generation``)
+whose values win over the decorator's arguments. Everything else is ``ImagenGenerateImageOperator``: the task
+returns the image URL, pushes XCom ``image`` (the summary), stores with ``output_path`` (XCom ``stored_uri``),
+defers with ``deferrable=True``, and maps with ``.partial()`` / ``.expand()``. A returned input is checked by
+the same rules, in the same words, as an operator argument: ``{"prompt": ..., "style": ...}`` fails naming
+``style``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, task
+
+MENU = ["ramen", "tiramisu", "pad thai"]
+
+with DAG(
+    dag_id="imagen_taskflow",
+    schedule=None,
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    tags=["imagen", "example"],
+    doc_md=__doc__,
+):
+
+    @task
+    def todays_special() -> str:
+        """Stands in for any upstream step: a database query, an API call, a file."""
+        return "sushi"
+
+    @task.imagen(aspect_ratio="16:9")
+    def hero_image(dish: str) -> str:
+        """Return the prompt: any Python may build it, from upstream XComs or the context."""
+        return f"A chef preparing {dish} in a traditional Japanese kitchen, detailed close-up"
+
+    @task.imagen(deferrable=True)  # the triggerer waits for Cloudflare, not a worker slot
+    def menu_card(dish: str, portrait: bool) -> dict[str, str]:
+        """Return a dict to choose inputs per image: here the aspect ratio follows the card's layout."""
+        return {
+            "prompt": f"A bowl of {dish} on a wooden table, overhead shot, menu photography",
+            "aspect_ratio": "3:4" if portrait else "4:3",
+        }
+
+    @task
+    def menu(urls: list[str]) -> dict[str, str]:
+        """Mapped images arrive in order: pair each dish with its picture."""
+        return dict(zip(MENU, urls, strict=True))
+
+    hero_image(todays_special())
+    menu(menu_card.partial(portrait=True).expand(dish=MENU))
