@@ -99,6 +99,15 @@ class _ImagenDecoratedOperator(DecoratedOperator, ImagenGenerateImageOperator):
         self.prompt, self.aspect_ratio, self.person_generation = (inputs[key] for key in INPUT_KEYS)
         return ImagenGenerateImageOperator.execute(self, context)
 
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
+        # Resuming after the trigger runs no execute(): the inputs the function returned come back with the
+        # image, so the record of it (durable.py) is filed under the same inputs, without calling it again.
+        image = event.get("image") if isinstance(event, dict) else None
+        if isinstance(image, dict):
+            self.prompt = str(image.get("prompt"))
+            self.aspect_ratio, self.person_generation = image.get("aspect_ratio"), image.get("person_generation")
+        return ImagenGenerateImageOperator.execute_complete(self, context, event)
+
 
 def imagen_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
     """

@@ -29,6 +29,8 @@ class GeneratedImageLink(BaseOperatorLink):
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
+        if getattr(operator, "_imagen_deferring", False):
+            return ""  # a try that deferred pushed no image; asking for it would log "XCom not found"
         summary = XCom.get_value(ti_key=ti_key, key="image")
         if not isinstance(summary, dict):
             return ""

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4, MAX_IMAGE_BYTES
 from airflow_provider_imagen.errors import CloudflareWorkersAIError, InvalidInputError
+from airflow_provider_imagen.lineage import ImagenLineageMixin
 from airflow_provider_imagen.links import GeneratedImageLink
 from airflow_provider_imagen.rules import check_literal_inputs, check_max_images, check_model_id, returns_bytes
 
@@ -33,13 +34,7 @@ def _unset_if_empty(value: Any) -> Any:
     return None if value == "" else value
 
 
-def _identity(context: Context) -> dict[str, Any]:
-    """What identifies this task instance: part of every stored image's name, so no two share one."""
-    ti = context["ti"]
-    return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
-
-
-class _ImagenOperatorMixin:
+class _ImagenOperatorMixin(ImagenLineageMixin):
     """What both operators share: the hook, persisting, and the XComs and Asset events of an image."""
 
     cloudflare_conn_id: str
@@ -85,8 +80,9 @@ class _ImagenOperatorMixin:
         from airflow_provider_imagen.durable import Ledger
         from airflow_provider_imagen.generation import ImageJob
         from airflow_provider_imagen.models import GatewayOptions
+        from airflow_provider_imagen.storage import task_instance_identity
 
-        identity = _identity(context)
+        identity = task_instance_identity(context)
         return ImageJob(
             Ledger.open(context, retries=self.retries, durable=self.durable, log=self.log),
             model=self.model,
@@ -229,6 +225,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         if self.deferrable:
             from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 
+            self._imagen_deferring = True  # the link computed as this try ends has no image to read yet
             self.defer(
                 trigger=ImagenGenerateImageTrigger(
                     prompt=self.prompt,

@@ -27,7 +27,7 @@ from airflow_provider_imagen.responses import sniff_image_type
 from airflow_provider_imagen.retry import backoff_wait
 
 if TYPE_CHECKING:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk import Context, ObjectStoragePath
 
 DEFAULT_DOWNLOAD_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
@@ -85,6 +85,12 @@ def _is_dir(path: ObjectStoragePath) -> bool:
         return bool(path.is_dir())
     except Exception:
         return False
+
+
+def task_instance_identity(context: Context) -> dict[str, Any]:
+    """What identifies a task instance: part of every stored image's name, so no two task instances share one."""
+    ti = context["ti"]
+    return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
 
 
 def file_name_for(prompt: str, inputs: dict[str, Any], extension: str) -> str:
