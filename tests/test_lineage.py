@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +15,11 @@ from airflow.sdk import DAG
 from airflow_provider_imagen.lineage import ImagenLineageMixin, dataset_name
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator, ImagenGenerateImagesOperator
 from tests.conftest import register_dag
+
+needs_openlineage = pytest.mark.skipif(
+    importlib.util.find_spec("airflow.providers.openlineage") is None,
+    reason="the OpenLineage provider (in the dev extra) is not installed",
+)
 
 # The operators themselves: the mixin is among their bases.
 LineageImageOperator = ImagenGenerateImageOperator
@@ -51,6 +57,7 @@ def _lineage(dag_run, task):
     return ExtractorManager().extract_metadata(dag_run, task, TaskInstanceState.SUCCESS, ti)
 
 
+@needs_openlineage
 def test_a_stored_image_is_the_tasks_output_dataset(airflow_db, imagen_emulator, tmp_path):
     with DAG(dag_id="imagen_lineage_single", schedule=None, start_date=datetime(2025, 1, 1)) as dag:
         stored = LineageImageOperator(task_id="stored", prompt="A red kite", output_path=f"{tmp_path}/")
@@ -67,6 +74,7 @@ def test_a_stored_image_is_the_tasks_output_dataset(airflow_db, imagen_emulator,
     assert _lineage(dag_run, unstored).outputs == []  # nothing kept, nothing to trace
 
 
+@needs_openlineage
 def test_a_batch_reports_every_stored_image(airflow_db, imagen_emulator, tmp_path):
     prompts = ["A kite over a beach", "A kite over a field"]
     with DAG(dag_id="imagen_lineage_batch", schedule=None, start_date=datetime(2025, 1, 1)) as dag:
@@ -117,6 +125,7 @@ print("STATE", dag.test().state, flush=True)
 """
 
 
+@needs_openlineage
 def test_the_openlineage_listener_sends_the_stored_image_as_an_output(airflow_db, imagen_emulator, tmp_path):
     # A real run with the OpenLineage provider enabled (a file transport), in a process of its own because the
     # provider reads its configuration once per process. What a lineage backend receives is what is checked.

@@ -45,8 +45,9 @@ def render(prompt: str, width: int, height: int, fmt: str = "PNG") -> bytes:
     size = max(16, width // 24)
     try:
         font: ImageFont.FreeTypeFont | ImageFont.ImageFont = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
+    except TypeError:  # Pillow < 10.1: a bitmap font that knows Latin-1 only, so other letters become "?"
         font = ImageFont.load_default()
+        prompt = prompt.encode("latin-1", "replace").decode("latin-1")
     margin = width // 16
     lines = textwrap.wrap(prompt, width=max(10, (width - 2 * margin) // max(1, int(size * 0.55))))[:12]
     y = margin
