@@ -78,7 +78,7 @@ def test_the_triggers_of_one_event_loop_share_one_pace(imagen_emulator):
 
     async def many() -> list:
         triggers = [
-            ImagenGenerateImageTrigger(prompt=f"deferred {i}", retry_backoff=0.01, max_retries=0) for i in range(30)
+            ImagenGenerateImageTrigger(prompt=f"deferred {i}", retry_backoff=0.01, max_retries=0) for i in range(60)
         ]
         try:
             return await asyncio.gather(*(events(t) for t in triggers))
@@ -88,10 +88,13 @@ def test_the_triggers_of_one_event_loop_share_one_pace(imagen_emulator):
     results = asyncio.run(many())
     assert all(payload["status"] == "success" for (payload,) in results)
     stats = imagen_emulator.stats()
-    assert stats["generations"] == 30
-    (pacer,) = pacing._pacers.values()  # one pace for the account, learned by all 30
+    assert stats["generations"] == 60
+    (pacer,) = pacing._pacers.values()  # one pace for the account, learned by all 60
     assert (pacer.sent, pacer.rejections) == (stats["api_requests"], stats["rate_limited"])
-    assert stats["rate_limited"] <= RAMP_START
+    # All started at once, before any refusal came back, the first sends of up to 50 may be refused (with the
+    # emulator in this process, the refusals come back late). Each trigger on its own would meet the limit
+    # again on every re-send: 150 refusals.
+    assert stats["rate_limited"] <= 30
 
 
 def test_a_known_limit_is_never_exceeded(imagen_emulator):
