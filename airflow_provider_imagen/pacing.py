@@ -10,10 +10,12 @@ How it paces:
   allowance every 50 ms. Without a limit it is out of the way within a fraction of a second; against a limit,
   the first rejection comes back while only a few sends too many are on the wire.
 - **Learned from the answers**: a rejection (429, capacity, wholesale throttling) means the account's bucket is
-  empty, so the requests accepted since the previous rejection are exactly what it refilled in that time. The
-  pacer sets its rate a little below that, and raises it by 2 % a second while requests that waited for their
-  turn succeed, until the next rejection measures the limit again. A ``Retry-After`` holds every send until it
-  has passed.
+  empty, so the requests accepted since the previous rejection are what it refilled in that time (or less, if
+  it overflowed meanwhile). The pacer sets its rate a little below that, and raises it while requests that
+  waited for their turn succeed: by 10 % a second back up to the measured limit, by 2 % a second beyond it,
+  until the next rejection measures the limit again. A ``Retry-After`` holds every send until it has passed.
+  A first rejection, with no measurement yet, sets a guess: what got through in the last second, spread over
+  that second and the pause asked for.
 
 Across worker processes, use an Airflow pool sized to the account's limit (see ``docs/rate-limits.md``).
 """

@@ -539,6 +539,8 @@ def rate_limit(
         for key in ("wall_s", "lost", "rejected", "billed"):
             results[f"{name}_{key}"] = statistics.median(run[key] for run in runs)
         results[f"{name}_max_lost"] = max(run["lost"] for run in runs)
+        results[f"{name}_max_rejected"] = max(run["rejected"] for run in runs)
+        results[f"{name}_runs"] = runs
         results[f"{name}_vs_ideal"] = results[f"{name}_wall_s"] / ideal
     return results
 
@@ -631,9 +633,9 @@ def table(r: dict[str, Any]) -> str:
         for name, (label, target) in labels.items():
             rows.append(
                 f"| {label.lstrip('| ')} | {fmt(x[f'{name}_wall_s'], ' s')}, lost {x[f'{name}_lost']:.0f} "
-                f"(at most {x[f'{name}_max_lost']}), refused {x[f'{name}_rejected']:.0f}, billed "
-                f"{x[f'{name}_billed']:.0f} | ideal {fmt(x['ideal_s'], ' s')} | {fmt(x[f'{name}_vs_ideal'], 'x')} "
-                f"| {target} |"
+                f"(at most {x[f'{name}_max_lost']}), refused {x[f'{name}_rejected']:.0f} (at most "
+                f"{x[f'{name}_max_rejected']}), billed {x[f'{name}_billed']:.0f} | ideal {fmt(x['ideal_s'], ' s')} "
+                f"| {fmt(x[f'{name}_vs_ideal'], 'x')} | {target} |"
             )
     if "memory" in r:
         m = r["memory"]
