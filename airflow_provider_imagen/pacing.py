@@ -57,6 +57,9 @@ MIN_SAMPLES = 4
 MIN_RATE = 1 / 60
 #: Seconds of a rejection's assumed pause when it carries no ``Retry-After`` (for the first estimate only).
 ASSUMED_PAUSE = 1.0
+#: The longest pause a ``Retry-After`` imposes on every send of the process (a per-minute limit clears within
+#: a minute); the refused call itself gives up at once on a longer one (``max_retry_wait``).
+MAX_PAUSE = 60.0
 
 
 class Turn:
@@ -198,7 +201,7 @@ class Pacer:
             now = self._clock()
             self.rejections += 1
             if retry_after:
-                self._paused_until = max(self._paused_until, now + retry_after)
+                self._paused_until = max(self._paused_until, now + min(retry_after, MAX_PAUSE))
             if turn.epoch != self._epoch:
                 return  # sent before the last slow-down: part of the rejection already counted
             self._accepted -= 1

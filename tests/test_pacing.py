@@ -80,6 +80,9 @@ def test_a_rejection_after_a_burst_sets_a_pace_and_retry_after_holds_every_send(
     send(pacer, refused(retry_after=2.0))
     assert pacer.rate == pytest.approx((RAMP_START - 1) / (1.0 + 2.0))  # what got through, over the pause
     assert pacer.take(None)[0] == pytest.approx(2.0)  # Retry-After is honoured by everyone
+    send_later = Pacer(clock=clock)
+    send(send_later, refused(retry_after=3600.0))  # the refused call gives up; the others wait a minute at most
+    assert send_later.take(None)[0] == pytest.approx(60.0)
 
 
 def test_rejections_of_sends_made_before_the_slow_down_count_once():
