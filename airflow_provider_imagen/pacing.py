@@ -49,14 +49,20 @@ SETTLE = 0.9
 BACKOFF = 0.7
 #: Requests a second added per successful send that waited its turn: 2 % of the rate per second, at any rate.
 GROWTH = 0.02
-#: The same below the ceiling (the limit as last measured, or a guess): 10 % a second, back within seconds.
+#: The same below the ceiling (the limit as last measured): 10 % a second, back within seconds.
 FAST_GROWTH = 0.1
+#: The same while the pace is only a first guess: 25 % a second, to find the limit soon.
+GUESS_GROWTH = 0.25
 #: Accepted sends a measurement needs; with fewer, the rate is halved instead.
 MIN_SAMPLES = 4
 #: The slowest pace: one request a minute.
 MIN_RATE = 1 / 60
 #: Seconds of a rejection's assumed pause when it carries no ``Retry-After`` (for the first estimate only).
 ASSUMED_PAUSE = 1.0
+#: Seconds ahead a caller may hold a slot. Callers further back re-ask every :data:`NAP` seconds instead, so
+#: that a pace that climbs (or a known limit raised) reaches them, not only the slots handed out before.
+HORIZON = 1.0
+NAP = 0.5
 #: The longest pause a ``Retry-After`` imposes on every send of the process (a per-minute limit clears within
 #: a minute); the refused call itself gives up at once on a longer one (``max_retry_wait``).
 MAX_PAUSE = 60.0
@@ -109,6 +115,9 @@ class Pacer:
         self._accepted = 0  # sends of this epoch not (yet) rejected
         self._waited = 0  # of those, how many waited for their turn: the pace, not the caller, was the limit
         self._recent: deque[float] = deque(maxlen=4096)  # send times, for the first estimate
+        # While the pace is a first guess: what the unpaced burst had accepted, and over how long to spread it.
+        self._burst_accepted = 0
+        self._guess_span: float | None = None
         self.sent = 0
         self.rejections = 0
         self.set_limit(requests_per_minute)
@@ -157,14 +166,18 @@ class Pacer:
             if reserved == self._epoch and now >= self._paused_until:
                 return 0.0, reserved, self._start(now, waited=True)
             at = self._slot(now)
+            if at is None:  # further back than the horizon: ask again later, holding no slot
+                return min(max(self._next - now - HORIZON, 0.01), NAP), -1, None
             if at <= now:
                 return 0.0, self._epoch, self._start(now, waited=reserved is not None)
             return at - now, self._epoch, None
 
-    def _slot(self, now: float) -> float:
+    def _slot(self, now: float) -> float | None:
         start = max(now, self._paused_until)
         if self._rate is not None:
             at = max(start, self._next)
+            if at - now > HORIZON:
+                return None
             self._next = at + 1 / self._rate
             return at
         if self._ramping:
@@ -192,7 +205,10 @@ class Pacer:
         if turn.waited and self._rate is not None:
             with self._lock:
                 if self._rate is not None:
-                    growth = FAST_GROWTH if self._rate < self._ceiling else GROWTH
+                    if self._guess_span is not None:
+                        growth = GUESS_GROWTH
+                    else:
+                        growth = FAST_GROWTH if self._rate < self._ceiling else GROWTH
                     self._rate = min(self._rate + growth, self._limit or math.inf)
 
     def rejected(self, turn: Turn, retry_after: float | None) -> None:
@@ -203,14 +219,26 @@ class Pacer:
             if retry_after:
                 self._paused_until = max(self._paused_until, now + min(retry_after, MAX_PAUSE))
             if turn.epoch != self._epoch:
-                return  # sent before the last slow-down: part of the rejection already counted
+                # Sent before the last slow-down: part of the rejection already counted. But a refusal of the
+                # unpaced burst, coming back late (a busy machine, a long way), shows the first guess too high.
+                if turn.epoch == 0 and self._guess_span is not None and self._rate is not None:
+                    self._burst_accepted -= 1
+                    guess = max(self._burst_accepted / self._guess_span, MIN_RATE)
+                    if guess < SETTLE * self._rate:
+                        self._rate = guess
+                        self._restart(now)
+                return
             self._accepted -= 1
             self._waited -= turn.waited
             self._rate = self._measure(now, retry_after)
             self._ramping = False
-            self._next = max(now, self._paused_until)
-            self._epoch += 1
-            self._epoch_start, self._accepted, self._waited = now, 0, 0
+            self._restart(now)
+
+    def _restart(self, now: float) -> None:
+        """A new pace from ``now``: turns reserved at the old one are taken again."""
+        self._next = max(now, self._paused_until)
+        self._epoch += 1
+        self._epoch_start, self._accepted, self._waited = now, 0, 0
 
     def _measure(self, now: float, retry_after: float | None) -> float | None:
         """The pace after a rejection at ``now``."""
@@ -220,12 +248,14 @@ class Pacer:
             recent = sum(1 for t in self._recent if t >= now - 1.0) - 1
             if recent < MIN_SAMPLES:
                 return None  # too little to learn from: the caller's own backoff handles it
-            rate = recent / (1.0 + (retry_after or ASSUMED_PAUSE))
+            self._burst_accepted, self._guess_span = recent, 1.0 + (retry_after or ASSUMED_PAUSE)
+            rate = recent / self._guess_span
         elif self._accepted >= MIN_SAMPLES and self._waited * 2 >= self._accepted and self._epoch_start is not None:
             # Paced, and the pace was the limit: the bucket was empty at the last rejection and is empty now,
             # so what it accepted in between is what it refilled, unless it overflowed while the pace was
             # below the limit. So the limit is at least that, and below the pace just refused.
             measured = self._accepted / max(now - self._epoch_start, 1e-3)
+            self._guess_span = None  # measured: late refusals of the burst say nothing more
             self._ceiling = max(measured, BACKOFF * self._rate)
             rate = SETTLE * self._ceiling
         else:

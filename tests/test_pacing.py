@@ -17,7 +17,7 @@ from airflow_provider_imagen import pacing
 from airflow_provider_imagen.connection import ConnectionSettings
 from airflow_provider_imagen.emulator.faults import TokenBucket
 from airflow_provider_imagen.errors import CloudflareRateLimitError, CloudflareServerError
-from airflow_provider_imagen.pacing import RAMP_DOUBLING, RAMP_SECONDS, RAMP_START, Pacer, pacer_for
+from airflow_provider_imagen.pacing import RAMP_DOUBLING, RAMP_SECONDS, RAMP_START, Pacer, Turn, pacer_for
 
 
 class Clock:
@@ -44,6 +44,16 @@ def send(pacer: Pacer, error: BaseException | None = None) -> None:
         raise error
 
 
+def waited_for_turn(pacer: Pacer, clock: Clock) -> tuple[float, Turn]:
+    """Seconds a caller waits for its turn (moving the clock as ``turn()`` would sleep), and the turn."""
+    started, epoch = clock.now, None
+    while True:
+        delay, epoch, turn = pacer.take(epoch)
+        if turn is not None:
+            return clock.now - started, turn
+        clock.now += delay
+
+
 def test_a_cold_pacer_lets_a_burst_out_then_doubles_its_allowance_until_it_steps_aside():
     clock = Clock()
     pacer = Pacer(clock=clock)
@@ -61,10 +71,7 @@ def test_a_known_limit_spaces_every_send_and_is_never_exceeded():
     pacer = Pacer(requests_per_minute=600, clock=clock)
     sent: list[float] = []
     for _ in range(50):
-        delay, epoch, turn = pacer.take(None)
-        while turn is None:  # wait for the slot, as turn() does
-            clock.now += delay
-            delay, epoch, turn = pacer.take(epoch)
+        _, turn = waited_for_turn(pacer, clock)
         with turn:
             sent.append(clock.now)
     gaps = [b - a for a, b in itertools.pairwise(sent)]
@@ -79,10 +86,31 @@ def test_a_rejection_after_a_burst_sets_a_pace_and_retry_after_holds_every_send(
         send(pacer)
     send(pacer, refused(retry_after=2.0))
     assert pacer.rate == pytest.approx((RAMP_START - 1) / (1.0 + 2.0))  # what got through, over the pause
-    assert pacer.take(None)[0] == pytest.approx(2.0)  # Retry-After is honoured by everyone
+    assert waited_for_turn(pacer, clock)[0] == pytest.approx(2.0)  # Retry-After is honoured by everyone
     send_later = Pacer(clock=clock)
     send(send_later, refused(retry_after=3600.0))  # the refused call gives up; the others wait a minute at most
-    assert send_later.take(None)[0] == pytest.approx(60.0)
+    assert waited_for_turn(send_later, clock)[0] == pytest.approx(60.0)
+
+
+def test_late_refusals_of_the_first_burst_lower_the_first_guess():
+    # A busy machine: the whole burst is on the wire before its first refusal comes back; 10 of 64 got through.
+    clock = Clock()
+    pacer = Pacer(clock=clock)
+    clock.now += 0.001
+    burst = []
+    for _ in range(64):
+        delay, _, turn = pacer.take(None)
+        clock.now += delay
+        if turn is None:
+            delay, _, turn = pacer.take(0)
+        burst.append(turn)
+    pacer.rejected(burst[10], 1.0)
+    first_guess = pacer.rate
+    for turn in burst[11:]:
+        pacer.rejected(turn, 1.0)
+    assert pacer.rate is not None and first_guess is not None
+    assert pacer.rate < first_guess
+    assert pacer.rate == pytest.approx(10 / 2.0)  # what the burst really got through, over 1 s and the pause
 
 
 def test_rejections_of_sends_made_before_the_slow_down_count_once():
