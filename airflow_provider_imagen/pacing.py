@@ -15,7 +15,8 @@ How it paces:
   waited for their turn succeed: by 10 % a second back up to the measured limit, by 2 % a second beyond it,
   until the next rejection measures the limit again. A ``Retry-After`` holds every send until it has passed.
   A first rejection, with no measurement yet, sets a guess: what got through in the last second, spread over
-  that second and the pause asked for.
+  that second and the pause asked for; refusals of that burst coming back later lower it, and the pace climbs
+  25 % a second from it until a rejection measures the limit.
 
 Across worker processes, use an Airflow pool sized to the account's limit (see ``docs/rate-limits.md``).
 """
