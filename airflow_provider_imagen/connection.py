@@ -26,6 +26,8 @@ DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_TIMEOUT = 180.0
 DEFAULT_MAX_RETRIES = 3
 MAX_MAX_RETRIES = 10
+#: The highest ``requests_per_minute`` accepted: far above any published Workers AI limit.
+MAX_REQUESTS_PER_MINUTE = 1_000_000
 
 #: How long AI Gateway keeps the answer a call's cache key names: long enough for a re-send to find it.
 RESEND_CACHE_TTL = 600
@@ -70,6 +72,12 @@ CONN_FIELDS: dict[str, Any] = {
         "description": "Retries of transient failures (throttling, 5xx, timeouts); 3 if empty. Each may be billed.",
         "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_MAX_RETRIES},
     },
+    "requests_per_minute": {
+        "label": "Requests per minute",
+        "description": "The account's rate limit, if known: never exceeded. If empty, the pace is learned from "
+        "Cloudflare's 429 answers.",
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_REQUESTS_PER_MINUTE},
+    },
 }
 
 
@@ -113,6 +121,7 @@ class ConnectionSettings:
     gateway_id: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    requests_per_minute: float | None = None
     _run_urls: dict[str, httpx.URL] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def masked(self) -> ConnectionSettings:
@@ -254,6 +263,13 @@ class ConnectionSettings:
         if not 0 <= max_retries <= MAX_MAX_RETRIES:
             raise fail(f"extra 'max_retries' must be between 0 and {MAX_MAX_RETRIES}, got {max_retries}")
 
+        requests_per_minute = get_extra("requests_per_minute")
+        if requests_per_minute is not None:
+            problem = requests_per_minute_problem(requests_per_minute)
+            if problem:
+                raise fail(f"extra 'requests_per_minute' {problem}")
+            requests_per_minute = float(requests_per_minute)
+
         return cls(
             conn_id=conn_id,
             base_url=_base_url(conn, fail),
@@ -262,7 +278,39 @@ class ConnectionSettings:
             gateway_id=str(gateway_id) if gateway_id else None,
             timeout=timeout,
             max_retries=max_retries,
+            requests_per_minute=requests_per_minute,
         )
+
+
+def requests_per_minute_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as a number of requests a minute (a number or its text), if anything."""
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or number != number:  # not a number, or NaN
+        return f"must be a number of requests a minute, got {value!r}"
+    if not 0 < number <= MAX_REQUESTS_PER_MINUTE:
+        return f"must be above 0 and at most {MAX_REQUESTS_PER_MINUTE:,}, got {value!r}"
+    return None
+
+
+def check_hook_arguments(timeout: Any, max_retries: Any, requests_per_minute: Any) -> None:
+    """
+    Check the hook's overrides of the connection's settings.
+
+    :raises ConnectionConfigError: naming the argument and what is allowed.
+    """
+    from airflow_provider_imagen.errors import ConnectionConfigError
+
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600):
+        raise ConnectionConfigError(f"timeout must be between 0 and 3600 seconds, got {timeout!r}")
+    if max_retries is not None and not (isinstance(max_retries, int) and 0 <= max_retries <= MAX_MAX_RETRIES):
+        raise ConnectionConfigError(f"max_retries must be 0..{MAX_MAX_RETRIES}, got {max_retries!r}")
+    if requests_per_minute is not None:
+        problem = requests_per_minute_problem(requests_per_minute)
+        if problem or isinstance(requests_per_minute, str):
+            raise ConnectionConfigError(f"requests_per_minute {problem or 'must be a number, not text'}")
 
 
 async def aread_settings(

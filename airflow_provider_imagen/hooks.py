@@ -12,12 +12,13 @@ from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_imagen import connection
 from airflow_provider_imagen.clients import shared_async_clients
-from airflow_provider_imagen.connection import MAX_MAX_RETRIES, ConnectionSettings, aread_settings
+from airflow_provider_imagen.connection import ConnectionSettings, aread_settings, check_hook_arguments
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
-from airflow_provider_imagen.errors import CloudflareWorkersAIError, ConnectionConfigError
+from airflow_provider_imagen.errors import CloudflareWorkersAIError
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, ImagenInput, RunResult
+from airflow_provider_imagen.pacing import pacer_for
 from airflow_provider_imagen.responses import image_from_result, parse_response
-from airflow_provider_imagen.retry import is_idempotent, retry_policy, transport_error
+from airflow_provider_imagen.retry import annotate, is_idempotent, retry_policy, transport_error
 from airflow_provider_imagen.rules import check_model_id, returns_bytes
 from airflow_provider_imagen.transport import SpreadTransport, environment_proxy
 from airflow_provider_imagen.verify import check_connection
@@ -33,16 +34,18 @@ class CloudflareWorkersAIHook(BaseHook):
     Its pooled ``httpx.Client`` and ``httpx.AsyncClient`` are made on first use; close them with :meth:`close`
     / :meth:`aclose`, or use the hook as a (async) context manager.
 
-    :param cloudflare_conn_id: the Airflow connection: password is the API token, extra ``account_id``
-        (required), ``gateway_id``, ``timeout`` and ``max_retries`` (optional), host an optional API base URL.
-    :param timeout: seconds to wait for a response (overrides the connection's ``timeout``; default 180,
-        as Imagen takes seconds to tens of seconds).
-    :param max_retries: retries after the first attempt for transient failures (overrides the connection's
-        ``max_retries``; default 3). A request that may have reached Cloudflare is re-sent only when the
-        re-send cannot be billed again (see ``retry.py``).
+    :param cloudflare_conn_id: the Airflow connection: password the API token, extra ``account_id`` (required),
+        ``gateway_id``, ``timeout``, ``max_retries``, ``requests_per_minute``; host an optional API base URL.
+    :param timeout: seconds to wait for a response (overrides the connection's; default 180: Imagen is slow).
+    :param max_retries: retries of transient failures (overrides the connection's; default 3). A request that
+        may have reached Cloudflare is re-sent only when the re-send cannot be billed again (see ``retry.py``).
     :param retry_backoff: seconds before the first retry; doubles each time, with jitter.
     :param max_retry_wait: the longest single wait between attempts. A ``Retry-After`` longer than this
         ends the retries instead of blocking the task for that long.
+    :param requests_per_minute: the account's rate limit, if known (overrides the connection's): never exceeded.
+        Either way the pace is learned from 429s, per account and process (see ``pacing.py``).
+    :param max_rate_limit_wait: seconds a call re-sends after its first refusal by a rate limit (unbilled
+        refusals do not count against ``max_retries``).
     :param share_async_client: share the event loop's client and connection read with other hooks, as
         triggers do (see ``clients.py``); :meth:`aclose` then gives the client back instead of closing it.
     """
@@ -60,18 +63,19 @@ class CloudflareWorkersAIHook(BaseHook):
         max_retries: int | None = None,
         retry_backoff: float = 1.0,
         max_retry_wait: float = 60.0,
+        requests_per_minute: float | None = None,
+        max_rate_limit_wait: float = 600.0,
         share_async_client: bool = False,
     ) -> None:
         super().__init__()
-        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600):
-            raise ConnectionConfigError(f"timeout must be between 0 and 3600 seconds, got {timeout!r}")
-        if max_retries is not None and not (isinstance(max_retries, int) and 0 <= max_retries <= MAX_MAX_RETRIES):
-            raise ConnectionConfigError(f"max_retries must be 0..{MAX_MAX_RETRIES}, got {max_retries!r}")
+        check_hook_arguments(timeout, max_retries, requests_per_minute)
         self.cloudflare_conn_id = cloudflare_conn_id
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.max_retry_wait = max_retry_wait
+        self.requests_per_minute = requests_per_minute
+        self.max_rate_limit_wait = max_rate_limit_wait
         self.share_async_client = share_async_client
         self._settings: ConnectionSettings | None = None
         self._client: httpx.Client | None = None
@@ -176,10 +180,10 @@ class CloudflareWorkersAIHook(BaseHook):
         settings = self.settings
         client = self.get_conn()
         request = settings.build_request(client, model, input, GatewayOptions.parse(gateway_options))
-        start, attempt_number = time.monotonic(), 0
+        start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute)
         try:
             for attempt in Retrying(**self._retry_policy(settings, model, request)):
-                with attempt:
+                with attempt, pacer.wait_turn():  # the turn reports the answer to the account's pacer
                     attempt_number = attempt.retry_state.attempt_number
                     try:
                         response = client.send(request)
@@ -187,7 +191,7 @@ class CloudflareWorkersAIHook(BaseHook):
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
-            _annotate(err, model, attempt_number)
+            annotate(err, model, attempt_number)
             raise
         return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
@@ -198,10 +202,10 @@ class CloudflareWorkersAIHook(BaseHook):
         settings = await self.aget_settings()
         client = await self.aget_conn()
         request = settings.build_request(client, model, input, GatewayOptions.parse(gateway_options))
-        start, attempt_number = time.monotonic(), 0
+        start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute)
         try:
             async for attempt in AsyncRetrying(**self._retry_policy(settings, model, request)):
-                with attempt:
+                with attempt, await pacer.turn():
                     attempt_number = attempt.retry_state.attempt_number
                     try:
                         response = await client.send(request)
@@ -209,7 +213,7 @@ class CloudflareWorkersAIHook(BaseHook):
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
-            _annotate(err, model, attempt_number)
+            annotate(err, model, attempt_number)
             raise
         return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
@@ -338,12 +342,8 @@ class CloudflareWorkersAIHook(BaseHook):
             attempts=1 + (settings.max_retries if self.max_retries is None else self.max_retries),
             backoff=self.retry_backoff,
             max_wait=self.max_retry_wait,
+            rate_limit_wait=self.max_rate_limit_wait,
             idempotent=is_idempotent(request, returns_bytes(model)),
             log=self.log,
             model=model,
         )
-
-
-def _annotate(err: CloudflareWorkersAIError, model: str, attempts: int) -> None:
-    err.model = model
-    err.attempts = max(attempts, 1)

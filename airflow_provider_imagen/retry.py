@@ -14,6 +14,9 @@ Every Imagen call may be billed, so the rules are:
   answer, the first generation may still be running, and AI Gateway does not merge a re-send with a request
   in flight: the call fails with :class:`GenerationOutcomeUnknownError`, saying the image may be billed.
 - Configuration errors (a wrong scheme, a TLS handshake that cannot succeed) fail at once.
+- A refusal by a rate limit (429, capacity 3040, wholesale throttling) ran nothing and is not billed: it does
+  not count against ``max_retries``. It is re-sent at the pace ``pacing.py`` learns, for as long as the call's
+  rate-limit budget (``max_rate_limit_wait`` seconds from its first refusal) lasts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+from tenacity import RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from airflow_provider_imagen.errors import (
     CloudflareAuthenticationError,
@@ -112,6 +115,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def is_rate_limited(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a refusal by a rate limit that waiting clears: nothing ran, nothing is billed."""
+    return isinstance(exc, CloudflareRateLimitError) and exc.retryable
+
+
+def annotate(err: CloudflareWorkersAIError, model: str, attempts: int) -> None:
+    """Note on ``err`` the model called and the requests sent (rate-limit refusals included)."""
+    err.model = model
+    err.attempts = max(attempts, 1)
+
+
 def _as_int(code: int | str | None) -> int | None:
     if isinstance(code, int):
         return code
@@ -190,6 +204,7 @@ def retry_policy(
     attempts: int,
     backoff: float,
     max_wait: float,
+    rate_limit_wait: float,
     idempotent: bool,
     log: Logger,
     model: str,
@@ -200,24 +215,42 @@ def retry_policy(
     :param attempts: attempts in all, the first included.
     :param backoff: seconds before the first retry; doubles each time, with jitter.
     :param max_wait: the longest single wait. A ``Retry-After`` longer than this ends the retries instead.
+    :param rate_limit_wait: seconds, from a call's first refusal by a rate limit, during which refusals are
+        re-sent without counting as attempts.
     :param idempotent: whether the request carries a cache key that makes a re-send of a completed
         generation free (see :func:`is_idempotent`).
     :param log: where each retry is logged, with its attempt, its cause and the wait.
     :param model: the model called, for the log.
     """
     exponential = backoff_wait(backoff, max_wait)
+    refused: list[float] = []  # when each refusal by a rate limit came, this call
 
     def log_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         sleep = state.next_action.sleep if state.next_action else 0.0
+        if is_rate_limited(exc):
+            log.info(
+                "Cloudflare Workers AI call to %s was refused by the rate limit (not billed, not counted as an "
+                "attempt): %s; retrying in %.1f s, at the account's pace",
+                model,
+                exc,
+                sleep,
+            )
+            return
         log.warning(
             "Cloudflare Workers AI call to %s failed on attempt %d of %d: %s; retrying in %.1f s",
             model,
-            state.attempt_number,
+            state.attempt_number - len(refused),
             attempts,
             exc,
             sleep,
         )
+
+    def stop(state: RetryCallState) -> bool:
+        if is_rate_limited(state.outcome.exception() if state.outcome else None):
+            refused.append(time.monotonic())
+            return refused[-1] - refused[0] >= rate_limit_wait
+        return state.attempt_number - len(refused) >= attempts
 
     def should_retry(exc: BaseException) -> bool:
         if isinstance(exc, GenerationOutcomeUnknownError):
@@ -235,7 +268,7 @@ def retry_policy(
         return float(exponential(state))
 
     return {
-        "stop": stop_after_attempt(attempts),
+        "stop": stop,
         "wait": wait,
         "retry": retry_if_exception(should_retry),
         "before_sleep": log_retry,

@@ -37,6 +37,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
     :param max_retries: retries of transient failures (the connection's when unset).
     :param retry_backoff: seconds before the first retry.
     :param max_retry_wait: the longest single wait between attempts.
+    :param requests_per_minute: the account's rate limit, if known (the connection's when unset): every trigger
+        of the triggerer that calls the account shares one pace (see ``pacing.py``).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         max_retries: int | None = None,
         retry_backoff: float = 1.0,
         max_retry_wait: float = 60.0,
+        requests_per_minute: float | None = None,
     ) -> None:
         super().__init__()
         check_model_id(model)  # the same rule as the hook's, before the trigger is stored
@@ -65,6 +68,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.max_retry_wait = max_retry_wait
+        self.requests_per_minute = requests_per_minute
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -80,6 +84,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 "max_retries": self.max_retries,
                 "retry_backoff": self.retry_backoff,
                 "max_retry_wait": self.max_retry_wait,
+                "requests_per_minute": self.requests_per_minute,
             },
         )
 
@@ -93,6 +98,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 max_retries=self.max_retries,
                 retry_backoff=self.retry_backoff,
                 max_retry_wait=self.max_retry_wait,
+                requests_per_minute=self.requests_per_minute,
                 share_async_client=True,
             ) as hook:
                 image = await hook.agenerate_image(

@@ -5,6 +5,7 @@ waits), each figure a median over rounds in which ours and its baselines run in 
     ./scripts/bench.sh                           # full sizes (about 3 minutes on 2 cores)
     ./scripts/bench.sh --only triggerer --repeat 5
     ./scripts/bench.sh --only throughput --profile     # where the time goes (pyinstrument)
+    ./scripts/bench.sh --only rate_limit              # at the account's rate limit (about 6 minutes)
     .venv/bin/python benchmarks/run.py --quick --repeat 1   # tiny sizes: what the smoke test runs
 
 Writes benchmarks/results/latest.json (or --json PATH) and prints a Markdown table.
@@ -44,7 +45,7 @@ class Emulator:
     that answers every request with the same success after the latency and does nothing else.
     """
 
-    def __init__(self, latency: float, null: bool = False) -> None:
+    def __init__(self, latency: float, null: bool = False, limit: tuple[float, float] | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -55,6 +56,8 @@ class Emulator:
         else:
             command = [sys.executable, "-m", "airflow_provider_imagen.emulator.cli", "--port", str(self.port)]
             command += ["--latency", str(latency), "--log-level", "error"]
+            if limit is not None:  # requests a minute, and how many at once
+                command += ["--rate-limit-per-minute", str(limit[0]), "--rate-limit-burst", str(limit[1])]
         self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
@@ -447,6 +450,101 @@ def memory(size: int, repeat: int) -> dict[str, Any]:
     return results
 
 
+# --- 6. At the account's rate limit ---------------------------------------------------------------------
+
+
+def rate_limit(
+    n: int, concurrency: int, latency: float, per_minute: float, burst_seconds: float, repeat: int
+) -> dict[str, Any]:
+    """
+    ``n`` prompts against an emulator that allows ``per_minute`` requests a minute (``burst_seconds`` of them at
+    once) and refuses the rest with 429/3040 and ``Retry-After``: our batch at ``max_concurrency`` (learning the
+    limit, and told it), the official SDK with a semaphore, and ``n`` deferred generations in one event loop.
+    Every run starts alike: a full bucket, zeroed counts, and the process's pacers cold (a new task process).
+    """
+    from cloudflare import AsyncCloudflare
+
+    from airflow_provider_imagen import pacing
+    from airflow_provider_imagen.emulator.server import EmulatorClient
+    from airflow_provider_imagen.hooks import CloudflareWorkersAIHook, shared_async_clients
+    from airflow_provider_imagen.models import GeneratedImage
+    from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
+
+    burst = per_minute / 60 * burst_seconds
+    ideal = (n - burst) / (per_minute / 60)
+    prompts = [f"limited {i}" for i in range(n)]
+
+    def ours(requests_per_minute: float | None = None) -> int:
+        hook = CloudflareWorkersAIHook(requests_per_minute=requests_per_minute)
+        images = hook.generate_images(prompts, "1:1", max_concurrency=concurrency)
+        return sum(not isinstance(image, GeneratedImage) for image in images)
+
+    async def deferred() -> int:
+        async def one(i: int) -> bool:
+            trigger = ImagenGenerateImageTrigger(prompt=f"deferred {i}", aspect_ratio="1:1")
+            return [event.payload["status"] async for event in trigger.run()] == ["success"]
+
+        try:
+            return sum(not ok for ok in await asyncio.gather(*(one(i) for i in range(n))))
+        finally:
+            await shared_async_clients.aclose()
+
+    def sdk(api_base: str) -> int:
+        async def run() -> int:
+            client = AsyncCloudflare(api_token=TOKEN, base_url=api_base, timeout=60)  # its default 2 retries
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(prompt: str) -> None:
+                async with gate:
+                    await client.ai.run("google/imagen-4", account_id=ACCOUNT, prompt=prompt, extra_body=BODY_INPUT)
+
+            try:
+                outcomes = await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
+            finally:
+                await client.close()
+            return sum(isinstance(outcome, BaseException) for outcome in outcomes)
+
+        return asyncio.run(run())
+
+    results: dict[str, Any] = {
+        "n": n,
+        "concurrency": concurrency,
+        "latency": latency,
+        "per_minute": per_minute,
+        "burst": burst,
+        "ideal_s": ideal,
+    }
+    with Emulator(latency, limit=(per_minute, burst)) as emulator:
+        control = EmulatorClient(emulator.url)
+        contestants: dict[str, Callable[[], int]] = {
+            "ours": ours,
+            "ours_known_limit": lambda: ours(per_minute),
+            "cloudflare_sdk": lambda: sdk(emulator.api_base),
+            "deferred": lambda: asyncio.run(deferred()),
+        }
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in contestants}
+        for _ in range(repeat):  # in turns; no warm-up round: every run starts cold anyway
+            for name, run in contestants.items():
+                control.reset()
+                pacing.reset()
+                started = time.perf_counter()
+                lost = run()
+                wall = time.perf_counter() - started
+                stats = control.stats()
+                samples[name].append(
+                    {"wall_s": wall, "lost": lost, "rejected": stats["rate_limited"], "billed": stats["generations"]}
+                )
+        control.close()
+    for name, runs in samples.items():
+        for key in ("wall_s", "lost", "rejected", "billed"):
+            results[f"{name}_{key}"] = statistics.median(run[key] for run in runs)
+        results[f"{name}_max_lost"] = max(run["lost"] for run in runs)
+        results[f"{name}_max_rejected"] = max(run["rejected"] for run in runs)
+        results[f"{name}_runs"] = runs
+        results[f"{name}_vs_ideal"] = results[f"{name}_wall_s"] / ideal
+    return results
+
+
 # --- Report -----------------------------------------------------------------------------------------------------
 
 
@@ -520,6 +618,25 @@ def table(r: dict[str, Any]) -> str:
             f"| | | bare httpx over `SpreadTransport`'s pools {fmt(g['null_bare_httpx_spread_s'], ' s')} "
             f"({fmt(g['null_bare_spread_cpu_s'], ' s')} CPU) | {ratio(g['null_wall_s'], g['null_bare_httpx_spread_s'])} | |",
         ]
+    if "rate_limit" in r:
+        x = r["rate_limit"]
+        head = (
+            f"6. {x['n']} prompts at a limit of {x['per_minute']:.0f}/min ({x['burst']:.0f} at once), "
+            f"latency {x['latency']} s, concurrency {x['concurrency']}"
+        )
+        labels = {
+            "ours": (head, "<= 1.15x, none lost, refused <= 10%"),
+            "ours_known_limit": ("| told `requests_per_minute`", ""),
+            "cloudflare_sdk": ("| cloudflare SDK async + semaphore, its 2 retries", ""),
+            "deferred": (f"| {x['n']} deferred generations in one event loop", "<= 1.25x, none lost"),
+        }
+        for name, (label, target) in labels.items():
+            rows.append(
+                f"| {label.lstrip('| ')} | {fmt(x[f'{name}_wall_s'], ' s')}, lost {x[f'{name}_lost']:.0f} "
+                f"(at most {x[f'{name}_max_lost']}), refused {x[f'{name}_rejected']:.0f} (at most "
+                f"{x[f'{name}_max_rejected']}), billed {x[f'{name}_billed']:.0f} | ideal {fmt(x['ideal_s'], ' s')} "
+                f"| {fmt(x[f'{name}_vs_ideal'], 'x')} | {target} |"
+            )
     if "memory" in r:
         m = r["memory"]
         rows += [
@@ -529,7 +646,7 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-BENCHMARKS = ("emulator", "throughput", "cpu", "imports", "triggerer", "memory")
+BENCHMARKS = ("emulator", "throughput", "cpu", "imports", "triggerer", "memory", "rate_limit")
 
 
 def main() -> None:
@@ -553,6 +670,9 @@ def main() -> None:
         "imports": lambda: import_cost(1 if q else max(5, args.repeat)),
         "triggerer": lambda: triggerer_load(50 if q else 500, 0.05 if q else 0.2, args.repeat),
         "memory": lambda: memory((4 if q else 64) * 1_000_000, args.repeat),
+        "rate_limit": lambda: rate_limit(
+            40 if q else 300, 10 if q else 50, 0.02 if q else 0.5, 1200 if q else 600, 1.0 if q else 2.0, args.repeat
+        ),
     }
     profiler = None
     if args.profile:

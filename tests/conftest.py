@@ -69,3 +69,11 @@ def fast_backoff(monkeypatch):
     for cls in (CloudflareWorkersAIHook, ImagenGenerateImageTrigger):
         defaults = dict(cls.__init__.__kwdefaults__)
         monkeypatch.setattr(cls.__init__, "__kwdefaults__", {**defaults, "retry_backoff": 0.01})
+
+
+@pytest.fixture(autouse=True)
+def _cold_pacers():
+    """Every test starts with the process's rate pacers cold, as a new task process does."""
+    from airflow_provider_imagen import pacing
+
+    pacing.reset()

@@ -42,4 +42,12 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     ):
         assert triggerer[baseline] > 0, baseline
     assert results["memory"]["ours_peak_rss_delta_mb"] is not None
+    # At the rate limit: every image, each billed once, and none refused when the limit is known.
+    limited = results["rate_limit"]
+    for contestant in ("ours", "ours_known_limit", "deferred"):
+        assert limited[f"{contestant}_max_lost"] == 0, contestant
+        assert limited[f"{contestant}_billed"] == limited["n"], contestant
+    assert limited["ours_known_limit_rejected"] == 0
+    assert limited["cloudflare_sdk_wall_s"] > 0
+    assert "| 6. 40 prompts at a limit" in completed.stdout
     assert "| 1. batch of" in completed.stdout

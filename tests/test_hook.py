@@ -44,7 +44,7 @@ def set_connection(monkeypatch, conn_id="cloudflare_workers_ai_default", **field
 @pytest.fixture
 def hook(monkeypatch):
     set_connection(monkeypatch)
-    with CloudflareWorkersAIHook(max_retries=2, retry_backoff=0.001, max_retry_wait=1) as h:
+    with CloudflareWorkersAIHook(max_retries=2, retry_backoff=0.001, max_retry_wait=1, max_rate_limit_wait=0.2) as h:
         yield h
 
 
@@ -253,21 +253,29 @@ def envelope_error(code, message):
     return {"success": False, "errors": [{"code": code, "message": message}], "messages": [], "result": None}
 
 
+#: Refusals by a rate limit are not counted against max_retries: re-sent until the rate-limit budget runs out.
+RATE_LIMITED = -1
+
 # (name, response kwargs, expected error type or None for success, attempts with max_retries=2)
 CASES = [
-    ("capacity 429/3040", {"status_code": 429, "json": envelope_error(3040, "Capacity")}, CloudflareRateLimitError, 3),
+    (
+        "capacity 429/3040",
+        {"status_code": 429, "json": envelope_error(3040, "Capacity")},
+        CloudflareRateLimitError,
+        RATE_LIMITED,
+    ),
     ("daily 429/3036", {"status_code": 429, "json": envelope_error(3036, "daily")}, CloudflareRateLimitError, 1),
     (
         "wholesale 429/2021",
         {"status_code": 429, "json": envelope_error(2021, "Wholesale rate limit exceeded")},
         CloudflareRateLimitError,
-        3,
+        RATE_LIMITED,
     ),
     (
         "wholesale 200/2021",
         {"status_code": 200, "json": envelope_error(2021, "Wholesale rate limit exceeded")},
         CloudflareRateLimitError,
-        3,
+        RATE_LIMITED,
     ),
     (
         "unified billing 2021",
@@ -302,7 +310,12 @@ CASES = [
         ImageGenerationFailedError,
         1,
     ),
-    ("success false on 200", {"status_code": 200, "json": envelope_error(3040, "busy")}, CloudflareRateLimitError, 3),
+    (
+        "success false on 200",
+        {"status_code": 200, "json": envelope_error(3040, "busy")},
+        CloudflareRateLimitError,
+        RATE_LIMITED,
+    ),
     ("unknown state", {"status_code": 200, "json": {"state": "Queued"}}, ImageGenerationFailedError, 1),
     ("no image", {"status_code": 200, "json": {"state": "Completed", "result": {}}}, ImageGenerationFailedError, 1),
     ("empty 200", {"status_code": 200, "content": b""}, CloudflareServerError, 3),
@@ -326,6 +339,9 @@ def test_response_shapes_and_retry_table(hook, name, response, error_type, attem
     else:
         with pytest.raises(error_type) as info:
             hook.generate_image("a cat")
+        if attempts == RATE_LIMITED:  # more than max_retries allows, within the budget
+            attempts = info.value.attempts
+            assert attempts > 3
         assert info.value.attempts == attempts
         assert info.value.model == "google/imagen-4"
         if response.get("json", {}).get("errors"):
@@ -345,13 +361,14 @@ def test_transient_failure_then_success_reports_attempts(hook, caplog, capsys):
             httpx.Response(200, json=COMPLETED),
         ]
     )
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         image = hook.generate_image("a cat")
-    assert image.attempts == 3
+    assert image.attempts == 3  # requests sent
     retries = [line for line in logged(caplog, capsys) if "retrying in" in line]
     assert len(retries) == 2
-    assert "attempt 1 of 3" in retries[0] and "code 3040" in retries[0]
-    assert "attempt 2 of 3" in retries[1] and "ConnectError" in retries[1]
+    # A refusal by the rate limit is not billed and not counted: the connection error is the first failure.
+    assert "refused by the rate limit" in retries[0] and "code 3040" in retries[0]
+    assert "attempt 1 of 3" in retries[1] and "ConnectError" in retries[1]
 
 
 @respx.mock
@@ -447,7 +464,7 @@ def test_retry_after_is_honoured(hook, caplog, capsys):
             httpx.Response(200, json=COMPLETED),
         ]
     )
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         hook.generate_image("a cat")
     assert any("retrying in 0.3 s" in line for line in logged(caplog, capsys))
 
@@ -489,6 +506,9 @@ def test_async_path_shares_shapes_and_retries(hook, name, response, error_type, 
         else:
             with pytest.raises(error_type) as info:
                 asyncio.run(_agenerate(hook))
+            if attempts == RATE_LIMITED:  # more than max_retries allows, within the budget
+                attempts = info.value.attempts
+                assert attempts > 3
             assert info.value.attempts == attempts
         assert route.call_count == attempts
 

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 from airflow.sdk import DAG
 
-from airflow_provider_imagen.errors import CloudflareRateLimitError, CloudflareWorkersAIError, InvalidInputError
+from airflow_provider_imagen.errors import CloudflareServerError, CloudflareWorkersAIError, InvalidInputError
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator
 
 
@@ -81,10 +81,10 @@ def test_values_bad_only_after_rendering_fail_before_any_request(imagen_emulator
 
 
 def test_connection_limits_apply_and_errors_name_the_cloudflare_code(imagen_emulator):
-    imagen_emulator.inject("capacity", times=5)
+    imagen_emulator.inject("internal", times=5)
     op = make(prompt="a cat", max_retries=1)
     op.get_hook = lambda: _fast_hook(op)  # a short backoff keeps the test quick
-    with pytest.raises(CloudflareRateLimitError, match=r"code 3040.*after 2 attempts"):
+    with pytest.raises(CloudflareServerError, match=r"code 3043.*after 2 attempts"):
         run(op)
     assert imagen_emulator.api_requests == 2
 

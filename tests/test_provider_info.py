@@ -25,7 +25,7 @@ def test_form_keys_are_the_dashed_ones_airflow_reads():
     assert set(conn["ui-field-behaviour"]) == {"hidden-fields", "relabeling", "placeholders"}
     assert set(conn["ui-field-behaviour"]["hidden-fields"]) <= ALLOWED_STANDARD_FIELDS
     assert conn["ui-field-behaviour"]["relabeling"]["password"] == "API Token"
-    assert set(conn["conn-fields"]) == {"account_id", "gateway_id", "timeout", "max_retries"}
+    assert set(conn["conn-fields"]) == {"account_id", "gateway_id", "timeout", "max_retries", "requests_per_minute"}
     for field in conn["conn-fields"].values():
         assert set(field) <= {"label", "description", "schema"}
 
@@ -84,7 +84,9 @@ print("RESULT=" + json.dumps(hook.model_dump(mode="json")))
     assert standard["host"]["title"] == "API Base URL"
     assert standard["port"]["hidden"] and standard["login"]["hidden"] and standard["url_schema"]["hidden"]
     extra = form["extra_fields"]
-    assert {"account_id", "gateway_id", "timeout", "max_retries"} <= {k.split("__")[-1] for k in extra}
+    assert {"account_id", "gateway_id", "timeout", "max_retries", "requests_per_minute"} <= {
+        k.split("__")[-1] for k in extra
+    }
     assert any(field["schema"].get("title") == "Account ID" for field in extra.values())
 
 

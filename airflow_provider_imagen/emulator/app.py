@@ -20,7 +20,13 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_imagen.emulator import images
-from airflow_provider_imagen.emulator.faults import TRANSIENT_PRESETS, Fault, make_fault
+from airflow_provider_imagen.emulator.faults import (
+    TRANSIENT_PRESETS,
+    Fault,
+    TokenBucket,
+    make_fault,
+    rate_limited_fault,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -67,6 +73,9 @@ class EmulatorConfig:
         each verify route refuses the other kind, as Cloudflare's do.
     :param workers_ai_access: whether the token may use Workers AI (``ai/models/search`` refuses it if not).
     :param seed: seed of the random failures, for repeatable drills.
+    :param rate_limit_per_minute: the account's rate limit (a token bucket); requests over it get 429, code
+        3040 and ``Retry-After``, and are not billed. ``None``: no limit.
+    :param rate_limit_burst: requests the limit accepts at once; one second's worth if unset.
     """
 
     token: str = field(default=DEFAULT_TOKEN, repr=False)
@@ -77,8 +86,14 @@ class EmulatorConfig:
     token_kind: str = "user"
     workers_ai_access: bool = True
     seed: int | None = None
+    rate_limit_per_minute: float | None = None
+    rate_limit_burst: float | None = None
 
     def __post_init__(self) -> None:
+        if self.rate_limit_per_minute is not None and not 0 < self.rate_limit_per_minute <= 1_000_000:
+            raise ValueError(f"rate_limit_per_minute must be 0..1000000, got {self.rate_limit_per_minute}")
+        if self.rate_limit_burst is not None and not 1 <= self.rate_limit_burst <= 1_000_000:
+            raise ValueError(f"rate_limit_burst must be 1..1000000, got {self.rate_limit_burst}")
         if not 0 <= self.latency <= MAX_LATENCY_SECONDS:
             raise ValueError(f"latency must be 0..{MAX_LATENCY_SECONDS} seconds, got {self.latency}")
         if not 0 <= self.failure_rate <= 1:
@@ -108,6 +123,20 @@ class EmulatorState:
             self.recent: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDED_REQUESTS)
             # AI Gateway's cache: key -> (expiry on the loop clock, the answer's body)
             self.cache: dict[str, tuple[float, bytes]] = {}
+            self.limit_changed()
+
+    def limit_changed(self) -> None:
+        """A full bucket for the configured rate limit (called with the lock held)."""
+        per_minute = self.config.rate_limit_per_minute
+        self.bucket = TokenBucket(per_minute, self.config.rate_limit_burst) if per_minute else None
+
+    def over_limit(self) -> float | None:
+        """``None`` if the rate limit lets a request through, else the seconds until it would."""
+        with self.lock:
+            wait = self.bucket.take() if self.bucket is not None else None
+            if wait is not None:
+                self.counts["rate_limited"] += 1
+            return wait
 
     def next_image_fault(self) -> Fault | None:
         with self.lock:
@@ -147,6 +176,7 @@ class EmulatorState:
                 "verify_requests": self.counts["verify"],
                 "generations": self.counts["generations"],
                 "cache_hits": self.counts["cache_hits"],
+                "rate_limited": self.counts["rate_limited"],
                 "generations_by_prompt": {k[7:]: v for k, v in self.counts.items() if k.startswith("prompt:")},
                 "faults_served": self.counts["faults_served"],
                 "faults_pending": len(self.faults) + len(self.image_faults),
@@ -335,6 +365,9 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
 
     async def generate(request: Request, model: str, inputs: Any, proxied: bool) -> Response:
         loop = asyncio.get_running_loop()
+        wait = state.over_limit()  # the account's limit refuses before anything runs: nothing is billed
+        if wait is not None:
+            return await fault_response(rate_limited_fault(wait)) or envelope_error(429, 3040, "Capacity exceeded")
         key = cache_key(request, model)
         if key is not None:
             with state.lock:
@@ -542,6 +575,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     async def configure(request: Request) -> Response:
         changes = await request.json()
         allowed = {"latency", "failure_rate", "token_status", "token_kind", "workers_ai_access", "public_url", "seed"}
+        allowed |= {"rate_limit_per_minute", "rate_limit_burst"}
         unknown = set(changes) - allowed
         if unknown:
             return _json({"error": f"unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}"}, 422)
@@ -552,6 +586,8 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 return _json({"error": str(exc)}, 422)
             if "seed" in changes:
                 state.rng = random.Random(changes["seed"])
+            if {"rate_limit_per_minute", "rate_limit_burst"} & set(changes):
+                state.limit_changed()
             shown = {k: v for k, v in asdict(state.config).items() if k != "token"}
         return _json(shown)
 

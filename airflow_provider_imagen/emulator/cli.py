@@ -27,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--failure-rate", type=float, default=0.0, help="share of API requests answered with a transient fault"
     )
+    parser.add_argument(
+        "--rate-limit-per-minute",
+        type=float,
+        default=None,
+        help="the account's rate limit: requests over it get 429, code 3040 and Retry-After (default: none)",
+    )
+    parser.add_argument(
+        "--rate-limit-burst", type=float, default=None, help="requests the limit accepts at once (default: 1 s worth)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the random failures")
     parser.add_argument(
         "--token-status", default="active", choices=["active", "disabled", "expired"], help="tokens/verify answer"
@@ -54,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             failure_rate=args.failure_rate,
             token_status=args.token_status,
             seed=args.seed,
+            rate_limit_per_minute=args.rate_limit_per_minute,
+            rate_limit_burst=args.rate_limit_burst,
         )
         faults = [make_fault(name) for name in args.fault]
     except ValueError as exc:

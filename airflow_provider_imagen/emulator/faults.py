@@ -5,6 +5,9 @@ and the things edges do that no document promises.
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -135,3 +138,38 @@ def make_fault(preset: str | None = None, **overrides: Any) -> Fault:
         values.update(PRESETS[preset])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Fault(**values)
+
+
+class TokenBucket:
+    """
+    The account's rate limit: ``per_minute`` requests a minute, up to ``burst`` at once (a bucket that holds
+    ``burst`` tokens and refills continuously). A request that finds it empty is refused before it runs.
+
+    :param per_minute: the sustained rate.
+    :param burst: the most requests accepted at once (the bucket's size); one second's worth if unset.
+    :param clock: seconds on a monotonic clock.
+    """
+
+    def __init__(self, per_minute: float, burst: float | None = None, clock: Any = time.monotonic) -> None:
+        self.rate = per_minute / 60
+        self.size = max(1.0, burst if burst is not None else self.rate)
+        self._clock = clock
+        self._tokens = self.size
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> float | None:
+        """Take a token: ``None`` if one was there, else the seconds until one will be."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.size, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return None
+            return (1 - self._tokens) / self.rate
+
+
+def rate_limited_fault(wait: float) -> Fault:
+    """The refusal of a request over the limit: 429, code 3040, and ``Retry-After`` in whole seconds (>= 1)."""
+    return make_fault("capacity", retry_after=str(max(1, math.ceil(wait))))

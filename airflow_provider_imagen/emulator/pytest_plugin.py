@@ -9,7 +9,8 @@ Installed with the package (``pytest11`` entry point)::
         assert imagen_emulator.api_requests == 2
 
 ``imagen_emulator`` points the ``cloudflare_workers_ai_default`` connection at an emulator on
-127.0.0.1 for the duration of the test, and resets its faults and counters before each test.
+127.0.0.1 for the duration of the test, and resets its faults and counters (and the process's rate pacers,
+see ``airflow_provider_imagen.pacing``) before each test.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def imagen_emulator(
     imagen_emulator_server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[EmulatorFixture]:
     """The session's emulator, reset, with ``cloudflare_workers_ai_default`` pointing at it."""
+    from airflow_provider_imagen import pacing
     from airflow_provider_imagen.emulator.server import EmulatorFixture
 
     handle = EmulatorFixture(imagen_emulator_server)
     handle.reset()
+    pacing.reset()  # the pace one test learned from the emulator must not slow the next
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", imagen_emulator_server.connection_json())
     try:
         yield handle

@@ -47,7 +47,8 @@ class EmulatorClient:
     def configure(self, **settings: Any) -> dict[str, Any]:
         """
         Change ``latency``, ``failure_rate``, ``token_status``, ``token_kind``, ``workers_ai_access``,
-        ``public_url`` or ``seed`` while running.
+        ``public_url``, ``seed``, ``rate_limit_per_minute`` or ``rate_limit_burst`` while running (a changed
+        rate limit starts with a full bucket).
         """
         response = self._http.patch("/__emulator__/config", json=settings)
         response.raise_for_status()
