@@ -25,3 +25,6 @@ MAX_IMAGE_BYTES = 100 * 1024 * 1024
 
 #: Google limits Imagen 4 prompts to about 480 tokens; 2,000 characters stays clear of it for English.
 MAX_PROMPT_CHARS = 2000
+
+#: The longest a deferred generation may wait in the triggerer before the task fails.
+DEFER_TIMEOUT_SECONDS = 3600

@@ -8,11 +8,17 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseOperator
 
-from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4, MAX_IMAGE_BYTES
+from airflow_provider_imagen.constants import DEFAULT_CONN_ID, DEFER_TIMEOUT_SECONDS, IMAGEN_4, MAX_IMAGE_BYTES
 from airflow_provider_imagen.errors import CloudflareWorkersAIError, InvalidInputError
 from airflow_provider_imagen.lineage import ImagenLineageMixin
 from airflow_provider_imagen.links import GeneratedImageLink
-from airflow_provider_imagen.rules import check_literal_inputs, check_max_images, check_model_id, returns_bytes
+from airflow_provider_imagen.rules import (
+    check_literal_inputs,
+    check_max_images,
+    check_model_id,
+    returns_bytes,
+    unset_if_empty,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -24,16 +30,6 @@ if TYPE_CHECKING:
     from airflow_provider_imagen.models import GeneratedImage
 
 
-#: The longest a deferred generation may wait in the triggerer before the task fails: every attempt at the
-#: longest timeout, with the longest waits between them.
-DEFER_TIMEOUT = timedelta(hours=1)
-
-
-def _unset_if_empty(value: Any) -> Any:
-    """A template that renders to ``""`` means "not set"; any other value is validated as it is."""
-    return None if value == "" else value
-
-
 class _ImagenOperatorMixin(ImagenLineageMixin):
     """What both operators share: the hook, persisting, and the XComs and Asset events of an image."""
 
@@ -41,6 +37,7 @@ class _ImagenOperatorMixin(ImagenLineageMixin):
     model: str
     timeout: float | None
     max_retries: int | None
+    requests_per_minute: float | None
     output_path: str | ObjectStoragePath | None
     max_image_bytes: int
     aspect_ratio: str | None
@@ -56,7 +53,10 @@ class _ImagenOperatorMixin(ImagenLineageMixin):
         from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 
         return CloudflareWorkersAIHook(
-            cloudflare_conn_id=self.cloudflare_conn_id, timeout=self.timeout, max_retries=self.max_retries
+            self.cloudflare_conn_id,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            requests_per_minute=self.requests_per_minute,
         )
 
     def _check_output(self, *, folder: bool = False) -> None:
@@ -86,8 +86,8 @@ class _ImagenOperatorMixin(ImagenLineageMixin):
         return ImageJob(
             Ledger.open(context, retries=self.retries, durable=self.durable, log=self.log),
             model=self.model,
-            aspect_ratio=_unset_if_empty(self.aspect_ratio),
-            person_generation=_unset_if_empty(self.person_generation),
+            aspect_ratio=unset_if_empty(self.aspect_ratio),
+            person_generation=unset_if_empty(self.person_generation),
             gateway_options=GatewayOptions.parse(self.gateway_options),
             output_path=self.output_path,
             store=lambda image, index: self._store(image, identity if index is None else {**identity, "index": index}),
@@ -155,6 +155,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         ``[operators] default_deferrable``.
     :param timeout: seconds to wait for Cloudflare; the connection's ``timeout`` (default 180) when unset.
     :param max_retries: retries of transient failures; the connection's ``max_retries`` (default 3) when unset.
+    :param requests_per_minute: never send faster (the connection's ``requests_per_minute`` when unset).
     :param durable: keep the image this task instance paid for until it succeeds, so a retry reuses it
         instead of paying again (see ``docs/durable.md``); a cleared task generates again.
     """
@@ -184,6 +185,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         timeout: float | None = None,
         max_retries: int | None = None,
+        requests_per_minute: float | None = None,
         durable: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -198,8 +200,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         self.output_path = output_path
         self.max_image_bytes = max_image_bytes
         self.deferrable = deferrable
-        self.timeout = timeout
-        self.max_retries = max_retries
+        self.timeout, self.max_retries, self.requests_per_minute = timeout, max_retries, requests_per_minute
         self.durable = durable
 
     def execute(self, context: Context) -> str | None:
@@ -208,8 +209,8 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         # Rendered templates are checked here, before anything is sent or deferred.
         ImagenInput.parse(
             prompt=self.prompt,
-            aspect_ratio=_unset_if_empty(self.aspect_ratio),
-            person_generation=_unset_if_empty(self.person_generation),
+            aspect_ratio=unset_if_empty(self.aspect_ratio),
+            person_generation=unset_if_empty(self.person_generation),
         )
         GatewayOptions.parse(self.gateway_options)
         self._check_output()
@@ -229,16 +230,17 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
             self.defer(
                 trigger=ImagenGenerateImageTrigger(
                     prompt=self.prompt,
-                    aspect_ratio=_unset_if_empty(self.aspect_ratio),
-                    person_generation=_unset_if_empty(self.person_generation),
+                    aspect_ratio=unset_if_empty(self.aspect_ratio),
+                    person_generation=unset_if_empty(self.person_generation),
                     cloudflare_conn_id=self.cloudflare_conn_id,
                     model=self.model,
                     gateway_options=job.options_for(item, regenerations, as_dict=True),
                     timeout=self.timeout,
                     max_retries=self.max_retries,
+                    requests_per_minute=self.requests_per_minute,
                 ),
                 method_name="execute_complete",
-                timeout=DEFER_TIMEOUT,
+                timeout=timedelta(seconds=DEFER_TIMEOUT_SECONDS),
             )
 
         with self.get_hook() as hook:
@@ -301,6 +303,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
     :param max_image_bytes: refuse to store an image larger than this (default 100 MiB).
     :param timeout: seconds to wait for each generation.
     :param max_retries: retries of transient failures, per prompt.
+    :param requests_per_minute: never send faster (the connection's ``requests_per_minute`` when unset).
     :param durable: keep each image as it completes until the task succeeds, so a retry generates only the
         prompts without one (see ``docs/durable.md``); a cleared task generates again.
     :param max_images: the most images this task instance may generate (with ``durable``, over all its tries):
@@ -332,6 +335,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         max_image_bytes: int = MAX_IMAGE_BYTES,
         timeout: float | None = None,
         max_retries: int | None = None,
+        requests_per_minute: float | None = None,
         durable: bool = True,
         max_images: int | None = None,
         **kwargs: Any,
@@ -352,8 +356,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         self.model = model
         self.gateway_options = gateway_options
         self.max_image_bytes = max_image_bytes
-        self.timeout = timeout
-        self.max_retries = max_retries
+        self.timeout, self.max_retries, self.requests_per_minute = timeout, max_retries, requests_per_minute
         self.durable = durable
         self.max_images = max_images
 
@@ -366,8 +369,8 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         # Every prompt and option is checked before the first request.
         ImagenInput.parse_batch(
             prompts,  # type: ignore[arg-type]
-            _unset_if_empty(self.aspect_ratio),
-            _unset_if_empty(self.person_generation),
+            unset_if_empty(self.aspect_ratio),
+            unset_if_empty(self.person_generation),
             self.gateway_options,
             self.max_concurrency,
         )

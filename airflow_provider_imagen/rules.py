@@ -107,3 +107,8 @@ def check_max_images(max_images: object) -> None:
     """A spend limit is a whole number of images, at least one."""
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise InvalidInputError(f"Invalid max_images: must be a whole number of at least 1, got {max_images!r}")
+
+
+def unset_if_empty(value: Any) -> Any:
+    """A template that renders to ``""`` means "not set"; any other value is validated as it is."""
+    return None if value == "" else value
