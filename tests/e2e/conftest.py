@@ -31,6 +31,21 @@ EXAMPLE_RUNS = {
 }
 
 
+@contextlib.contextmanager
+def running(services: AirflowServices, request: pytest.FixtureRequest, logs: Path) -> Iterator[AirflowServices]:
+    """Start ``services`` and stop them whatever happens, keeping their logs in ``logs`` if start or a test failed."""
+    failed_before = request.session.testsfailed
+    started = False
+    try:
+        services.start()
+        started = True
+        yield services
+    finally:
+        services.stop()
+        if not started or request.session.testsfailed > failed_before:
+            print(f"\nAirflow service and task logs kept in {services.keep_logs(logs)}")
+
+
 @pytest.fixture(scope="session")
 def services_emulator() -> Iterator[EmulatorServer]:
     """An emulator of its own, so other tests' fault injection and resets never reach the deployment."""
@@ -50,17 +65,8 @@ def airflow_services(
         connection_json=services_emulator.connection_json(),
         output_dir=home / "images",
     )
-    failed_before = request.session.testsfailed
-    started = False
-    try:
-        services.start()
-        started = True
+    with running(services, request, ARTIFACTS / "airflow-logs"):
         yield services
-    finally:
-        services.stop()
-        if not started or request.session.testsfailed > failed_before:
-            kept = services.keep_logs(ARTIFACTS / "airflow-logs")
-            print(f"\nAirflow service and task logs kept in {kept}")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_imagen.emulator.server import EmulatorServer
-from tests.e2e.conftest import AIRFLOW_VERSION, ARTIFACTS
+from tests.e2e.conftest import AIRFLOW_VERSION, ARTIFACTS, running
 from tests.e2e.services import AirflowServices
 from tests.e2e.test_airflow_services import xcom
 
@@ -55,17 +55,11 @@ def airflow(
         home=home, dags_folder=DAGS, connection_json=emulator.connection_json(), output_dir=home / "images"
     )
     services.env["AIRFLOW__IMAGEN__DURABLE_CACHE_PATH"] = str(home / "durable-cache")
-    failed_before = request.session.testsfailed
-    try:
-        services.start()
+    with running(services, request, ARTIFACTS / "durable-airflow-logs"):
         with services.client() as api:
             api.post("/variables", json={"key": "durable_prompt", "value": "durable changed, first"})
         services.wait_for_dags([*DAG_IDS, "durable_changed"])
         yield services
-    finally:
-        services.stop()
-        if request.session.testsfailed > failed_before:
-            print(f"\nlogs kept in {services.keep_logs(ARTIFACTS / 'durable-airflow-logs')}")
 
 
 def generations(emulator: EmulatorServer, prompt: str) -> int:
