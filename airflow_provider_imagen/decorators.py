@@ -101,8 +101,9 @@ class _ImagenDecoratedOperator(DecoratedOperator, ImagenGenerateImageOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         # Resuming after the trigger runs no execute(): the inputs the function returned come back with the
-        # image, so the record of it (durable.py) is filed under the same inputs, without calling it again.
-        image = event.get("image") if isinstance(event, dict) else None
+        # image (or the error, for fallback models tried here), so the record of it (durable.py) is filed under
+        # the same inputs, without calling the function again.
+        image = (event.get("image") or event.get("inputs")) if isinstance(event, dict) else None
         if isinstance(image, dict):
             self.prompt = str(image.get("prompt"))
             self.aspect_ratio, self.person_generation = image.get("aspect_ratio"), image.get("person_generation")
@@ -116,8 +117,9 @@ def imagen_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any
     The task returns and pushes exactly what :class:`ImagenGenerateImageOperator` does (the image URL, or the
     stored URI for models that return bytes; XComs ``image`` and ``stored_uri``), defers, stores and maps
     (``.partial()`` / ``.expand()``) the same way. Keyword arguments are the operator's (``aspect_ratio``,
-    ``person_generation``, ``output_path``, ``deferrable``, ``model``, ``gateway_options``, ``timeout``,
-    ``max_retries``, ...) and any ``BaseOperator`` argument; a returned dict's values take precedence.
+    ``person_generation``, ``output_path``, ``deferrable``, ``model``, ``fallback_models``, ``gateway_options``,
+    ``timeout``, ``max_retries``, ``durable``, ...) and any ``BaseOperator`` argument; a returned dict's values
+    take precedence.
 
     .. code-block:: python
 

@@ -46,15 +46,17 @@ def fingerprint(
     aspect_ratio: str | None,
     person_generation: str | None,
     gateway_options: GatewayOptions | None,
+    fallback_models: tuple[str, ...] = (),
 ) -> str:
     """
     A digest of every input that changes the image: a re-rendered template or an edited DAG gets a new one.
 
     Of the gateway options only ``gateway_id`` and ``cache_key`` can change the answer (another gateway, another
-    cached answer); TTLs, metadata, timeouts and logging cannot.
+    cached answer); TTLs, metadata, timeouts and logging cannot. The fallback models count too (the image may be
+    theirs), and only when there are some, so that records made before fallbacks existed still match.
     """
     options = gateway_options
-    payload = {
+    payload: dict[str, Any] = {
         "model": model,
         "prompt": prompt.strip(),
         "aspect_ratio": aspect_ratio or None,
@@ -62,6 +64,8 @@ def fingerprint(
         "gateway_id": options.gateway_id if options is not None else None,
         "cache_key": options.cache_key if options is not None else None,
     }
+    if fallback_models:
+        payload["fallback_models"] = list(fallback_models)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 

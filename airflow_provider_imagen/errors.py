@@ -46,21 +46,29 @@ class CloudflareWorkersAIError(AirflowException):
         self.retry_after = retry_after
         self.attempts = 1
         self.model: str | None = None
+        #: The models tried before this one and why each was passed over (see ``fallback.py``).
+        self.skipped_models: list[dict[str, object]] = []
         super().__init__(message)
 
-    def __str__(self) -> str:
+    def describe(self) -> str:
+        """The error in words, without the model and attempts ``str()`` adds."""
         parts = []
         if self.status_code is not None:
             parts.append(f"HTTP {self.status_code}")
         if self.code is not None:
             parts.append(f"code {self.code}")
         where = ", ".join(parts)
-        text = f"Cloudflare Workers AI error ({where}): {self.message}" if where else self.message
+        return f"Cloudflare Workers AI error ({where}): {self.message}" if where else self.message
+
+    def __str__(self) -> str:
+        text = self.describe()
         context = []
         if self.model:
             context.append(f"model {self.model}")
         if self.attempts > 1:
             context.append(f"after {self.attempts} attempts")
+        for skipped in self.skipped_models:
+            context.append(f"after falling back from {skipped.get('model')}: {skipped.get('reason')}")
         return f"{text} [{', '.join(context)}]" if context else text
 
     def __repr__(self) -> str:

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagen.errors import CloudflareWorkersAIError, ImageDownloadError, SpendLimitError, StorageError
-from airflow_provider_imagen.models import GatewayOptions, GeneratedImage
+from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, SkippedModel
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from airflow.sdk import Context
 
     from airflow_provider_imagen.durable import Ledger
     from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
@@ -52,6 +54,7 @@ class ImageJob:
 
     :param ledger: the records of this request (one that keeps nothing when ``durable`` is off).
     :param model: the model id.
+    :param fallback_models: the models tried when the one before is unavailable (``fallback.py``).
     :param aspect_ratio: shared by every image.
     :param person_generation: shared by every image.
     :param gateway_options: the user's AI Gateway options.
@@ -73,9 +76,11 @@ class ImageJob:
         store: Callable[[GeneratedImage, int | None], str | None],
         log: Any,
         max_images: int | None = None,
+        fallback_models: tuple[str, ...] = (),
     ) -> None:
         self.ledger = ledger
         self.model = model
+        self.fallback_models = fallback_models
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
         self.gateway_options = gateway_options
@@ -94,7 +99,8 @@ class ImageJob:
         seen: dict[str, int] = {}
         items = []
         for index, prompt in enumerate(prompts):
-            digest = fingerprint(self.model, prompt, self.aspect_ratio, self.person_generation, self.gateway_options)
+            inputs = (self.aspect_ratio, self.person_generation, self.gateway_options, self.fallback_models)
+            digest = fingerprint(self.model, prompt, *inputs)
             items.append(Item(index, prompt, digest, seen.get(digest, 0)))
             seen[digest] = seen.get(digest, 0) + 1
         return items
@@ -217,20 +223,35 @@ class ImageJob:
             )
         return stored
 
-    def generate_one(self, hook: CloudflareWorkersAIHook, item: Item, regenerations: int) -> Outcome:
-        """Generate, record and store one image, synchronously."""
+    def generate_one(
+        self, hook: CloudflareWorkersAIHook, item: Item, regenerations: int, skipped: Sequence[SkippedModel] = ()
+    ) -> Outcome:
+        """
+        Generate, record and store one image, synchronously.
+
+        :param skipped: models a trigger already found unavailable for this item: passed over, as it reported them.
+        """
         self.check_budget(1, reserve=True)
+        hook.unavailable_models.note(skipped)
         try:
             image = hook.generate_image(
                 item.prompt,
                 self.aspect_ratio,
                 self.person_generation,
                 model=self.model,
+                fallback_models=self.fallback_models,
                 gateway_options=self.options_for(item, regenerations),
             )
+        except CloudflareWorkersAIError as err:
+            self.release()
+            passed = _with_earlier(skipped, [SkippedModel.model_validate(s) for s in err.skipped_models])
+            err.skipped_models = [s.model_dump(mode="json") for s in passed]
+            raise
         except BaseException:
             self.release()
             raise
+        if skipped:  # the trigger's attempts, rather than this try's "skipped without a request"
+            image = image.model_copy(update={"skipped_models": _with_earlier(skipped, image.skipped_models)})
         self.generated_one(item, image, regenerations)
         return Outcome(image, self.stored_one(item, image, True, regenerations))
 
@@ -267,6 +288,7 @@ class ImageJob:
                             self.aspect_ratio,
                             self.person_generation,
                             model=self.model,
+                            fallback_models=self.fallback_models,
                             gateway_options=self.options_for(item, regenerations),
                         )
                     except BaseException:
@@ -307,6 +329,47 @@ class ImageJob:
         return f"Generated {self.generated} image{plural}, reused {self.reused} from earlier tries ({where})"
 
 
+def job_for(operator: Any, context: Context, max_images: int | None = None) -> ImageJob:
+    """
+    The images of one try of an Imagen ``operator``: what earlier tries of the same request left (``durable.py``),
+    and a store that names each image after its inputs and task instance (``storage.py``).
+    """
+    from airflow_provider_imagen.durable import Ledger
+    from airflow_provider_imagen.rules import model_chain, unset_if_empty
+    from airflow_provider_imagen.storage import store_image, task_instance_identity
+
+    identity = task_instance_identity(context)
+
+    def store(image: GeneratedImage, index: int | None) -> str | None:
+        if operator.output_path is None:
+            return None
+        inputs = {**image.model_dump(include={"model", "aspect_ratio", "person_generation"}), **identity}
+        if index is not None:
+            inputs["index"] = index
+        stored = store_image(
+            output_path=operator.output_path,
+            url=image.url,
+            data=image.data,
+            prompt=image.prompt,
+            inputs=inputs,
+            max_bytes=operator.max_image_bytes,
+        )
+        return str(stored)
+
+    return ImageJob(
+        Ledger.open(context, retries=operator.retries, durable=operator.durable, log=operator.log),
+        model=operator.model,
+        fallback_models=model_chain(operator.model, operator.fallback_models)[1:],
+        aspect_ratio=unset_if_empty(operator.aspect_ratio),
+        person_generation=unset_if_empty(operator.person_generation),
+        gateway_options=GatewayOptions.parse(operator.gateway_options),
+        output_path=operator.output_path,
+        store=store,
+        log=operator.log,
+        max_images=max_images,
+    )
+
+
 def batch_results(
     prompts: Sequence[str], outcomes: Sequence[Outcome]
 ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]], list[str | None]]:
@@ -326,6 +389,12 @@ def batch_results(
         summaries.append({**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused})
         returned.append(outcome.image.url or outcome.stored)
     return summaries, failures, returned
+
+
+def _with_earlier(earlier: Sequence[SkippedModel], later: Sequence[SkippedModel]) -> tuple[SkippedModel, ...]:
+    """``later``, each model that ``earlier`` also passed over told as ``earlier`` saw it (with its attempts)."""
+    known = {skipped.model: skipped for skipped in earlier}
+    return tuple(known.get(skipped.model, skipped) for skipped in later)
 
 
 def _exists(uri: str) -> bool:

@@ -15,11 +15,12 @@ from airflow_provider_imagen.clients import shared_async_clients
 from airflow_provider_imagen.connection import ConnectionSettings, aread_settings, check_hook_arguments
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.errors import CloudflareWorkersAIError
+from airflow_provider_imagen.fallback import ModelWalk, UnavailableModels
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, ImagenInput, RunResult
 from airflow_provider_imagen.pacing import pacer_for
 from airflow_provider_imagen.responses import image_from_result, parse_response
 from airflow_provider_imagen.retry import annotate, is_idempotent, retry_policy, transport_error
-from airflow_provider_imagen.rules import check_model_id, returns_bytes
+from airflow_provider_imagen.rules import model_chain, returns_bytes
 from airflow_provider_imagen.transport import SpreadTransport, environment_proxy
 from airflow_provider_imagen.verify import check_connection
 
@@ -80,6 +81,8 @@ class CloudflareWorkersAIHook(BaseHook):
         self._settings: ConnectionSettings | None = None
         self._client: httpx.Client | None = None
         self._async_client: httpx.AsyncClient | None = None
+        #: Models this hook found unavailable lately: its later calls skip them for a while (``fallback.py``).
+        self.unavailable_models = UnavailableModels()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cloudflare_conn_id={self.cloudflare_conn_id!r})"
@@ -177,12 +180,17 @@ class CloudflareWorkersAIHook(BaseHook):
         :raises InvalidInputError: for a malformed model id or gateway option, before any request.
         :raises CloudflareWorkersAIError: (a subclass of it) once retries are spent or on a final error.
         """
+        return self._run(model, input, GatewayOptions.parse(gateway_options), self.max_rate_limit_wait)
+
+    def _run(
+        self, model: str, input: Mapping[str, Any], options: GatewayOptions | None, rate_limit_wait: float | None
+    ) -> RunResult:
         settings = self.settings
         client = self.get_conn()
-        request = settings.build_request(client, model, input, GatewayOptions.parse(gateway_options))
-        start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute)
+        request = settings.build_request(client, model, input, options)
+        start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute, model)
         try:
-            for attempt in Retrying(**self._retry_policy(settings, model, request)):
+            for attempt in Retrying(**self._retry_policy(settings, model, request, rate_limit_wait)):
                 with attempt, pacer.wait_turn():  # the turn reports the answer to the account's pacer
                     attempt_number = attempt.retry_state.attempt_number
                     try:
@@ -199,12 +207,17 @@ class CloudflareWorkersAIHook(BaseHook):
         self, model: str, input: Mapping[str, Any], *, gateway_options: GatewayOptions | dict[str, Any] | None = None
     ) -> RunResult:
         """The same as :meth:`run`, without blocking the event loop."""
+        return await self._arun(model, input, GatewayOptions.parse(gateway_options), self.max_rate_limit_wait)
+
+    async def _arun(
+        self, model: str, input: Mapping[str, Any], options: GatewayOptions | None, rate_limit_wait: float | None
+    ) -> RunResult:
         settings = await self.aget_settings()
         client = await self.aget_conn()
-        request = settings.build_request(client, model, input, GatewayOptions.parse(gateway_options))
-        start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute)
+        request = settings.build_request(client, model, input, options)
+        start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute, model)
         try:
-            async for attempt in AsyncRetrying(**self._retry_policy(settings, model, request)):
+            async for attempt in AsyncRetrying(**self._retry_policy(settings, model, request, rate_limit_wait)):
                 with attempt, await pacer.turn():
                     attempt_number = attempt.retry_state.attempt_number
                     try:
@@ -224,6 +237,7 @@ class CloudflareWorkersAIHook(BaseHook):
         person_generation: str | None = None,
         *,
         model: str = IMAGEN_4,
+        fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
     ) -> GeneratedImage:
         """
@@ -233,14 +247,22 @@ class CloudflareWorkersAIHook(BaseHook):
         :param aspect_ratio: ``1:1``, ``3:4``, ``4:3``, ``9:16`` or ``16:9``.
         :param person_generation: ``dont_allow``, ``allow_adult`` or ``allow_all``.
         :param model: the text-to-image model; Imagen 4 unless told otherwise.
+        :param fallback_models: models to try in turn when the one before is unavailable once its retries are
+            spent (see ``fallback.py``); never after an input, credentials or unknown-outcome error.
         :param gateway_options: AI Gateway options, as for :meth:`run`.
-        :return: the image: ``.url`` for Imagen, ``.data`` for models that return bytes.
+        :return: the image: ``.url`` for Imagen, ``.data`` for models that return bytes; ``.model`` names the
+            model that made it, ``.skipped_models`` those passed over and why.
         :raises InvalidInputError: before any request, naming the bad field and what is allowed.
         """
         image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
-        return image_from_result(
-            self.run(model, image_input.to_request(), gateway_options=gateway_options), image_input
-        )
+        walk = self._walk(model, fallback_models, gateway_options)
+        for candidate, options, last in walk.steps():
+            try:
+                result = self._run(candidate, image_input.to_request(), options, self._rate_limit_wait(last))
+                return walk.made(image_from_result(result, image_input))
+            except CloudflareWorkersAIError as err:
+                walk.failed(candidate, err, last)  # re-raises unless the next model may make it
+        raise AssertionError("unreachable: the chain's last model re-raises its error")
 
     async def agenerate_image(
         self,
@@ -249,12 +271,19 @@ class CloudflareWorkersAIHook(BaseHook):
         person_generation: str | None = None,
         *,
         model: str = IMAGEN_4,
+        fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
     ) -> GeneratedImage:
         """The same as :meth:`generate_image`, without blocking the event loop."""
         image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
-        result = await self.arun(model, image_input.to_request(), gateway_options=gateway_options)
-        return image_from_result(result, image_input)
+        walk = self._walk(model, fallback_models, gateway_options)
+        for candidate, options, last in walk.steps():
+            try:
+                result = await self._arun(candidate, image_input.to_request(), options, self._rate_limit_wait(last))
+                return walk.made(image_from_result(result, image_input))
+            except CloudflareWorkersAIError as err:
+                walk.failed(candidate, err, last)
+        raise AssertionError("unreachable: the chain's last model re-raises its error")
 
     async def agenerate_images(
         self,
@@ -263,6 +292,7 @@ class CloudflareWorkersAIHook(BaseHook):
         person_generation: str | None = None,
         *,
         model: str = IMAGEN_4,
+        fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
         max_concurrency: int = 8,
     ) -> list[GeneratedImage | CloudflareWorkersAIError]:
@@ -276,6 +306,8 @@ class CloudflareWorkersAIHook(BaseHook):
         :param aspect_ratio: shared by every image.
         :param person_generation: shared by every image.
         :param model: the text-to-image model.
+        :param fallback_models: as for :meth:`generate_image`; once a model is found unavailable, the other
+            prompts skip it for a minute.
         :param gateway_options: AI Gateway options, as for :meth:`run`; a ``cache_key`` given here would make
             every prompt share one cached answer, so it is refused.
         :param max_concurrency: how many requests may be in flight at once (1..1000).
@@ -284,14 +316,20 @@ class CloudflareWorkersAIHook(BaseHook):
         inputs, options = ImagenInput.parse_batch(
             prompts, aspect_ratio, person_generation, gateway_options, max_concurrency
         )
-        check_model_id(model)
+        model_chain(model, fallback_models)
         gate = asyncio.Semaphore(max_concurrency)
 
         async def one(image_input: ImagenInput) -> GeneratedImage | CloudflareWorkersAIError:
             async with gate:
                 try:
-                    result = await self.arun(model, image_input.to_request(), gateway_options=options)
-                    return image_from_result(result, image_input)
+                    return await self.agenerate_image(
+                        image_input.prompt,
+                        image_input.aspect_ratio,
+                        image_input.person_generation,
+                        model=model,
+                        fallback_models=fallback_models,
+                        gateway_options=options,
+                    )
                 except CloudflareWorkersAIError as err:
                     return err
 
@@ -304,6 +342,7 @@ class CloudflareWorkersAIHook(BaseHook):
         person_generation: str | None = None,
         *,
         model: str = IMAGEN_4,
+        fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
         max_concurrency: int = 8,
     ) -> list[GeneratedImage | CloudflareWorkersAIError]:
@@ -316,6 +355,7 @@ class CloudflareWorkersAIHook(BaseHook):
             aspect_ratio,
             person_generation,
             model=model,
+            fallback_models=fallback_models,
             gateway_options=gateway_options,
             max_concurrency=max_concurrency,
         )
@@ -337,12 +377,22 @@ class CloudflareWorkersAIHook(BaseHook):
         finally:
             self.close()
 
-    def _retry_policy(self, settings: ConnectionSettings, model: str, request: httpx.Request) -> dict[str, Any]:
+    def _walk(self, model: str, fallback_models: Sequence[str] | None, options: Any) -> ModelWalk:
+        chain = model_chain(model, fallback_models)
+        return ModelWalk(chain, GatewayOptions.parse(options), self.unavailable_models, self.log)
+
+    def _rate_limit_wait(self, last: bool) -> float | None:
+        # A model with a fallback counts refusals as attempts: its capacity is spent when its retries are.
+        return self.max_rate_limit_wait if last else None
+
+    def _retry_policy(
+        self, settings: ConnectionSettings, model: str, request: httpx.Request, rate_limit_wait: float | None
+    ) -> dict[str, Any]:
         return retry_policy(
             attempts=1 + (settings.max_retries if self.max_retries is None else self.max_retries),
             backoff=self.retry_backoff,
             max_wait=self.max_retry_wait,
-            rate_limit_wait=self.max_rate_limit_wait,
+            rate_limit_wait=rate_limit_wait,
             idempotent=is_idempotent(request, returns_bytes(model)),
             log=self.log,
             model=model,

@@ -26,6 +26,7 @@ __all__ = [
     "GeneratedImage",
     "ImagenInput",
     "RunResult",
+    "SkippedModel",
 ]
 
 MAX_CONCURRENCY = 1000
@@ -258,11 +259,32 @@ class RunResult(BaseModel):
     elapsed_seconds: float = 0.0
 
 
+class SkippedModel(BaseModel):
+    """
+    A model a call passed over for the next one of its chain (see ``fallback.py``), and why.
+
+    :param model: the model id.
+    :param reason: the error that made it unavailable, in words.
+    :param code: Cloudflare's code (``3040``, ``"provider_unavailable"``, ...), if it gave one.
+    :param status_code: the HTTP status, if one arrived.
+    :param attempts: requests sent to it; 0 when it was skipped because an earlier call found it unavailable.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    reason: str
+    code: int | str | None = None
+    status_code: int | None = None
+    attempts: int = 1
+
+
 class GeneratedImage(BaseModel):
     """
     A generated image: its URL (or its bytes, for models that return them) and how it was made.
 
-    ``to_xcom()`` gives the JSON-safe summary an operator pushes; the bytes never go to XCom.
+    ``model`` is the model that made it; ``skipped_models`` the models of the call's chain that were passed
+    over first, and why. ``to_xcom()`` gives the JSON-safe summary an operator pushes; the bytes never go to XCom.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -279,6 +301,7 @@ class GeneratedImage(BaseModel):
     key_source: str | None = None
     attempts: int = 1
     elapsed_seconds: float = 0.0
+    skipped_models: tuple[SkippedModel, ...] = ()
 
     def to_xcom(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -15,7 +15,7 @@ from airflow_provider_imagen.links import GeneratedImageLink
 from airflow_provider_imagen.rules import (
     check_literal_inputs,
     check_max_images,
-    check_model_id,
+    model_chain,
     returns_bytes,
     unset_if_empty,
 )
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_imagen.generation import ImageJob, Outcome
     from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
-    from airflow_provider_imagen.models import GeneratedImage
 
 
 class _ImagenOperatorMixin(ImagenLineageMixin):
@@ -35,6 +34,7 @@ class _ImagenOperatorMixin(ImagenLineageMixin):
 
     cloudflare_conn_id: str
     model: str
+    fallback_models: list[str] | None
     timeout: float | None
     max_retries: int | None
     requests_per_minute: float | None
@@ -59,61 +59,24 @@ class _ImagenOperatorMixin(ImagenLineageMixin):
             requests_per_minute=self.requests_per_minute,
         )
 
-    def _check_output(self, *, folder: bool = False) -> None:
-        check_model_id(self.model)
+    def _check_output(self, *, folder: bool = False) -> tuple[str, ...]:
+        """The models to try, checked, with where their images go: before anything is generated."""
+        chain = model_chain(self.model, self.fallback_models)
         if self.output_path is not None:
             from airflow_provider_imagen.storage import resolve_output_path
 
-            _, is_folder = resolve_output_path(self.output_path)  # a bad path fails before anything is generated
+            _, is_folder = resolve_output_path(self.output_path)
             if folder and not is_folder:
                 raise InvalidInputError(
                     f"Invalid output_path {self.output_path!s}: a batch keeps many images, so it must be a folder "
                     "(end it with '/')"
                 )
-        elif returns_bytes(self.model):
-            raise InvalidInputError(
-                f"Model {self.model!r} returns the image as bytes, not a URL: set output_path to store it"
-            )
-
-    def _job(self, context: Context, max_images: int | None = None) -> ImageJob:
-        """This try's images: what earlier tries of the same request left (see ``durable.py``), and accounting."""
-        from airflow_provider_imagen.durable import Ledger
-        from airflow_provider_imagen.generation import ImageJob
-        from airflow_provider_imagen.models import GatewayOptions
-        from airflow_provider_imagen.storage import task_instance_identity
-
-        identity = task_instance_identity(context)
-        return ImageJob(
-            Ledger.open(context, retries=self.retries, durable=self.durable, log=self.log),
-            model=self.model,
-            aspect_ratio=unset_if_empty(self.aspect_ratio),
-            person_generation=unset_if_empty(self.person_generation),
-            gateway_options=GatewayOptions.parse(self.gateway_options),
-            output_path=self.output_path,
-            store=lambda image, index: self._store(image, identity if index is None else {**identity, "index": index}),
-            log=self.log,
-            max_images=max_images,
-        )
-
-    def _store(self, image: GeneratedImage, identity: dict[str, Any]) -> str | None:
-        if self.output_path is None:
-            return None
-        from airflow_provider_imagen.storage import store_image
-
-        stored = store_image(
-            output_path=self.output_path,
-            url=image.url,
-            data=image.data,
-            prompt=image.prompt,
-            inputs={
-                "model": image.model,
-                "aspect_ratio": image.aspect_ratio,
-                "person_generation": image.person_generation,
-                **identity,
-            },
-            max_bytes=self.max_image_bytes,
-        )
-        return str(stored)
+            return chain
+        for index, model in enumerate(chain):
+            if returns_bytes(model):
+                which = f"Model {model!r}" if index == 0 else f"Fallback model {model!r} (fallback_models[{index - 1}])"
+                raise InvalidInputError(f"{which} returns the image as bytes, not a URL: set output_path to store it")
+        return chain
 
     def _emit_asset_events(self, context: Context, stored: list[dict[str, Any]]) -> None:
         from airflow.sdk import Asset
@@ -145,6 +108,10 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
     :param person_generation: ``dont_allow``, ``allow_adult`` or ``allow_all`` (templated).
     :param cloudflare_conn_id: the Cloudflare Workers AI connection.
     :param model: the model id (templated); ``google/imagen-4`` by default.
+    :param fallback_models: models to try in turn when the one before is unavailable once its retries are
+        spent (templated list), e.g. ``["@cf/black-forest-labs/flux-1-schnell"]`` (which needs ``output_path``);
+        never after an input or credentials error. XCom ``image`` names the model that made the image and
+        ``skipped_models`` why the others were passed over.
     :param gateway_options: AI Gateway options (templated dict): ``gateway_id``, ``cache_ttl``,
         ``skip_cache``, ``cache_key``, ``metadata``, ``request_timeout``, ``collect_log``.
     :param output_path: where to keep the image (templated): a file or a folder (ending in ``/``) as a local
@@ -165,6 +132,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         "aspect_ratio",
         "person_generation",
         "model",
+        "fallback_models",
         "gateway_options",
         "output_path",
     )
@@ -179,6 +147,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         person_generation: str | None = None,
         cloudflare_conn_id: str = DEFAULT_CONN_ID,
         model: str = IMAGEN_4,
+        fallback_models: list[str] | None = None,
         gateway_options: dict[str, Any] | None = None,
         output_path: str | ObjectStoragePath | None = None,
         max_image_bytes: int = MAX_IMAGE_BYTES,
@@ -190,12 +159,12 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_literal_inputs(prompt, aspect_ratio, person_generation, model)
+        check_literal_inputs(prompt, aspect_ratio, person_generation, model, fallback_models)
         self.prompt = prompt
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
         self.cloudflare_conn_id = cloudflare_conn_id
-        self.model = model
+        self.model, self.fallback_models = model, fallback_models
         self.gateway_options = gateway_options
         self.output_path = output_path
         self.max_image_bytes = max_image_bytes
@@ -204,6 +173,8 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         self.durable = durable
 
     def execute(self, context: Context) -> str | None:
+        from airflow_provider_imagen.fallback import split_for_triggerer
+        from airflow_provider_imagen.generation import job_for
         from airflow_provider_imagen.models import GatewayOptions, ImagenInput
 
         # Rendered templates are checked here, before anything is sent or deferred.
@@ -213,11 +184,11 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
             person_generation=unset_if_empty(self.person_generation),
         )
         GatewayOptions.parse(self.gateway_options)
-        self._check_output()
+        chain = self._check_output()
         if self.deferrable and returns_bytes(self.model):
             raise InvalidInputError(f"deferrable=True needs a model that returns a URL; {self.model!r} returns bytes")
 
-        job = self._job(context)
+        job = job_for(self, context)
         (item,) = job.items([self.prompt])
         reused, regenerations = job.reuse(item, single=True)
         if reused is not None:  # an earlier try paid for it
@@ -234,6 +205,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
                     person_generation=unset_if_empty(self.person_generation),
                     cloudflare_conn_id=self.cloudflare_conn_id,
                     model=self.model,
+                    fallback_models=list(split_for_triggerer(chain)[0][1:]),
                     gateway_options=job.options_for(item, regenerations, as_dict=True),
                     timeout=self.timeout,
                     max_retries=self.max_retries,
@@ -247,14 +219,37 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
             return self._finish(context, job, job.generate_one(hook, item, regenerations))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
-        """Resume after the trigger: the same XComs as the synchronous path, or the same typed error."""
+        """
+        Resume after the trigger: the same XComs as the synchronous path, or the same typed error. When the
+        trigger's models were unavailable and models that answer with bytes follow, those run here.
+        """
+        from airflow_provider_imagen.generation import job_for
         from airflow_provider_imagen.triggers import error_from_dict
 
         if not isinstance(event, dict) or event.get("status") != "success":
-            raise error_from_dict(event.get("error") if isinstance(event, dict) else None)
-        job = self._job(context)
+            error = error_from_dict(event.get("error") if isinstance(event, dict) else None)
+            return self._after_triggerer(context, error)
+        job = job_for(self, context)
         # The trigger's image is recorded first, so a failure from here on costs no second generation.
         return self._finish(context, job, job.resume(job.items([self.prompt])[0], event["image"]))
+
+    def _after_triggerer(self, context: Context, error: Exception) -> str | None:
+        from airflow_provider_imagen.fallback import passed_over, split_for_triggerer
+        from airflow_provider_imagen.generation import job_for
+        from airflow_provider_imagen.retry import is_unavailable
+
+        on_worker = split_for_triggerer(model_chain(self.model, self.fallback_models))[1]
+        if not on_worker or not isinstance(error, CloudflareWorkersAIError) or not is_unavailable(error):
+            raise error
+        job = job_for(self, context)
+        (item,) = job.items([self.prompt])
+        reused, regenerations = job.reuse(item, single=True)
+        if reused is not None:
+            return self._finish(context, job, reused)
+        self.log.warning("The triggerer's models were unavailable (%s): trying %s on this worker", error, on_worker)
+        with self.get_hook() as hook:
+            outcome = job.generate_one(hook, item, regenerations, skipped=passed_over(error))
+        return self._finish(context, job, outcome)
 
     def _finish(self, context: Context, job: ImageJob, outcome: Outcome) -> str | None:
         image, stored = outcome.image, outcome.stored
@@ -274,6 +269,8 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
             image.url or "(bytes)",
             f", stored at {stored}" if stored else "",
         )
+        for skipped in image.skipped_models:
+            self.log.warning("%s was passed over for %s: %s", skipped.model, image.model, skipped.reason)
         self.log.info("%s", job.describe())
         job.ledger.clear()  # success: the next run of this task instance is a new request
         return image.url or stored
@@ -299,6 +296,8 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
     :param output_path: a folder to keep every image in (templated), as for ``ImagenGenerateImageOperator``.
     :param cloudflare_conn_id: the Cloudflare Workers AI connection.
     :param model: the model id (templated).
+    :param fallback_models: models to try in turn when the one before is unavailable, per prompt (templated
+        list); a model found unavailable is passed over by the other prompts for a minute.
     :param gateway_options: AI Gateway options (templated dict).
     :param max_image_bytes: refuse to store an image larger than this (default 100 MiB).
     :param timeout: seconds to wait for each generation.
@@ -315,6 +314,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         "aspect_ratio",
         "person_generation",
         "model",
+        "fallback_models",
         "gateway_options",
         "output_path",
     )
@@ -331,6 +331,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         output_path: str | ObjectStoragePath | None = None,
         cloudflare_conn_id: str = DEFAULT_CONN_ID,
         model: str = IMAGEN_4,
+        fallback_models: list[str] | None = None,
         gateway_options: dict[str, Any] | None = None,
         max_image_bytes: int = MAX_IMAGE_BYTES,
         timeout: float | None = None,
@@ -345,7 +346,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         if isinstance(prompts, list):
             for prompt in prompts:
                 check_literal_inputs(prompt, None, None, None)
-        check_literal_inputs(None, aspect_ratio, person_generation, model)
+        check_literal_inputs(None, aspect_ratio, person_generation, model, fallback_models)
         self.prompts = prompts
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
@@ -353,7 +354,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         self.fail_on_error = fail_on_error
         self.output_path = output_path
         self.cloudflare_conn_id = cloudflare_conn_id
-        self.model = model
+        self.model, self.fallback_models = model, fallback_models
         self.gateway_options = gateway_options
         self.max_image_bytes = max_image_bytes
         self.timeout, self.max_retries, self.requests_per_minute = timeout, max_retries, requests_per_minute
@@ -361,7 +362,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         self.max_images = max_images
 
     def execute(self, context: Context) -> list[str | None]:
-        from airflow_provider_imagen.generation import batch_results
+        from airflow_provider_imagen.generation import batch_results, job_for
         from airflow_provider_imagen.models import ImagenInput
 
         self._check_output(folder=True)
@@ -374,8 +375,7 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
             self.gateway_options,
             self.max_concurrency,
         )
-        check_model_id(self.model)
-        job = self._job(context, max_images=self.max_images)
+        job = job_for(self, context, max_images=self.max_images)
         outcomes = job.run_batch(self.get_hook(), job.items(prompts), self.max_concurrency)  # type: ignore[arg-type]
 
         summaries, failures, returned = batch_results(prompts, outcomes)  # type: ignore[arg-type]
@@ -387,7 +387,8 @@ class ImagenGenerateImagesOperator(_ImagenOperatorMixin, BaseOperator):
         if self.output_path is not None:
             ti.xcom_push(key="stored_uri", value=[s["stored_uri"] if s else None for s in summaries])
             self._emit_asset_events(context, [s for s in summaries if s])
-        self.log.info("%d of %d images ready with %s", len(prompts) - len(failures), len(prompts), self.model)
+        made_by = ", ".join(sorted({s["model"] for s in summaries if s})) or "none"
+        self.log.info("%d of %d images ready (made by %s)", len(prompts) - len(failures), len(prompts), made_by)
         self.log.info("%s", job.describe())
         if failures and self.fail_on_error:
             lines = "\n".join(f"  [{f['index']}] {f['prompt']!r}: {f['reason']}" for f in failures)

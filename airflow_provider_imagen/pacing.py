@@ -1,6 +1,7 @@
 """
-Shared rate pacing per Cloudflare account, in one process: every hook, trigger and batch prompt that calls
-the same account takes its turn from one :class:`Pacer`, so that a rate limit is learned once and kept by all.
+Shared rate pacing per Cloudflare account and model, in one process: every hook, trigger and batch prompt that
+calls the same model of an account takes its turn from one :class:`Pacer`, so that a rate limit is learned once
+and kept by all.
 
 How it paces:
 
@@ -264,17 +265,18 @@ class Pacer:
         return min(max(rate, MIN_RATE), self._limit or math.inf)
 
 
-_pacers: dict[tuple[str, str], Pacer] = {}
+_pacers: dict[tuple[str, str, str], Pacer] = {}
 _pacers_lock = threading.Lock()
 
 
-def pacer_for(settings: ConnectionSettings, requests_per_minute: float | None = None) -> Pacer:
+def pacer_for(settings: ConnectionSettings, requests_per_minute: float | None = None, model: str = "") -> Pacer:
     """
-    The process's pacer for the account ``settings`` call (one per API base URL and account: a rate limit is
-    the account's, whichever connection reaches it), held to ``requests_per_minute``, else the connection's.
+    The process's pacer for ``model`` on the account ``settings`` call (one per API base URL, account and model:
+    Workers AI limits each model of an account, whichever connection reaches it, and a model found out of
+    capacity must not slow its fallback), held to ``requests_per_minute``, else the connection's.
     A limit once given stays until another replaces it: a hook that names none does not lift it.
     """
-    key = (settings.base_url, settings.account_id)
+    key = (settings.base_url, settings.account_id, model)
     with _pacers_lock:
         pacer = _pacers.get(key)
         if pacer is None:

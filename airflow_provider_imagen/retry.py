@@ -120,6 +120,22 @@ def is_rate_limited(exc: BaseException | None) -> bool:
     return isinstance(exc, CloudflareRateLimitError) and exc.retryable
 
 
+def is_unavailable(exc: BaseException | None) -> bool:
+    """
+    Whether ``exc``, raised once a model's retries were spent, says the model cannot serve now, so that another
+    model may: out of capacity or throttled (3040, 429, wholesale 2021), ``provider_unavailable``, HTTP 503, or
+    not available via unified billing (2021). Never an input or credentials error, nor a daily allocation used up
+    (the account's, whichever model), nor a request whose outcome is unknown (its image may have been billed).
+    """
+    if not isinstance(exc, CloudflareWorkersAIError) or isinstance(exc, GenerationOutcomeUnknownError):
+        return False
+    if isinstance(exc, CloudflareRateLimitError):
+        return exc.retryable
+    if isinstance(exc, CloudflareBadRequestError):
+        return _as_int(exc.code) == 2021
+    return exc.code == "provider_unavailable" or (exc.status_code == 503 and isinstance(exc, CloudflareServerError))
+
+
 def annotate(err: CloudflareWorkersAIError, model: str, attempts: int) -> None:
     """Note on ``err`` the model called and the requests sent (rate-limit refusals included)."""
     err.model = model
@@ -204,7 +220,7 @@ def retry_policy(
     attempts: int,
     backoff: float,
     max_wait: float,
-    rate_limit_wait: float,
+    rate_limit_wait: float | None,
     idempotent: bool,
     log: Logger,
     model: str,
@@ -216,7 +232,8 @@ def retry_policy(
     :param backoff: seconds before the first retry; doubles each time, with jitter.
     :param max_wait: the longest single wait. A ``Retry-After`` longer than this ends the retries instead.
     :param rate_limit_wait: seconds, from a call's first refusal by a rate limit, during which refusals are
-        re-sent without counting as attempts.
+        re-sent without counting as attempts; ``None`` counts them as attempts (a model with a fallback: its
+        capacity is spent once its retries are).
     :param idempotent: whether the request carries a cache key that makes a re-send of a completed
         generation free (see :func:`is_idempotent`).
     :param log: where each retry is logged, with its attempt, its cause and the wait.
@@ -228,7 +245,7 @@ def retry_policy(
     def log_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         sleep = state.next_action.sleep if state.next_action else 0.0
-        if is_rate_limited(exc):
+        if is_rate_limited(exc) and rate_limit_wait is not None:
             log.info(
                 "Cloudflare Workers AI call to %s was refused by the rate limit (not billed, not counted as an "
                 "attempt): %s; retrying in %.1f s, at the account's pace",
@@ -247,7 +264,7 @@ def retry_policy(
         )
 
     def stop(state: RetryCallState) -> bool:
-        if is_rate_limited(state.outcome.exception() if state.outcome else None):
+        if rate_limit_wait is not None and is_rate_limited(state.outcome.exception() if state.outcome else None):
             refused.append(time.monotonic())
             return refused[-1] - refused[0] >= rate_limit_wait
         return state.attempt_number - len(refused) >= attempts

@@ -20,6 +20,8 @@ from airflow_provider_imagen.constants import (
 from airflow_provider_imagen.errors import InvalidInputError
 
 MAX_MODEL_ID_CHARS = 200
+#: The most models one call may try: the model and up to four fallbacks (each may spend its retries).
+MAX_MODELS = 5
 
 # Segments of letters, digits, '-', '_' and '.', none starting with '.', so neither '.' nor '..' can be one:
 # httpx resolves dot segments, and a model id goes into the path of a request that carries the API token.
@@ -80,6 +82,33 @@ def check_model_id(model: Any, field: str = "model") -> str:
     )
 
 
+def model_chain(model: Any, fallback_models: Any) -> tuple[str, ...]:
+    """
+    The models one call tries, in order: ``model``, then each of ``fallback_models``.
+
+    :raises InvalidInputError: naming the bad id (``fallback_models[1]``), a model named twice, or a chain
+        longer than :data:`MAX_MODELS`.
+    """
+    chain = [check_model_id(model)]
+    if fallback_models is None:
+        return tuple(chain)
+    if isinstance(fallback_models, str) or not isinstance(fallback_models, (list, tuple)):
+        raise InvalidInputError(
+            f"Invalid fallback_models: expected a list of model ids such as ['@cf/black-forest-labs/flux-1-schnell'], "
+            f"got {shown(fallback_models)}"
+        )
+    for index, fallback in enumerate(fallback_models):
+        if check_model_id(fallback, f"fallback_models[{index}]") in chain:
+            raise InvalidInputError(f"Invalid fallback_models[{index}]: {fallback!r} is already in the chain {chain}")
+        chain.append(fallback)
+    if len(chain) > MAX_MODELS:
+        raise InvalidInputError(
+            f"Invalid fallback_models: at most {MAX_MODELS - 1} fallbacks (each may spend its retries), "
+            f"got {len(chain) - 1}"
+        )
+    return tuple(chain)
+
+
 def returns_bytes(model: str) -> bool:
     """Cloudflare's own text-to-image models answer with image bytes or base64, not a URL."""
     return model.startswith(CLOUDFLARE_MODEL_PREFIXES)
@@ -90,7 +119,9 @@ def _is_literal(value: object) -> bool:
     return isinstance(value, str) and "{{" not in value and "{%" not in value
 
 
-def check_literal_inputs(prompt: object, aspect_ratio: object, person_generation: object, model: object) -> None:
+def check_literal_inputs(
+    prompt: object, aspect_ratio: object, person_generation: object, model: object, fallback_models: object = None
+) -> None:
     """
     Reject plainly wrong literal arguments when the DAG is parsed, long before a run, in the same words as
     a rendered value gets in ``execute()``.
@@ -101,6 +132,15 @@ def check_literal_inputs(prompt: object, aspect_ratio: object, person_generation
         raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
     if _is_literal(model):
         check_model_id(model)
+        if fallback_models is not None and not _has_template(fallback_models):
+            model_chain(model, fallback_models)
+
+
+def _has_template(value: object) -> bool:
+    """Whether a template (a string or a list of strings) may still change when rendered."""
+    if isinstance(value, (list, tuple)):
+        return any(_has_template(item) for item in value)
+    return isinstance(value, str) and not _is_literal(value)
 
 
 def check_max_images(max_images: object) -> None:

@@ -12,7 +12,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_imagen import errors
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
-from airflow_provider_imagen.rules import check_model_id
+from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.rules import model_chain, returns_bytes
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -32,6 +33,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
     :param aspect_ratio: ``1:1``, ``3:4``, ``4:3``, ``9:16`` or ``16:9``.
     :param person_generation: ``dont_allow``, ``allow_adult`` or ``allow_all``.
     :param model: the model id.
+    :param fallback_models: models to try in turn when the one before is unavailable (``fallback.py``); models
+        that answer with a URL only, as an event carries no image bytes.
     :param gateway_options: AI Gateway options, as a dict.
     :param timeout: seconds to wait for Cloudflare (the connection's when unset).
     :param max_retries: retries of transient failures (the connection's when unset).
@@ -49,6 +52,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         person_generation: str | None = None,
         cloudflare_conn_id: str = DEFAULT_CONN_ID,
         model: str = IMAGEN_4,
+        fallback_models: list[str] | None = None,
         gateway_options: dict[str, Any] | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
@@ -57,12 +61,21 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         requests_per_minute: float | None = None,
     ) -> None:
         super().__init__()
-        check_model_id(model)  # the same rule as the hook's, before the trigger is stored
+        # The same rules as the hook's, before the trigger is stored; and no model whose image (bytes) an event
+        # could not carry: it would be billed and lost.
+        for index, name in enumerate(model_chain(model, fallback_models)):
+            if returns_bytes(name):
+                field = "model" if index == 0 else f"fallback_models[{index - 1}]"
+                raise InvalidInputError(
+                    f"Invalid {field} for a trigger: {name!r} answers with image bytes, which a trigger event does "
+                    "not carry; generate it in the task (the operator does so when it follows unavailable models)"
+                )
         self.prompt = prompt
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
         self.cloudflare_conn_id = cloudflare_conn_id
         self.model = model
+        self.fallback_models = list(fallback_models) if fallback_models else None
         self.gateway_options = gateway_options
         self.timeout = timeout
         self.max_retries = max_retries
@@ -79,6 +92,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 "person_generation": self.person_generation,
                 "cloudflare_conn_id": self.cloudflare_conn_id,
                 "model": self.model,
+                "fallback_models": self.fallback_models,
                 "gateway_options": self.gateway_options,
                 "timeout": self.timeout,
                 "max_retries": self.max_retries,
@@ -106,15 +120,19 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                     self.aspect_ratio,
                     self.person_generation,
                     model=self.model,
+                    fallback_models=self.fallback_models,
                     gateway_options=self.gateway_options,
                 )
         except Exception as err:
             # Every failure, a missing connection included, fails the task through one event, never the
-            # triggerer; the message names the connection when the cause is not Cloudflare's answer.
-            yield TriggerEvent({"status": "error", "error": error_to_dict(err, conn_id=self.cloudflare_conn_id)})
+            # triggerer; the message names the connection when the cause is not Cloudflare's answer. The inputs
+            # go back too: a task that goes on with models that answer in bytes needs them.
+            error = error_to_dict(err, conn_id=self.cloudflare_conn_id)
+            inputs = {key: getattr(self, key) for key in ("prompt", "aspect_ratio", "person_generation")}
+            yield TriggerEvent({"status": "error", "error": error, "inputs": inputs})
             return
-        if image.url is None:
-            message = f"model {self.model!r} returned image bytes; deferrable mode needs a model that returns a URL"
+        if image.url is None:  # a model outside the documented ones, that answered with bytes after all
+            message = f"model {image.model!r} returned image bytes; deferrable mode needs a model that returns a URL"
             yield TriggerEvent({"status": "error", "error": {"type": "InvalidInputError", "message": message}})
             return
         yield TriggerEvent({"status": "success", "image": image.to_xcom()})
@@ -141,6 +159,7 @@ def error_to_dict(error: BaseException, conn_id: str | None = None) -> dict[str,
             retryable=error.retryable,
             attempts=error.attempts,
             model=error.model,
+            skipped_models=error.skipped_models,
         )
     return payload
 
@@ -164,6 +183,8 @@ def error_from_dict(payload: dict[str, object] | None) -> Exception:
     error.attempts = attempts if isinstance(attempts, int) else 1
     model = payload.get("model")
     error.model = model if isinstance(model, str) else None
+    skipped = payload.get("skipped_models")
+    error.skipped_models = [s for s in skipped if isinstance(s, dict)] if isinstance(skipped, list) else []
     return error
 
 

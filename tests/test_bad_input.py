@@ -88,7 +88,10 @@ bad_gateway = st.one_of(
     st.fixed_dictionaries({"cache_ttl": st.one_of(st.integers(max_value=-1), st.text(max_size=3), st.floats())}),
     st.fixed_dictionaries({"request_timeout": st.integers(max_value=0)}),
     st.fixed_dictionaries({"skip_cache": st.one_of(st.text(max_size=3), st.integers(min_value=2))}),
-    st.fixed_dictionaries({"gateway_id": st.text(min_size=1, max_size=10).filter(lambda t: not t.isalnum())}),
+    st.fixed_dictionaries(
+        # '-' and '_' are allowed in a gateway id (so "-" is a valid one): only other characters make it bad.
+        {"gateway_id": st.text(min_size=1, max_size=10).filter(lambda t: not re.fullmatch(r"[A-Za-z0-9_-]+", t))}
+    ),
     st.fixed_dictionaries(
         {"metadata": st.dictionaries(st.text(min_size=1, max_size=4), st.integers(), min_size=6, max_size=8)}
     ),

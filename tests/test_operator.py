@@ -38,6 +38,7 @@ def test_templated_values_are_left_for_execute():
         "aspect_ratio",
         "person_generation",
         "model",
+        "fallback_models",
         "gateway_options",
         "output_path",
     )

@@ -151,11 +151,14 @@ class EmulatorState:
                 (self.image_faults if fault.target == "image" else self.faults).append(fault)
             return len(self.faults) + len(self.image_faults)
 
-    def next_fault(self) -> Fault | None:
+    def next_fault(self, model: str | None = None) -> Fault | None:
+        """The first queued fault for a call to ``model`` (faults for other models wait for theirs)."""
         with self.lock:
-            if self.faults:
-                self.counts["faults_served"] += 1
-                return self.faults.popleft()
+            for fault in self.faults:
+                if fault.model is None or fault.model == model:
+                    self.faults.remove(fault)
+                    self.counts["faults_served"] += 1
+                    return fault
             if self.config.failure_rate and self.rng.random() < self.config.failure_rate:
                 self.counts["faults_served"] += 1
                 return make_fault(self.rng.choice(TRANSIENT_PRESETS))
@@ -379,7 +382,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                     hit = None
             if hit is not None:
                 return Response(hit, media_type="application/json", headers={"cf-aig-cache-status": "HIT"})
-        fault = state.next_fault()
+        fault = state.next_fault(model)
         lost_after = fault is not None and (
             fault.kind in LOST_AFTER_GENERATION or (fault.kind == "empty" and fault.status == 200)
         )

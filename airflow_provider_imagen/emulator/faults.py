@@ -45,6 +45,8 @@ class Fault(BaseModel):
     :param state: the state an ``unknown_state`` fault reports.
     :param target: ``api`` for Workers AI calls, ``image`` for downloads of generated images.
     :param size: bytes a ``huge`` image body has.
+    :param model: only a call to this model is served the fault (calls to other models pass it by); any call when
+        unset. To make one model unavailable while its fallbacks work.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -58,6 +60,7 @@ class Fault(BaseModel):
     state: str = "Running"
     target: Literal["api", "image"] = "api"
     size: int = Field(default=0, ge=0, le=2**31)
+    model: str | None = None
 
     @model_validator(mode="after")
     def _defaults(self) -> Fault:

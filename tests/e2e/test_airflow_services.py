@@ -148,3 +148,29 @@ def test_connection_test_endpoint(airflow_services: AirflowServices, services_em
         assert wrong["status"] is False
         assert "HTTP 403, code 10000" in wrong["message"] and "Authentication error" in wrong["message"], wrong
         assert "not-the-token" not in wrong["message"]
+
+
+def test_a_deferred_task_falls_back_on_its_worker_when_imagen_is_unavailable(
+    example_runs: dict[str, str], airflow_services: AirflowServices, services_emulator: EmulatorServer
+):
+    """Imagen fails in the triggerer after its retries; the task resumes and FLUX (bytes) runs on the worker."""
+    emulator = services_emulator.client
+    before = emulator.stats()
+    emulator.inject("provider_unavailable", times=4, model="google/imagen-4")  # 1 + max_retries attempts
+    airflow_services.wait_for_dags(["imagen_fallback"])
+    run_id = airflow_services.trigger("imagen_fallback")
+    airflow_services.wait_for_run("imagen_fallback", run_id, timeout=120)
+
+    with airflow_services.client() as api:
+        summary = xcom(api, "imagen_fallback", run_id, "generate_image", "image", -1)
+        assert isinstance(summary, dict)
+        assert summary["model"] == "@cf/black-forest-labs/flux-1-schnell"
+        assert [(s["model"], s["attempts"]) for s in summary["skipped_models"]] == [("google/imagen-4", 4)]
+        assert xcom(api, "imagen_fallback", run_id, "which_model", "return_value", -1) == summary["model"]
+        log = task_log(api, "imagen_fallback", run_id, "generate_image", -1)
+        assert "Trigger fired event" in log and "trying ('@cf/black-forest-labs/flux-1-schnell',) on this worker" in log
+        assert "google/imagen-4 was passed over for @cf/black-forest-labs/flux-1-schnell" in log
+    with open(str(summary["stored_uri"]).removeprefix("file://"), "rb") as image:
+        assert image.read(3) == b"\xff\xd8\xff"  # FLUX's JPEG, kept on the worker
+    after = emulator.stats()
+    assert after["generations"] - before["generations"] == 1  # four refusals, unbilled, and one image

@@ -53,6 +53,7 @@ def test_every_dag_imports_without_errors(dagbag):
         "imagen_persist_asset_consumer",
         "imagen_batch",
         "imagen_taskflow",
+        "imagen_fallback",
         "imagen_human_review",  # waits for a person: run end to end in tests/e2e/test_human_review.py
     }
     assert set(SINGLE_IMAGE_DAGS) | others == set(dagbag.dag_ids)
@@ -201,3 +202,24 @@ def test_taskflow_dag_draws_what_each_function_returns(dagbag, imagen_emulator):
     assert {(c["width"], c["height"]) for c in cards} == {(896, 1280)}  # 3:4, from the returned dict
     assert _xcom(dag_run, "menu") == {dish: card["url"] for dish, card in zip(MENU, cards, strict=True)}
     assert imagen_emulator.api_requests == 1 + len(MENU)
+
+
+@pytest.mark.parametrize("imagen_down", [False, True], ids=["imagen available", "imagen unavailable"])
+def test_fallback_dag_keeps_the_image_of_whichever_model_could_make_it(
+    dagbag, imagen_emulator, tmp_path, monkeypatch, fast_backoff, imagen_down
+):
+    monkeypatch.setenv("AIRFLOW_VAR_IMAGEN_OUTPUT_DIR", str(tmp_path))
+    if imagen_down:  # every attempt the deferred task's trigger makes (1 + max_retries)
+        imagen_emulator.inject("provider_unavailable", times=4, model="google/imagen-4")
+    dag_run = dagbag.get_dag("imagen_fallback").test()
+
+    assert dag_run.state == "success"
+    summary = _xcom(dag_run, "generate_image", key="image")
+    made_by = "@cf/black-forest-labs/flux-1-schnell" if imagen_down else "google/imagen-4"
+    assert summary["model"] == made_by and _xcom(dag_run, "which_model") == made_by
+    assert [s["model"] for s in summary["skipped_models"]] == (["google/imagen-4"] if imagen_down else [])
+    stored = summary["stored_uri"].removeprefix("file://")
+    assert stored.startswith(f"{tmp_path}/fallback/")
+    with open(stored, "rb") as image:
+        assert image.read(3) == (b"\xff\xd8\xff" if imagen_down else b"\x89PN")  # FLUX's JPEG, or Imagen's PNG
+    assert imagen_emulator.generations == 1

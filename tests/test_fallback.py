@@ -1,0 +1,311 @@
+"""
+Model fallback (``fallback_models``): when a model is unavailable once its retries are spent, the next model of
+the chain makes the image; every other error fails at once. Billed generations are counted at the emulator.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+from airflow.sdk import DAG, task
+
+from airflow_provider_imagen.errors import CloudflareWorkersAIError, GenerationOutcomeUnknownError, InvalidInputError
+from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
+from tests.conftest import register_dag, task_deferred_class
+from tests.test_durable import TaskInstance, batch, run_trigger, single
+
+IMAGEN = "google/imagen-4"
+FLUX = "@cf/black-forest-labs/flux-1-schnell"
+SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
+ATTEMPTS = 2  # max_retries=1: each model gets two attempts
+
+
+@pytest.fixture(autouse=True)
+def _fast(fast_backoff):
+    """Retries back off for milliseconds, so a model is spent in a moment."""
+
+
+def hook() -> CloudflareWorkersAIHook:
+    return CloudflareWorkersAIHook(max_retries=ATTEMPTS - 1, retry_backoff=0.01)
+
+
+def requests_to(emulator, model: str) -> int:
+    return emulator.stats()["by_model"].get(model, 0)
+
+
+# --- Which errors fall back ---------------------------------------------------------------------------
+
+#: A model that is unavailable, in each way Cloudflare says so: the next model makes the image.
+UNAVAILABLE = ["provider_unavailable", "capacity", "wholesale_throttle", "unified_billing_unavailable", "unavailable"]
+#: Everything else is final: the next model would get the same input and token, or pay for an image again.
+FINAL = [
+    "invalid_data",
+    "input_error",
+    "too_large",
+    "no_such_model",
+    "invalid_model",
+    "auth",
+    "provider_auth",
+    "daily_limit",
+    "content_policy",
+]
+
+
+@pytest.mark.parametrize("preset", UNAVAILABLE)
+def test_an_unavailable_model_falls_back_and_only_the_image_made_is_billed(imagen_emulator, tmp_path, preset):
+    imagen_emulator.inject(preset, times=ATTEMPTS, model=IMAGEN)
+    image = hook().generate_image("A lighthouse at dawn", "16:9", fallback_models=[FLUX])
+
+    assert image.model == FLUX and image.data is not None and image.media_type == "image/jpeg"
+    (skipped,) = image.skipped_models
+    assert skipped.model == IMAGEN and skipped.attempts == (1 if preset == "unified_billing_unavailable" else ATTEMPTS)
+    assert str(skipped.code) in skipped.reason or skipped.code is None
+    assert imagen_emulator.generations == 1  # the refusals were not billed; the flux image was
+    assert requests_to(imagen_emulator, FLUX) == 1
+
+
+@pytest.mark.parametrize("preset", FINAL)
+def test_input_credential_and_quota_errors_never_fall_back(imagen_emulator, preset):
+    imagen_emulator.inject(preset, model=IMAGEN)
+    with pytest.raises(CloudflareWorkersAIError) as info:
+        hook().generate_image("A lighthouse at dawn", fallback_models=[FLUX])
+    assert info.value.model == IMAGEN and not info.value.skipped_models
+    assert requests_to(imagen_emulator, FLUX) == 0 and imagen_emulator.generations == 0
+
+
+def test_a_request_that_may_have_been_billed_never_falls_back(imagen_emulator):
+    # The answer does not come in time: the image may exist and be billed, so no second model is paid for it.
+    imagen_emulator.inject("slow", delay=1.0, model=IMAGEN)
+    with pytest.raises(GenerationOutcomeUnknownError):
+        CloudflareWorkersAIHook(timeout=0.3).generate_image("A lighthouse at dawn", fallback_models=[FLUX])
+    assert requests_to(imagen_emulator, FLUX) == 0
+    assert imagen_emulator.wait_for_generations(1) == 1  # Imagen's image, billed once, and nothing else
+
+
+def test_when_every_model_is_unavailable_the_error_says_what_each_did(imagen_emulator):
+    imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
+    imagen_emulator.inject("unavailable", times=ATTEMPTS, model=FLUX)
+    with pytest.raises(CloudflareWorkersAIError) as info:
+        hook().generate_image("A lighthouse at dawn", fallback_models=[FLUX])
+    error = info.value
+    assert error.model == FLUX and error.status_code == 503
+    assert [s["model"] for s in error.skipped_models] == [IMAGEN]
+    assert f"after falling back from {IMAGEN}" in str(error) and "provider_unavailable" in str(error)
+    assert imagen_emulator.generations == 0
+
+
+def test_a_model_with_a_fallback_counts_rate_limit_refusals_as_attempts(imagen_emulator):
+    # Alone, Imagen's refusals would be waited out for up to max_rate_limit_wait; with a fallback, its capacity
+    # is spent when its retries are.
+    imagen_emulator.inject("capacity", times=50, model=IMAGEN)
+    image = hook().generate_image("A lighthouse at dawn", fallback_models=[FLUX])
+    assert image.model == FLUX and requests_to(imagen_emulator, IMAGEN) == ATTEMPTS
+
+
+def test_the_image_comes_from_the_first_model_that_is_available(imagen_emulator):
+    image = hook().generate_image("A lighthouse at dawn", fallback_models=[FLUX])
+    assert image.model == IMAGEN and image.url and image.skipped_models == ()
+    assert requests_to(imagen_emulator, FLUX) == 0
+
+
+# --- The chain is checked before anything is sent ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fallback_models", "message"),
+    [
+        ("@cf/black-forest-labs/flux-1-schnell", "fallback_models: expected a list"),
+        (["@cf/../../user/tokens"], "fallback_models\\[0\\]"),
+        ([FLUX, IMAGEN], "fallback_models\\[1\\]: 'google/imagen-4' is already in the chain"),
+        ([f"@cf/vendor/m{n}" for n in range(5)], "at most 4 fallbacks"),
+    ],
+)
+def test_a_bad_chain_is_refused_before_any_request(imagen_emulator, fallback_models, message):
+    with pytest.raises(InvalidInputError, match=message):
+        hook().generate_image("A lighthouse", fallback_models=fallback_models)
+    with pytest.raises(InvalidInputError, match=message):
+        ImagenGenerateImageTrigger(prompt="A lighthouse", fallback_models=fallback_models)
+    with pytest.raises(InvalidInputError, match=message):  # a literal list fails when the DAG is parsed
+        single(prompt="A lighthouse", fallback_models=fallback_models)
+    assert imagen_emulator.api_requests == 0
+
+
+def test_a_fallback_that_answers_in_bytes_needs_output_path(imagen_emulator):
+    op = single(prompt="A lighthouse", fallback_models=[FLUX])
+    with pytest.raises(InvalidInputError, match=r"Fallback model .*flux.* \(fallback_models\[0\]\) .* output_path"):
+        op.execute({"ti": TaskInstance()})
+    assert imagen_emulator.api_requests == 0
+
+
+def test_a_templated_chain_is_checked_once_rendered(imagen_emulator):
+    op = single(prompt="A lighthouse", fallback_models=["{{ params.fallback }}"])
+    op.render_template_fields({"params": {"fallback": "@cf/../user/tokens"}})
+    with pytest.raises(InvalidInputError, match=r"fallback_models\[0\]"):
+        op.execute({"ti": TaskInstance()})
+    assert imagen_emulator.api_requests == 0
+
+
+@respx.mock
+def test_each_fallback_gets_its_own_cache_key_so_no_model_gets_anothers_image(monkeypatch):
+    conn = {"conn_type": "cloudflare_workers_ai", "password": "t", "extra": {"account_id": "acct"}}
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", json.dumps(conn))
+    failed = {"state": "Failed", "error": {"code": "provider_unavailable", "message": "down"}}
+    route = respx.post("https://api.cloudflare.com/client/v4/accounts/acct/ai/run").mock(
+        return_value=httpx.Response(200, json=failed)
+    )
+    flux = respx.post(f"https://api.cloudflare.com/client/v4/accounts/acct/ai/run/{FLUX}").mock(
+        return_value=httpx.Response(500, json={"success": False, "errors": [{"code": 3043, "message": "x"}]})
+    )
+    sdxl = respx.post(f"https://api.cloudflare.com/client/v4/accounts/acct/ai/run/{SDXL}").mock(
+        return_value=httpx.Response(200, content=b"\x89PNG\r\n\x1a\n" + b"0" * 64)
+    )
+    flux.side_effect = [httpx.Response(503, text="Service Unavailable")] * ATTEMPTS
+    image = hook().generate_image(
+        "A lighthouse", fallback_models=[FLUX, SDXL], gateway_options={"cache_key": "k", "gateway_id": "g"}
+    )
+    assert image.model == SDXL and [s.model for s in image.skipped_models] == [IMAGEN, FLUX]
+    keys = [call.request.headers["cf-aig-cache-key"] for call in (route.calls[0], flux.calls[0], sdxl.calls[0])]
+    assert keys[0] == "k" and len(set(keys)) == 3 and all(key.startswith("k-") for key in keys[1:])
+
+
+# --- Operators, the decorator, deferral and retries -----------------------------------------------------
+
+
+def test_the_operator_stores_the_fallbacks_image_and_says_which_model_made_it(imagen_emulator, tmp_path, capsys):
+    imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
+    op = single(prompt="A lighthouse at dawn", fallback_models=[FLUX], output_path=f"{tmp_path}/", max_retries=1)
+    ti = TaskInstance()
+    returned = op.execute({"ti": ti})
+    log = capsys.readouterr().out
+
+    summary = ti.pushed["image"]
+    assert summary["model"] == FLUX and summary["url"] is None and returned == summary["stored_uri"]
+    (skipped,) = summary["skipped_models"]
+    assert (skipped["model"], skipped["code"], skipped["attempts"]) == (IMAGEN, "provider_unavailable", ATTEMPTS)
+    assert Path(returned.removeprefix("file://")).read_bytes()[:3] == b"\xff\xd8\xff"  # flux's JPEG
+    assert f"{IMAGEN} was passed over for {FLUX}: " in log and "code provider_unavailable" in log
+    assert f"{IMAGEN} is unavailable after {ATTEMPTS} attempt(s)" in log and f"falling back to {FLUX}" in log
+    assert imagen_emulator.generations == 1
+
+
+class FailingOnce(TaskInstance):
+    """A task instance whose first XCom push fails: the try dies after its image was generated and stored."""
+
+    failed = False
+
+    def xcom_push(self, key, value):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("the metadata database went away")
+        super().xcom_push(key, value)
+
+
+def test_a_retry_reuses_the_fallbacks_stored_image_instead_of_paying_again(imagen_emulator, tmp_path, monkeypatch):
+    from airflow_provider_imagen.durable import CONFIG_OPTION, CONFIG_SECTION
+
+    monkeypatch.setenv(f"AIRFLOW__{CONFIG_SECTION.upper()}__{CONFIG_OPTION.upper()}", str(tmp_path / "records"))
+    imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
+    op = single(prompt="A lighthouse at dawn", fallback_models=[FLUX], output_path=f"{tmp_path}/", max_retries=1)
+    ti = FailingOnce()
+    with pytest.raises(RuntimeError):
+        op.execute({"ti": ti})
+    ti.retry()  # Imagen is available again, but the image this task instance paid for is kept
+    stored = op.execute({"ti": ti})
+    summary = ti.pushed["image"]
+    assert summary["reused"] is True and summary["model"] == FLUX and stored == summary["stored_uri"]
+    assert summary["skipped_models"][0]["model"] == IMAGEN
+    assert imagen_emulator.generations == 1
+
+
+def test_deferred_the_triggerer_tries_url_models_and_the_worker_the_ones_that_answer_in_bytes(
+    imagen_emulator, tmp_path
+):
+    imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
+    op = single(
+        prompt="A lighthouse at dawn",
+        fallback_models=[FLUX],
+        output_path=f"{tmp_path}/",
+        deferrable=True,
+        max_retries=1,
+    )
+    ti = TaskInstance()
+    with pytest.raises(task_deferred_class()) as deferred:
+        op.execute({"ti": ti})
+    trigger = deferred.value.trigger
+    assert trigger.model == IMAGEN and not trigger.fallback_models  # no image bytes through the triggerer
+    event = run_trigger(trigger)
+    assert event["status"] == "error" and event["inputs"]["prompt"] == "A lighthouse at dawn"
+
+    stored = op.execute_complete({"ti": ti}, event)
+    summary = ti.pushed["image"]
+    assert summary["model"] == FLUX and stored == summary["stored_uri"]
+    assert [(s["model"], s["attempts"]) for s in summary["skipped_models"]] == [(IMAGEN, ATTEMPTS)]
+    assert requests_to(imagen_emulator, IMAGEN) == ATTEMPTS  # not tried again on the worker
+    assert imagen_emulator.generations == 1
+
+
+def test_deferred_a_final_error_is_not_taken_further(imagen_emulator, tmp_path):
+    imagen_emulator.inject("content_policy", model=IMAGEN)
+    op = single(prompt="A lighthouse", fallback_models=[FLUX], output_path=f"{tmp_path}/", deferrable=True)
+    ti = TaskInstance()
+    with pytest.raises(task_deferred_class()) as deferred:
+        op.execute({"ti": ti})
+    with pytest.raises(CloudflareWorkersAIError, match="safety filters"):
+        op.execute_complete({"ti": ti}, run_trigger(deferred.value.trigger))
+    assert requests_to(imagen_emulator, FLUX) == 0
+
+
+def test_a_batch_passes_over_a_model_once_found_unavailable(imagen_emulator, tmp_path):
+    imagen_emulator.inject("provider_unavailable", times=1000, model=IMAGEN)
+    prompts = [f"A lighthouse, study {n}" for n in range(6)]
+    op = batch(prompts=prompts, fallback_models=[FLUX], output_path=f"{tmp_path}/", max_concurrency=2, max_retries=1)
+    ti = TaskInstance()
+    op.execute({"ti": ti})
+
+    summaries = ti.pushed["images"]
+    assert [s["model"] for s in summaries] == [FLUX] * 6
+    # The first two prompts spent Imagen's retries; the other four skipped it without a request.
+    assert requests_to(imagen_emulator, IMAGEN) == 2 * ATTEMPTS
+    assert sorted(s["skipped_models"][0]["attempts"] for s in summaries) == [0, 0, 0, 0, ATTEMPTS, ATTEMPTS]
+    assert imagen_emulator.generations == 6
+
+
+def test_the_decorator_falls_back_deferred_through_a_dag_run(airflow_db, imagen_emulator, tmp_path):
+    imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
+    with DAG(dag_id="imagen_fallback_decorated", schedule=None, start_date=datetime(2025, 1, 1)) as dag:
+
+        @task.imagen(fallback_models=[FLUX], output_path=f"{tmp_path}/", deferrable=True, max_retries=1)
+        def poster(film: str) -> dict[str, str]:
+            return {"prompt": f"A minimalist poster for {film}", "aspect_ratio": "3:4"}
+
+        poster("Metropolis")
+
+    dag_run = register_dag(dag).test()
+    assert dag_run.state == "success"
+    ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "poster")
+    summary = ti.xcom_pull(task_ids="poster", key="image")
+    assert summary["model"] == FLUX and summary["prompt"] == "A minimalist poster for Metropolis"
+    assert summary["aspect_ratio"] == "3:4" and summary["skipped_models"][0]["model"] == IMAGEN
+    assert imagen_emulator.generations == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"model": SDXL}, "model"), ({"fallback_models": [FLUX]}, r"fallback_models\[0\]")]
+)
+def test_a_trigger_refuses_models_whose_image_bytes_an_event_cannot_carry(kwargs, field):
+    # Generated in the triggerer, such an image would be billed and then lost.
+    with pytest.raises(InvalidInputError, match=f"Invalid {field} for a trigger: .* answers with image bytes"):
+        ImagenGenerateImageTrigger(prompt="A lighthouse", **kwargs)
+
+
+def test_a_triggers_fallbacks_survive_serialization(imagen_emulator):
+    original = ImagenGenerateImageTrigger(prompt="A lighthouse", fallback_models=["google/imagen-4-fast"])
+    classpath, kwargs = original.serialize()
+    assert kwargs["fallback_models"] == ["google/imagen-4-fast"]
+    assert ImagenGenerateImageTrigger(**json.loads(json.dumps(kwargs))).serialize() == (classpath, kwargs)
