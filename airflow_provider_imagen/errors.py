@@ -48,6 +48,8 @@ class CloudflareWorkersAIError(AirflowException):
         self.model: str | None = None
         #: The models tried before this one and why each was passed over (see ``fallback.py``).
         self.skipped_models: list[dict[str, object]] = []
+        #: Whether an attempt of the call may have made a billed image: no other model is then paid for one.
+        self.maybe_billed = isinstance(self, GenerationOutcomeUnknownError)
         super().__init__(message)
 
     def describe(self) -> str:
@@ -67,7 +69,7 @@ class CloudflareWorkersAIError(AirflowException):
             context.append(f"model {self.model}")
         if self.attempts > 1:
             context.append(f"after {self.attempts} attempts")
-        for skipped in self.skipped_models:
+        for skipped in getattr(self, "skipped_models", ()):  # absent from errors pickled by older versions
             context.append(f"after falling back from {skipped.get('model')}: {skipped.get('reason')}")
         return f"{text} [{', '.join(context)}]" if context else text
 

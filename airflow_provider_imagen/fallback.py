@@ -7,8 +7,9 @@ HTTP 503, or not available via unified billing. Any other error fails the call a
 get the same input and the same token, and a request whose outcome is unknown may have made a billed image
 that a second model would be paid to make again.
 
-- A model with a fallback counts refusals by a rate limit as attempts: its capacity is spent when its retries
-  are, rather than after ``max_rate_limit_wait`` seconds of waiting for it.
+- A model with a fallback counts "capacity exceeded" (3040) refusals as attempts: its capacity is spent when its
+  retries are, rather than after ``max_rate_limit_wait`` seconds of waiting for it. Other refusals by a rate
+  limit (we send too fast) are paced as always, and fall back only once that budget is spent.
 - Every model after the first gets its own AI Gateway cache key (the call's key and the model's digest), so no
   model is ever answered with another model's cached image.
 - A hook remembers for :data:`UNAVAILABLE_SECONDS` the models it found unavailable, so the other prompts of a
@@ -85,9 +86,12 @@ class ModelWalk:
             known = None if last else self.unavailable.recent(model)
             if known is not None:
                 age, why = known
-                self.skipped.append(why.model_copy(update={"attempts": 0}))
-                self.log.info("Skipping %s: found unavailable %.0f s ago (%s)", model, age, why.reason)
+                reason = f"found unavailable {age:.0f} s earlier by this task, not tried again yet: {why.reason}"
+                self.skipped.append(why.model_copy(update={"attempts": 0, "reason": reason}))
+                self.log.info("Passing over %s: %s", model, reason)
                 continue
+            if index > 0:
+                self.log.info("Trying fallback model %s", model)
             yield model, cache_key_for(self.options, model, first=index == 0), last
 
     def failed(self, model: str, err: CloudflareWorkersAIError, last: bool) -> None:
@@ -101,13 +105,8 @@ class ModelWalk:
         skipped = skipped_from(model, err)
         self.skipped.append(skipped)
         self.unavailable.note([skipped])
-        following = self.chain[self.chain.index(model) + 1]
         self.log.warning(
-            "%s is unavailable after %d attempt(s) (%s): falling back to %s",
-            model,
-            err.attempts,
-            skipped.reason,
-            following,
+            "%s is unavailable after %d attempt(s) (%s): falling back", model, err.attempts, skipped.reason
         )
 
     def made(self, image: GeneratedImage) -> GeneratedImage:

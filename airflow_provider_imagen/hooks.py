@@ -19,7 +19,7 @@ from airflow_provider_imagen.fallback import ModelWalk, UnavailableModels
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, ImagenInput, RunResult
 from airflow_provider_imagen.pacing import pacer_for
 from airflow_provider_imagen.responses import image_from_result, parse_response
-from airflow_provider_imagen.retry import annotate, is_idempotent, retry_policy, transport_error
+from airflow_provider_imagen.retry import CallRecord, annotate, is_idempotent, retry_policy, transport_error
 from airflow_provider_imagen.rules import model_chain, returns_bytes
 from airflow_provider_imagen.transport import SpreadTransport, environment_proxy
 from airflow_provider_imagen.verify import check_connection
@@ -180,17 +180,18 @@ class CloudflareWorkersAIHook(BaseHook):
         :raises InvalidInputError: for a malformed model id or gateway option, before any request.
         :raises CloudflareWorkersAIError: (a subclass of it) once retries are spent or on a final error.
         """
-        return self._run(model, input, GatewayOptions.parse(gateway_options), self.max_rate_limit_wait)
+        return self._run(model, input, GatewayOptions.parse(gateway_options))
 
     def _run(
-        self, model: str, input: Mapping[str, Any], options: GatewayOptions | None, rate_limit_wait: float | None
+        self, model: str, input: Mapping[str, Any], options: GatewayOptions | None, fallback_follows: bool = False
     ) -> RunResult:
         settings = self.settings
         client = self.get_conn()
         request = settings.build_request(client, model, input, options)
         start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute, model)
+        call = CallRecord()
         try:
-            for attempt in Retrying(**self._retry_policy(settings, model, request, rate_limit_wait)):
+            for attempt in Retrying(**self._retry_policy(settings, model, request, call, fallback_follows)):
                 with attempt, pacer.wait_turn():  # the turn reports the answer to the account's pacer
                     attempt_number = attempt.retry_state.attempt_number
                     try:
@@ -199,7 +200,7 @@ class CloudflareWorkersAIHook(BaseHook):
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
-            annotate(err, model, attempt_number)
+            annotate(err, model, attempt_number, call)
             raise
         return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
@@ -207,17 +208,18 @@ class CloudflareWorkersAIHook(BaseHook):
         self, model: str, input: Mapping[str, Any], *, gateway_options: GatewayOptions | dict[str, Any] | None = None
     ) -> RunResult:
         """The same as :meth:`run`, without blocking the event loop."""
-        return await self._arun(model, input, GatewayOptions.parse(gateway_options), self.max_rate_limit_wait)
+        return await self._arun(model, input, GatewayOptions.parse(gateway_options))
 
     async def _arun(
-        self, model: str, input: Mapping[str, Any], options: GatewayOptions | None, rate_limit_wait: float | None
+        self, model: str, input: Mapping[str, Any], options: GatewayOptions | None, fallback_follows: bool = False
     ) -> RunResult:
         settings = await self.aget_settings()
         client = await self.aget_conn()
         request = settings.build_request(client, model, input, options)
         start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute, model)
+        call = CallRecord()
         try:
-            async for attempt in AsyncRetrying(**self._retry_policy(settings, model, request, rate_limit_wait)):
+            async for attempt in AsyncRetrying(**self._retry_policy(settings, model, request, call, fallback_follows)):
                 with attempt, await pacer.turn():
                     attempt_number = attempt.retry_state.attempt_number
                     try:
@@ -226,7 +228,7 @@ class CloudflareWorkersAIHook(BaseHook):
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
-            annotate(err, model, attempt_number)
+            annotate(err, model, attempt_number, call)
             raise
         return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
@@ -258,7 +260,7 @@ class CloudflareWorkersAIHook(BaseHook):
         walk = self._walk(model, fallback_models, gateway_options)
         for candidate, options, last in walk.steps():
             try:
-                result = self._run(candidate, image_input.to_request(), options, self._rate_limit_wait(last))
+                result = self._run(candidate, image_input.to_request(), options, not last)
                 return walk.made(image_from_result(result, image_input))
             except CloudflareWorkersAIError as err:
                 walk.failed(candidate, err, last)  # re-raises unless the next model may make it
@@ -273,13 +275,19 @@ class CloudflareWorkersAIHook(BaseHook):
         model: str = IMAGEN_4,
         fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
+        fallback_follows: bool = False,
     ) -> GeneratedImage:
-        """The same as :meth:`generate_image`, without blocking the event loop."""
+        """
+        The same as :meth:`generate_image`, without blocking the event loop.
+
+        :param fallback_follows: the caller tries more models if these are unavailable (a trigger, whose task
+            goes on with models that answer in bytes): the last model's capacity is then spent with its retries.
+        """
         image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
         walk = self._walk(model, fallback_models, gateway_options)
         for candidate, options, last in walk.steps():
             try:
-                result = await self._arun(candidate, image_input.to_request(), options, self._rate_limit_wait(last))
+                result = await self._arun(candidate, image_input.to_request(), options, not last or fallback_follows)
                 return walk.made(image_from_result(result, image_input))
             except CloudflareWorkersAIError as err:
                 walk.failed(candidate, err, last)
@@ -319,21 +327,16 @@ class CloudflareWorkersAIHook(BaseHook):
         model_chain(model, fallback_models)
         gate = asyncio.Semaphore(max_concurrency)
 
-        async def one(image_input: ImagenInput) -> GeneratedImage | CloudflareWorkersAIError:
+        async def one(image: ImagenInput) -> GeneratedImage | CloudflareWorkersAIError:
             async with gate:
                 try:
                     return await self.agenerate_image(
-                        image_input.prompt,
-                        image_input.aspect_ratio,
-                        image_input.person_generation,
-                        model=model,
-                        fallback_models=fallback_models,
-                        gateway_options=options,
+                        **image.model_dump(), model=model, fallback_models=fallback_models, gateway_options=options
                     )
                 except CloudflareWorkersAIError as err:
                     return err
 
-        return list(await asyncio.gather(*(one(image_input) for image_input in inputs)))
+        return list(await asyncio.gather(*(one(image) for image in inputs)))
 
     def generate_images(
         self,
@@ -381,19 +384,17 @@ class CloudflareWorkersAIHook(BaseHook):
         chain = model_chain(model, fallback_models)
         return ModelWalk(chain, GatewayOptions.parse(options), self.unavailable_models, self.log)
 
-    def _rate_limit_wait(self, last: bool) -> float | None:
-        # A model with a fallback counts refusals as attempts: its capacity is spent when its retries are.
-        return self.max_rate_limit_wait if last else None
-
     def _retry_policy(
-        self, settings: ConnectionSettings, model: str, request: httpx.Request, rate_limit_wait: float | None
+        self, settings: ConnectionSettings, model: str, request: httpx.Request, call: CallRecord, fallback: bool
     ) -> dict[str, Any]:
         return retry_policy(
             attempts=1 + (settings.max_retries if self.max_retries is None else self.max_retries),
             backoff=self.retry_backoff,
             max_wait=self.max_retry_wait,
-            rate_limit_wait=rate_limit_wait,
+            rate_limit_wait=self.max_rate_limit_wait,
             idempotent=is_idempotent(request, returns_bytes(model)),
             log=self.log,
             model=model,
+            call=call,
+            capacity_is_attempt=fallback,  # a model another may stand in for is spent when its retries are
         )

@@ -197,6 +197,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
         if self.deferrable:
             from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 
+            in_triggerer, on_worker = split_for_triggerer(chain)
             self._imagen_deferring = True  # the link computed as this try ends has no image to read yet
             self.defer(
                 trigger=ImagenGenerateImageTrigger(
@@ -205,7 +206,8 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
                     person_generation=unset_if_empty(self.person_generation),
                     cloudflare_conn_id=self.cloudflare_conn_id,
                     model=self.model,
-                    fallback_models=list(split_for_triggerer(chain)[0][1:]),
+                    fallback_models=list(in_triggerer[1:]),
+                    fallback_follows=bool(on_worker),
                     gateway_options=job.options_for(item, regenerations, as_dict=True),
                     timeout=self.timeout,
                     max_retries=self.max_retries,
@@ -219,10 +221,7 @@ class ImagenGenerateImageOperator(_ImagenOperatorMixin, BaseOperator):
             return self._finish(context, job, job.generate_one(hook, item, regenerations))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
-        """
-        Resume after the trigger: the same XComs as the synchronous path, or the same typed error. When the
-        trigger's models were unavailable and models that answer with bytes follow, those run here.
-        """
+        """Resume after the trigger: its image, or its error (models that answer in bytes may follow, here)."""
         from airflow_provider_imagen.generation import job_for
         from airflow_provider_imagen.triggers import error_from_dict
 

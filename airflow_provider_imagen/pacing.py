@@ -32,6 +32,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from airflow_provider_imagen.retry import is_rate_limited
+from airflow_provider_imagen.rules import returns_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -271,12 +272,13 @@ _pacers_lock = threading.Lock()
 
 def pacer_for(settings: ConnectionSettings, requests_per_minute: float | None = None, model: str = "") -> Pacer:
     """
-    The process's pacer for ``model`` on the account ``settings`` call (one per API base URL, account and model:
-    Workers AI limits each model of an account, whichever connection reaches it, and a model found out of
-    capacity must not slow its fallback), held to ``requests_per_minute``, else the connection's.
+    The process's pacer for ``model`` on the account ``settings`` call, held to ``requests_per_minute``, else the
+    connection's. One per API base URL, account and limit: Cloudflare's own models (``@cf/``, ``@hf/``) share the
+    account's Workers AI limit, which is per task type; each third-party model has its provider's. So a model
+    found out of capacity does not slow the model that stands in for it.
     A limit once given stays until another replaces it: a hook that names none does not lift it.
     """
-    key = (settings.base_url, settings.account_id, model)
+    key = (settings.base_url, settings.account_id, "workers-ai" if returns_bytes(model) else model)
     with _pacers_lock:
         pacer = _pacers.get(key)
         if pacer is None:

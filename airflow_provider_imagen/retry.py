@@ -24,6 +24,7 @@ from __future__ import annotations
 import email.utils
 import ssl
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -120,14 +121,20 @@ def is_rate_limited(exc: BaseException | None) -> bool:
     return isinstance(exc, CloudflareRateLimitError) and exc.retryable
 
 
+def is_capacity(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the model is out of capacity (3040), rather than that we send too fast."""
+    return isinstance(exc, CloudflareRateLimitError) and _as_int(exc.code) in _CAPACITY
+
+
 def is_unavailable(exc: BaseException | None) -> bool:
     """
     Whether ``exc``, raised once a model's retries were spent, says the model cannot serve now, so that another
-    model may: out of capacity or throttled (3040, 429, wholesale 2021), ``provider_unavailable``, HTTP 503, or
-    not available via unified billing (2021). Never an input or credentials error, nor a daily allocation used up
-    (the account's, whichever model), nor a request whose outcome is unknown (its image may have been billed).
+    model may: out of capacity or throttled past the call's rate-limit budget (3040, 429, wholesale 2021),
+    ``provider_unavailable``, HTTP 503, or not available via unified billing (2021). Never an input or
+    credentials error, nor a daily allocation used up (the account's, whichever model), nor a call any of whose
+    attempts may have made a billed image (a read timeout, an answer lost after it started).
     """
-    if not isinstance(exc, CloudflareWorkersAIError) or isinstance(exc, GenerationOutcomeUnknownError):
+    if not isinstance(exc, CloudflareWorkersAIError) or getattr(exc, "maybe_billed", True):
         return False
     if isinstance(exc, CloudflareRateLimitError):
         return exc.retryable
@@ -136,10 +143,18 @@ def is_unavailable(exc: BaseException | None) -> bool:
     return exc.code == "provider_unavailable" or (exc.status_code == 503 and isinstance(exc, CloudflareServerError))
 
 
-def annotate(err: CloudflareWorkersAIError, model: str, attempts: int) -> None:
-    """Note on ``err`` the model called and the requests sent (rate-limit refusals included)."""
+@dataclass
+class CallRecord:
+    """What the attempts of one call met: whether any of them may have made a (billed) image."""
+
+    maybe_billed: bool = False
+
+
+def annotate(err: CloudflareWorkersAIError, model: str, attempts: int, call: CallRecord) -> None:
+    """Note on ``err`` the model called, the requests sent (rate-limit refusals included), and what they met."""
     err.model = model
     err.attempts = max(attempts, 1)
+    err.maybe_billed = err.maybe_billed or call.maybe_billed
 
 
 def _as_int(code: int | str | None) -> int | None:
@@ -220,10 +235,12 @@ def retry_policy(
     attempts: int,
     backoff: float,
     max_wait: float,
-    rate_limit_wait: float | None,
+    rate_limit_wait: float,
     idempotent: bool,
     log: Logger,
     model: str,
+    call: CallRecord | None = None,
+    capacity_is_attempt: bool = False,
 ) -> dict[str, Any]:
     """
     Keyword arguments for tenacity's ``Retrying`` / ``AsyncRetrying``.
@@ -232,20 +249,27 @@ def retry_policy(
     :param backoff: seconds before the first retry; doubles each time, with jitter.
     :param max_wait: the longest single wait. A ``Retry-After`` longer than this ends the retries instead.
     :param rate_limit_wait: seconds, from a call's first refusal by a rate limit, during which refusals are
-        re-sent without counting as attempts; ``None`` counts them as attempts (a model with a fallback: its
-        capacity is spent once its retries are).
+        re-sent without counting as attempts.
     :param idempotent: whether the request carries a cache key that makes a re-send of a completed
         generation free (see :func:`is_idempotent`).
     :param log: where each retry is logged, with its attempt, its cause and the wait.
     :param model: the model called, for the log.
+    :param call: notes whether an attempt may have made a billed image (see :func:`is_unavailable`).
+    :param capacity_is_attempt: count "capacity exceeded" (3040) refusals as attempts: a model another model
+        may stand in for is spent when its retries are, not after ``rate_limit_wait``.
     """
     exponential = backoff_wait(backoff, max_wait)
     refused: list[float] = []  # when each refusal by a rate limit came, this call
+    call = call if call is not None else CallRecord()
+
+    def paced(exc: BaseException | None) -> bool:
+        """A refusal that is re-sent at the account's pace without counting as an attempt."""
+        return is_rate_limited(exc) and not (capacity_is_attempt and is_capacity(exc))
 
     def log_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         sleep = state.next_action.sleep if state.next_action else 0.0
-        if is_rate_limited(exc) and rate_limit_wait is not None:
+        if paced(exc):
             log.info(
                 "Cloudflare Workers AI call to %s was refused by the rate limit (not billed, not counted as an "
                 "attempt): %s; retrying in %.1f s, at the account's pace",
@@ -264,13 +288,14 @@ def retry_policy(
         )
 
     def stop(state: RetryCallState) -> bool:
-        if rate_limit_wait is not None and is_rate_limited(state.outcome.exception() if state.outcome else None):
+        if paced(state.outcome.exception() if state.outcome else None):
             refused.append(time.monotonic())
             return refused[-1] - refused[0] >= rate_limit_wait
         return state.attempt_number - len(refused) >= attempts
 
     def should_retry(exc: BaseException) -> bool:
         if isinstance(exc, GenerationOutcomeUnknownError):
+            call.maybe_billed = True
             return idempotent and exc.answer_started
         if not isinstance(exc, CloudflareWorkersAIError) or not exc.retryable:
             return False

@@ -35,6 +35,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
     :param model: the model id.
     :param fallback_models: models to try in turn when the one before is unavailable (``fallback.py``); models
         that answer with a URL only, as an event carries no image bytes.
+    :param fallback_follows: the task tries more models on its worker if these are unavailable (models that answer
+        with bytes): the last model here is then passed over as the others are, once its retries are spent.
     :param gateway_options: AI Gateway options, as a dict.
     :param timeout: seconds to wait for Cloudflare (the connection's when unset).
     :param max_retries: retries of transient failures (the connection's when unset).
@@ -53,6 +55,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         cloudflare_conn_id: str = DEFAULT_CONN_ID,
         model: str = IMAGEN_4,
         fallback_models: list[str] | None = None,
+        fallback_follows: bool = False,
         gateway_options: dict[str, Any] | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
@@ -76,6 +79,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         self.cloudflare_conn_id = cloudflare_conn_id
         self.model = model
         self.fallback_models = list(fallback_models) if fallback_models else None
+        self.fallback_follows = fallback_follows
         self.gateway_options = gateway_options
         self.timeout = timeout
         self.max_retries = max_retries
@@ -93,6 +97,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 "cloudflare_conn_id": self.cloudflare_conn_id,
                 "model": self.model,
                 "fallback_models": self.fallback_models,
+                "fallback_follows": self.fallback_follows,
                 "gateway_options": self.gateway_options,
                 "timeout": self.timeout,
                 "max_retries": self.max_retries,
@@ -122,6 +127,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                     model=self.model,
                     fallback_models=self.fallback_models,
                     gateway_options=self.gateway_options,
+                    fallback_follows=self.fallback_follows,
                 )
         except Exception as err:
             # Every failure, a missing connection included, fails the task through one event, never the
@@ -160,6 +166,7 @@ def error_to_dict(error: BaseException, conn_id: str | None = None) -> dict[str,
             attempts=error.attempts,
             model=error.model,
             skipped_models=error.skipped_models,
+            maybe_billed=error.maybe_billed,
         )
     return payload
 
@@ -185,6 +192,7 @@ def error_from_dict(payload: dict[str, object] | None) -> Exception:
     error.model = model if isinstance(model, str) else None
     skipped = payload.get("skipped_models")
     error.skipped_models = [s for s in skipped if isinstance(s, dict)] if isinstance(skipped, list) else []
+    error.maybe_billed = error.maybe_billed or payload.get("maybe_billed") is not False
     return error
 
 

@@ -15,7 +15,9 @@ import respx
 from airflow.sdk import DAG, task
 
 from airflow_provider_imagen.errors import CloudflareWorkersAIError, GenerationOutcomeUnknownError, InvalidInputError
+from airflow_provider_imagen.fallback import cache_key_for
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+from airflow_provider_imagen.models import GatewayOptions
 from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 from tests.conftest import register_dag, task_deferred_class
 from tests.test_durable import TaskInstance, batch, run_trigger, single
@@ -41,8 +43,14 @@ def requests_to(emulator, model: str) -> int:
 
 # --- Which errors fall back ---------------------------------------------------------------------------
 
-#: A model that is unavailable, in each way Cloudflare says so: the next model makes the image.
-UNAVAILABLE = ["provider_unavailable", "capacity", "wholesale_throttle", "unified_billing_unavailable", "unavailable"]
+#: A model that is unavailable, in each way Cloudflare says so, with the code the skipped entry carries: the next
+#: model makes the image.
+UNAVAILABLE = {
+    "provider_unavailable": "provider_unavailable",
+    "capacity": 3040,
+    "unified_billing_unavailable": 2021,
+    "unavailable": None,  # a plain 503
+}
 #: Everything else is final: the next model would get the same input and token, or pay for an image again.
 FINAL = [
     "invalid_data",
@@ -57,7 +65,7 @@ FINAL = [
 ]
 
 
-@pytest.mark.parametrize("preset", UNAVAILABLE)
+@pytest.mark.parametrize("preset", list(UNAVAILABLE))
 def test_an_unavailable_model_falls_back_and_only_the_image_made_is_billed(imagen_emulator, tmp_path, preset):
     imagen_emulator.inject(preset, times=ATTEMPTS, model=IMAGEN)
     image = hook().generate_image("A lighthouse at dawn", "16:9", fallback_models=[FLUX])
@@ -65,7 +73,7 @@ def test_an_unavailable_model_falls_back_and_only_the_image_made_is_billed(image
     assert image.model == FLUX and image.data is not None and image.media_type == "image/jpeg"
     (skipped,) = image.skipped_models
     assert skipped.model == IMAGEN and skipped.attempts == (1 if preset == "unified_billing_unavailable" else ATTEMPTS)
-    assert str(skipped.code) in skipped.reason or skipped.code is None
+    assert skipped.code == UNAVAILABLE[preset] and skipped.reason.startswith("Cloudflare Workers AI error (HTTP")
     assert imagen_emulator.generations == 1  # the refusals were not billed; the flux image was
     assert requests_to(imagen_emulator, FLUX) == 1
 
@@ -88,6 +96,38 @@ def test_a_request_that_may_have_been_billed_never_falls_back(imagen_emulator):
     assert imagen_emulator.wait_for_generations(1) == 1  # Imagen's image, billed once, and nothing else
 
 
+def test_a_model_refused_for_sending_too_fast_is_paced_and_falls_back_only_once_the_budget_is_spent(
+    imagen_emulator,
+):
+    # Throttling (a plain 429, wholesale 2021) means "slower", not "unavailable": the refusals are re-sent at
+    # the pace the account allows, uncounted, and only a budget spent without an answer passes the model over.
+    imagen_emulator.inject("wholesale_throttle", times=3, model=IMAGEN)
+    image = hook().generate_image("A lighthouse at dawn", fallback_models=[FLUX])
+    assert image.model == IMAGEN and requests_to(imagen_emulator, IMAGEN) == 4
+
+    imagen_emulator.inject(kind="error", status=429, times=1000, model=IMAGEN)
+    quick = CloudflareWorkersAIHook(max_retries=1, retry_backoff=0.01, max_rate_limit_wait=0.5)
+    image = quick.generate_image("A fox at dusk", fallback_models=[FLUX])
+    assert image.model == FLUX and image.skipped_models[0].status_code == 429
+    assert imagen_emulator.generations == 2
+
+
+@respx.mock
+def test_a_model_that_may_have_billed_an_image_is_not_passed_over_even_if_it_then_fails(monkeypatch):
+    # Attempt 1's answer started and was cut (the image exists, billed); its re-send got a 503. Falling back would
+    # pay FLUX for a second image.
+    conn = {"conn_type": "cloudflare_workers_ai", "password": "t", "extra": {"account_id": "acct"}}
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", json.dumps(conn))
+    imagen = respx.post("https://api.cloudflare.com/client/v4/accounts/acct/ai/run").mock(
+        side_effect=[httpx.Response(200, content=b'{"state": "Compl'), httpx.Response(503, text="Unavailable")]
+    )
+    flux = respx.post(f"https://api.cloudflare.com/client/v4/accounts/acct/ai/run/{FLUX}")
+    with pytest.raises(CloudflareWorkersAIError) as info:
+        hook().generate_image("A lighthouse", fallback_models=[FLUX])
+    assert info.value.status_code == 503 and info.value.maybe_billed
+    assert imagen.call_count == 2 and flux.call_count == 0
+
+
 def test_when_every_model_is_unavailable_the_error_says_what_each_did(imagen_emulator):
     imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
     imagen_emulator.inject("unavailable", times=ATTEMPTS, model=FLUX)
@@ -100,9 +140,9 @@ def test_when_every_model_is_unavailable_the_error_says_what_each_did(imagen_emu
     assert imagen_emulator.generations == 0
 
 
-def test_a_model_with_a_fallback_counts_rate_limit_refusals_as_attempts(imagen_emulator):
-    # Alone, Imagen's refusals would be waited out for up to max_rate_limit_wait; with a fallback, its capacity
-    # is spent when its retries are.
+def test_a_model_with_a_fallback_counts_capacity_refusals_as_attempts(imagen_emulator):
+    # Alone, Imagen's "capacity exceeded" refusals would be waited out for up to max_rate_limit_wait; with a
+    # fallback, its capacity is spent when its retries are.
     imagen_emulator.inject("capacity", times=50, model=IMAGEN)
     image = hook().generate_image("A lighthouse at dawn", fallback_models=[FLUX])
     assert image.model == FLUX and requests_to(imagen_emulator, IMAGEN) == ATTEMPTS
@@ -190,7 +230,7 @@ def test_the_operator_stores_the_fallbacks_image_and_says_which_model_made_it(im
     assert (skipped["model"], skipped["code"], skipped["attempts"]) == (IMAGEN, "provider_unavailable", ATTEMPTS)
     assert Path(returned.removeprefix("file://")).read_bytes()[:3] == b"\xff\xd8\xff"  # flux's JPEG
     assert f"{IMAGEN} was passed over for {FLUX}: " in log and "code provider_unavailable" in log
-    assert f"{IMAGEN} is unavailable after {ATTEMPTS} attempt(s)" in log and f"falling back to {FLUX}" in log
+    assert f"{IMAGEN} is unavailable after {ATTEMPTS} attempt(s)" in log and f"Trying fallback model {FLUX}" in log
     assert imagen_emulator.generations == 1
 
 
@@ -223,10 +263,12 @@ def test_a_retry_reuses_the_fallbacks_stored_image_instead_of_paying_again(image
     assert imagen_emulator.generations == 1
 
 
+@pytest.mark.parametrize("preset", ["provider_unavailable", "capacity"])
 def test_deferred_the_triggerer_tries_url_models_and_the_worker_the_ones_that_answer_in_bytes(
-    imagen_emulator, tmp_path
+    imagen_emulator, tmp_path, preset
 ):
-    imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
+    # Capacity refusals too: the trigger's last model is not the chain's, so they count as attempts there.
+    imagen_emulator.inject(preset, times=50, model=IMAGEN)
     op = single(
         prompt="A lighthouse at dawn",
         fallback_models=[FLUX],
@@ -239,6 +281,7 @@ def test_deferred_the_triggerer_tries_url_models_and_the_worker_the_ones_that_an
         op.execute({"ti": ti})
     trigger = deferred.value.trigger
     assert trigger.model == IMAGEN and not trigger.fallback_models  # no image bytes through the triggerer
+    assert trigger.fallback_follows is True
     event = run_trigger(trigger)
     assert event["status"] == "error" and event["inputs"]["prompt"] == "A lighthouse at dawn"
 
@@ -248,6 +291,10 @@ def test_deferred_the_triggerer_tries_url_models_and_the_worker_the_ones_that_an
     assert [(s["model"], s["attempts"]) for s in summary["skipped_models"]] == [(IMAGEN, ATTEMPTS)]
     assert requests_to(imagen_emulator, IMAGEN) == ATTEMPTS  # not tried again on the worker
     assert imagen_emulator.generations == 1
+    # The worker sent FLUX the key the synchronous path would have: a retry's re-send finds the same answer.
+    sent = {r["model"]: r["gateway_headers"]["cf-aig-cache-key"] for r in imagen_emulator.stats()["recent"]}
+    key = trigger.gateway_options["cache_key"]
+    assert sent == {IMAGEN: key, FLUX: cache_key_for(GatewayOptions(cache_key=key), FLUX, first=False).cache_key}
 
 
 def test_deferred_a_final_error_is_not_taken_further(imagen_emulator, tmp_path):
@@ -272,7 +319,9 @@ def test_a_batch_passes_over_a_model_once_found_unavailable(imagen_emulator, tmp
     assert [s["model"] for s in summaries] == [FLUX] * 6
     # The first two prompts spent Imagen's retries; the other four skipped it without a request.
     assert requests_to(imagen_emulator, IMAGEN) == 2 * ATTEMPTS
-    assert sorted(s["skipped_models"][0]["attempts"] for s in summaries) == [0, 0, 0, 0, ATTEMPTS, ATTEMPTS]
+    skipped = sorted((s["skipped_models"][0] for s in summaries), key=lambda s: s["attempts"])
+    assert [s["attempts"] for s in skipped] == [0, 0, 0, 0, ATTEMPTS, ATTEMPTS]
+    assert all(s["reason"].startswith("found unavailable") for s in skipped[:4])
     assert imagen_emulator.generations == 6
 
 
