@@ -151,6 +151,7 @@ def runs(airflow_db, imagen_emulator_server: EmulatorServer, tmp_path_factory) -
     from airflow_provider_imagen.emulator.server import EmulatorClient
 
     tmp = tmp_path_factory.mktemp("gallery-images")
+    EmulatorClient(imagen_emulator_server.url).reset()  # faults another test left queued are not ours
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", imagen_emulator_server.connection_json())
         result = {}
