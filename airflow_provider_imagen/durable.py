@@ -333,6 +333,7 @@ class Ledger:
         output_path: str | None = None,
         generated: bool = False,
         regenerations: int = 0,
+        kept: str | None = None,
     ) -> None:
         """
         Keep what this try obtained for one image; count it as billed when it was ``generated`` just now.
@@ -341,6 +342,7 @@ class Ledger:
         :param stored_uri: where it was stored, once it is.
         :param output_path: the ``output_path`` it was stored under: another one needs storing again.
         :param regenerations: how many times an expired URL made it generate again (part of the cache key).
+        :param kept: where its bytes wait on this machine until stored (``storage.keep_bytes``), for bytes models.
         """
         with self._lock:
             summary = self._load()
@@ -349,9 +351,9 @@ class Ledger:
             if self.backend is None or self.request is None:
                 return
             key = self._image_key(image_fingerprint, occurrence)
-            # Image bytes are never kept: only a stored copy of them can be reused.
-            if image is None or image.url is not None or stored_uri is not None:
-                self._write_image(key, image_fingerprint, image, stored_uri, output_path, regenerations)
+            # Image bytes are never kept here: a stored copy of them, or their copy kept on the machine, is reused.
+            if image is None or image.url is not None or stored_uri is not None or kept is not None:
+                self._write_image(key, image_fingerprint, image, stored_uri, output_path, regenerations, kept)
             self.backend.set(f"{KEY_PREFIX}_ledger", summary)
 
     def _write_image(
@@ -362,6 +364,7 @@ class Ledger:
         stored_uri: str | None,
         output_path: str | None,
         regenerations: int,
+        kept: str | None = None,
     ) -> None:
         assert self.backend is not None and self.request is not None
         self.backend.set(
@@ -374,6 +377,7 @@ class Ledger:
                 "stored_uri": stored_uri,
                 "output_path": output_path,
                 "regenerations": regenerations,
+                "kept": kept,
             },
         )
 

@@ -28,7 +28,7 @@ from airflow_provider_imagen.retry import is_unavailable
 from airflow_provider_imagen.rules import returns_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Sequence
 
     from airflow_provider_imagen.errors import CloudflareWorkersAIError
 
@@ -148,3 +148,9 @@ def split_for_triggerer(chain: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[
         if returns_bytes(model):
             return chain[:index], chain[index:]
     return chain, ()
+
+
+def with_earlier(earlier: Sequence[SkippedModel], later: Sequence[SkippedModel]) -> tuple[SkippedModel, ...]:
+    """``later``, each model that ``earlier`` also passed over told as ``earlier`` saw it (with its attempts)."""
+    known = {skipped.model: skipped for skipped in earlier}
+    return tuple(known.get(skipped.model, skipped) for skipped in later)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imagen.errors import CloudflareWorkersAIError, ImageDownloadError, SpendLimitError, StorageError
+from airflow_provider_imagen.errors import CloudflareWorkersAIError, ImageDownloadError, SpendLimitError
+from airflow_provider_imagen.fallback import with_earlier
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, SkippedModel
+from airflow_provider_imagen.storage import discard_kept, exists_at, keep_bytes, read_kept, storage_failure
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -98,8 +101,8 @@ class ImageJob:
 
         seen: dict[str, int] = {}
         items = []
+        inputs = (self.aspect_ratio, self.person_generation, self.gateway_options, self.fallback_models)
         for index, prompt in enumerate(prompts):
-            inputs = (self.aspect_ratio, self.person_generation, self.gateway_options, self.fallback_models)
             digest = fingerprint(self.model, prompt, *inputs)
             items.append(Item(index, prompt, digest, seen.get(digest, 0)))
             seen[digest] = seen.get(digest, 0) + 1
@@ -122,10 +125,13 @@ class ImageJob:
             return None, regenerations
         image = GeneratedImage.model_validate(record["image"])
         stored = record.get("stored_uri")
-        kept = bool(stored) and record.get("output_path") == self.output_path and _exists(str(stored))
-        if self.output_path is not None and not kept:
-            if image.url is None:
-                return None, regenerations
+        in_place = bool(stored) and record.get("output_path") == self.output_path and exists_at(str(stored))
+        if self.output_path is not None and not in_place:
+            if image.url is None:  # bytes: stored from where an earlier try on this machine kept them, if it did
+                data = read_kept(record.get("kept"))
+                if data is None:
+                    return None, regenerations
+                image = image.model_copy(update={"data": data})
             try:
                 stored = self._store(image, None if single else item.index)
             except ImageDownloadError as err:
@@ -141,15 +147,8 @@ class ImageJob:
                 self.ledger.put(item.fingerprint, item.occurrence, image=None, regenerations=regenerations + 1)
                 return None, regenerations + 1
             except Exception as err:
-                raise storage_failure(err, image, self.output_path) from err
-            self.ledger.put(
-                item.fingerprint,
-                item.occurrence,
-                image=image,
-                stored_uri=stored,
-                output_path=self.output_path,
-                regenerations=regenerations,
-            )
+                raise storage_failure(err, image, self.output_path, record.get("kept")) from err
+            self._record_stored(item, image, stored, regenerations, record.get("kept"))
         elif self.output_path is None:
             stored = None
         with self._lock:
@@ -199,29 +198,40 @@ class ImageJob:
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
 
-    def generated_one(self, item: Item, image: GeneratedImage, regenerations: int) -> None:
-        """Record a fresh image before anything else can fail: a later try reuses it instead of paying again."""
-        self.ledger.put(item.fingerprint, item.occurrence, image=image, generated=True, regenerations=regenerations)
+    def generated_one(self, item: Item, image: GeneratedImage, regenerations: int) -> str | None:
+        """
+        Record a fresh image before anything else can fail: a later try reuses it instead of paying again. Bytes
+        (no URL to fetch them again) are first kept on this machine until stored; returns where, if they are.
+        """
+        kept = None
+        if image.data is not None and self.output_path is not None:
+            request = self.ledger.request
+            name = request.cache_key(item.fingerprint, item.occurrence, regenerations) if request else uuid.uuid4().hex
+            kept = keep_bytes(image.data, name)
+        self.ledger.put(
+            item.fingerprint, item.occurrence, image=image, generated=True, regenerations=regenerations, kept=kept
+        )
         with self._lock:
             self.generated += 1
         self.release()
+        return kept
 
-    def stored_one(self, item: Item, image: GeneratedImage, single: bool, regenerations: int) -> str | None:
-        """Store a fresh image and record where; a failure says the image is still at its URL."""
+    def stored_one(
+        self, item: Item, image: GeneratedImage, single: bool, regenerations: int, kept: str | None = None
+    ) -> str | None:
+        """Store a fresh image and record where; a failure says what was kept (its URL, or its bytes' place)."""
         try:
             stored = self._store(image, None if single else item.index)
         except Exception as err:
-            raise storage_failure(err, image, self.output_path) from err
-        if stored is not None:
-            self.ledger.put(
-                item.fingerprint,
-                item.occurrence,
-                image=image,
-                stored_uri=stored,
-                output_path=self.output_path,
-                regenerations=regenerations,
-            )
+            raise storage_failure(err, image, self.output_path, kept) from err
+        self._record_stored(item, image, stored, regenerations, kept)
         return stored
+
+    def _record_stored(self, item: Item, image: GeneratedImage, stored: str | None, regen: int, kept: object) -> None:
+        if stored is not None:
+            output_path, key = self.output_path, (item.fingerprint, item.occurrence)
+            self.ledger.put(*key, image=image, stored_uri=stored, output_path=output_path, regenerations=regen)
+        discard_kept(kept if isinstance(kept, str) else None)  # the stored copy is what a later try reuses
 
     def generate_one(
         self, hook: CloudflareWorkersAIHook, item: Item, regenerations: int, skipped: Sequence[SkippedModel] = ()
@@ -242,18 +252,16 @@ class ImageJob:
                 fallback_models=self.fallback_models,
                 gateway_options=self.options_for(item, regenerations),
             )
-        except CloudflareWorkersAIError as err:
+        except BaseException as err:
             self.release()
-            passed = _with_earlier(skipped, [SkippedModel.model_validate(s) for s in err.skipped_models])
-            err.skipped_models = [s.model_dump(mode="json") for s in passed]
-            raise
-        except BaseException:
-            self.release()
+            if isinstance(err, CloudflareWorkersAIError):  # the trigger's attempts, as it reported them
+                passed = with_earlier(skipped, [SkippedModel.model_validate(s) for s in err.skipped_models])
+                err.skipped_models = [s.model_dump(mode="json") for s in passed]
             raise
         if skipped:  # the trigger's attempts, rather than this try's "skipped without a request"
-            image = image.model_copy(update={"skipped_models": _with_earlier(skipped, image.skipped_models)})
-        self.generated_one(item, image, regenerations)
-        return Outcome(image, self.stored_one(item, image, True, regenerations))
+            image = image.model_copy(update={"skipped_models": with_earlier(skipped, image.skipped_models)})
+        kept = self.generated_one(item, image, regenerations)
+        return Outcome(image, self.stored_one(item, image, True, regenerations, kept))
 
     def resume(self, item: Item, event_image: dict[str, Any]) -> Outcome:
         """A deferred generation's image, from its trigger event: recorded first, then stored."""
@@ -294,9 +302,9 @@ class ImageJob:
                     except BaseException:
                         self.release()
                         raise
-                    await asyncio.to_thread(self.generated_one, item, image, regenerations)
+                    kept = await asyncio.to_thread(self.generated_one, item, image, regenerations)
                     try:  # fsspec writes and state store calls block: keep them off the loop
-                        stored = await asyncio.to_thread(self.stored_one, item, image, False, regenerations)
+                        stored = await asyncio.to_thread(self.stored_one, item, image, False, regenerations, kept)
                     except CloudflareWorkersAIError as err:
                         return Outcome(image, error=err)
                     return Outcome(image, stored)
@@ -389,27 +397,3 @@ def batch_results(
         summaries.append({**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused})
         returned.append(outcome.image.url or outcome.stored)
     return summaries, failures, returned
-
-
-def _with_earlier(earlier: Sequence[SkippedModel], later: Sequence[SkippedModel]) -> tuple[SkippedModel, ...]:
-    """``later``, each model that ``earlier`` also passed over told as ``earlier`` saw it (with its attempts)."""
-    known = {skipped.model: skipped for skipped in earlier}
-    return tuple(known.get(skipped.model, skipped) for skipped in later)
-
-
-def _exists(uri: str) -> bool:
-    """Whether an earlier try's stored copy is still there (someone may have removed it since)."""
-    from airflow.sdk import ObjectStoragePath
-
-    try:
-        return bool(ObjectStoragePath(uri).exists())
-    except Exception:
-        return False
-
-
-def storage_failure(err: Exception, image: GeneratedImage, output_path: object) -> CloudflareWorkersAIError:
-    """A failed write, as a typed error that says what was kept: the image itself is still at its URL."""
-    if isinstance(err, CloudflareWorkersAIError):
-        return err
-    kept = f"the image is still at {image.url}" if image.url else "the image bytes were not kept"
-    return StorageError(f"storing the image at {output_path!s} failed ({type(err).__name__}: {err}); {kept}")

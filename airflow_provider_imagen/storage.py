@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,14 @@ import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
-from airflow_provider_imagen.errors import ImageDownloadError, InvalidInputError
+from airflow_provider_imagen.errors import CloudflareWorkersAIError, ImageDownloadError, InvalidInputError, StorageError
 from airflow_provider_imagen.responses import sniff_image_type
 from airflow_provider_imagen.retry import backoff_wait
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_imagen.models import GeneratedImage
 
 DEFAULT_DOWNLOAD_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
@@ -268,3 +271,75 @@ def _fsync_folder(folder: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# --- Until an image is stored ----------------------------------------------------------------------------
+
+#: Where the bytes of an image a model answered with (FLUX, SDXL) wait until they are stored at ``output_path``:
+#: unlike a URL they cannot be fetched again, so a failed store, or a worker that dies before it stores, must not
+#: lose an image that was paid for. A retry on the same machine stores them from here.
+KEPT_FOLDER = os.path.join(tempfile.gettempdir(), "airflow-imagen-kept")
+
+
+def keep_bytes(data: bytes, name: str) -> str | None:
+    """
+    Write ``data`` to :data:`KEPT_FOLDER` as ``name`` (an id the provider made, never a templated value) and its
+    extension, whole or not at all; the path, or ``None`` when the disk refused (storing is then tried anyway).
+    """
+    try:
+        os.makedirs(KEPT_FOLDER, mode=0o700, exist_ok=True)
+        if os.stat(KEPT_FOLDER).st_uid != os.getuid():  # a shared /tmp: never write into another user's folder
+            return None
+        path = os.path.join(KEPT_FOLDER, name + EXTENSIONS.get(sniff_image_type(data) or "", ".img"))
+        partial = f"{path}.{uuid.uuid4().hex}.part"
+        with open(partial, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+        return path
+    except OSError:
+        return None
+
+
+def read_kept(path: object) -> bytes | None:
+    """The bytes kept at ``path`` (a path :func:`keep_bytes` returned, from a durable record), if still there."""
+    if not isinstance(path, str) or os.path.dirname(path) != KEPT_FOLDER:
+        return None
+    try:
+        with open(path, "rb") as kept:
+            return kept.read()
+    except OSError:
+        return None
+
+
+def discard_kept(path: str | None) -> None:
+    """The image is stored: its kept bytes are no longer needed."""
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def exists_at(uri: str) -> bool:
+    """Whether an earlier try's stored copy is still there (someone may have removed it since)."""
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        return _exists(ObjectStoragePath(uri))
+    except Exception:
+        return False
+
+
+def storage_failure(
+    err: Exception, image: GeneratedImage, output_path: object, kept: str | None = None
+) -> CloudflareWorkersAIError:
+    """A failed write, as a typed error that says what was kept: the image's URL, or where its bytes wait."""
+    if isinstance(err, CloudflareWorkersAIError):
+        return err
+    if image.url:
+        what = f"the image is still at {image.url}"
+    elif kept:
+        what = f"the image bytes are kept at {kept} on {socket.gethostname()}, and a retry there stores them"
+    else:
+        what = "the image bytes were not kept"
+    return StorageError(f"storing the image at {output_path!s} failed ({type(err).__name__}: {err}); {what}")

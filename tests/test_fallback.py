@@ -358,3 +358,47 @@ def test_a_triggers_fallbacks_survive_serialization(imagen_emulator):
     classpath, kwargs = original.serialize()
     assert kwargs["fallback_models"] == ["google/imagen-4-fast"]
     assert ImagenGenerateImageTrigger(**json.loads(json.dumps(kwargs))).serialize() == (classpath, kwargs)
+
+
+def test_a_fallbacks_bytes_outlive_a_failed_store_and_the_retry_stores_them(imagen_emulator, tmp_path, monkeypatch):
+    # FLUX's image has no URL to fetch again: until it is stored, its bytes wait on the machine, and the error
+    # says where; the retry stores them instead of paying for another image.
+    from airflow_provider_imagen import storage
+    from airflow_provider_imagen.durable import CONFIG_OPTION, CONFIG_SECTION
+    from airflow_provider_imagen.errors import StorageError
+
+    monkeypatch.setenv(f"AIRFLOW__{CONFIG_SECTION.upper()}__{CONFIG_OPTION.upper()}", str(tmp_path / "records"))
+    monkeypatch.setattr(storage, "KEPT_FOLDER", str(tmp_path / "kept"))
+    real_store, calls = storage.store_image, []
+
+    def store_failing_once(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real_store(**kwargs)
+
+    monkeypatch.setattr(storage, "store_image", store_failing_once)
+    imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
+    op = single(prompt="A lighthouse at dawn", fallback_models=[FLUX], output_path=f"{tmp_path}/out/", max_retries=1)
+    ti = TaskInstance()
+    with pytest.raises(StorageError, match=r"the image bytes are kept at .*/kept/airflow-imagen-\w+\.jpg on ") as info:
+        op.execute({"ti": ti})
+    kept = Path(str(info.value).split("kept at ")[1].split(" on ")[0])
+    assert kept.read_bytes()[:3] == b"\xff\xd8\xff"
+
+    ti.retry()
+    stored = op.execute({"ti": ti})
+    assert ti.pushed["image"]["reused"] is True and ti.pushed["image"]["model"] == FLUX
+    assert Path(stored.removeprefix("file://")).read_bytes() == calls[0]["data"]
+    assert not kept.exists()  # stored: nothing left behind
+    assert imagen_emulator.generations == 1
+
+
+def test_bytes_stored_at_once_leave_nothing_behind(imagen_emulator, tmp_path, monkeypatch):
+    from airflow_provider_imagen import storage
+
+    monkeypatch.setattr(storage, "KEPT_FOLDER", str(tmp_path / "kept"))
+    op = batch(prompts=["A fox", "An owl"], model=SDXL, output_path=f"{tmp_path}/out/")
+    op.execute({"ti": TaskInstance()})
+    assert len(list((tmp_path / "out").iterdir())) == 2
+    assert list((tmp_path / "kept").iterdir()) == []

@@ -97,3 +97,25 @@ def test_a_local_image_is_on_disk_before_its_name_appears(tmp_path, image_url, m
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     store_image(output_path=f"{tmp_path}/", url=image_url, prompt="A lighthouse", inputs={})
     assert len(synced) >= 1  # the file's bytes (and, where the filesystem allows, the folder's entry)
+
+
+def test_kept_bytes_are_whole_read_back_only_from_their_folder_and_optional(tmp_path, monkeypatch):
+    from airflow_provider_imagen import storage
+    from airflow_provider_imagen.models import GeneratedImage
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+    monkeypatch.setattr(storage, "KEPT_FOLDER", str(tmp_path / "kept"))
+    path = storage.keep_bytes(png, "airflow-imagen-abc")
+    assert path == str(tmp_path / "kept" / "airflow-imagen-abc.png") and storage.read_kept(path) == png
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["airflow-imagen-abc.png"]  # no partial file
+    (tmp_path / "elsewhere.png").write_bytes(png)
+    assert storage.read_kept(str(tmp_path / "elsewhere.png")) is None  # a record cannot point it anywhere else
+    image = GeneratedImage(model="@cf/x/y", prompt="p")
+    assert f"the image bytes are kept at {path} on " in str(storage.storage_failure(OSError("full"), image, "/o", path))
+    storage.discard_kept(path)
+    assert storage.read_kept(path) is None
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setattr(storage, "KEPT_FOLDER", str(tmp_path / "a-file" / "kept"))
+    assert storage.keep_bytes(png, "airflow-imagen-abc") is None  # keeping is a safety net: storing goes on
+    assert "the image bytes were not kept" in str(storage.storage_failure(OSError("full"), image, "/o", None))
