@@ -19,13 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from airflow_provider_imagen.emulator import images
 from airflow_provider_imagen.emulator.bodies import (
     DroppedResponse,
-    _envelope_ok,
-    _int_or,
-    _json,
     envelope_error,
+    envelope_ok,
     fault_response,
     image_fault_response,
     imagen_input_problem,
+    int_or,
+    json_response,
 )
 from airflow_provider_imagen.emulator.control import add_control_routes
 from airflow_provider_imagen.emulator.faults import rate_limited_fault
@@ -148,7 +148,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 if key is not None and isinstance(answer.body, bytes) and answer.media_type == "application/json":
                     # Volatile, as AI Gateway's: filled when the first answer is complete, so a re-send made
                     # while the first generation still runs is not merged with it.
-                    ttl = _int_or(request.headers.get("cf-aig-cache-ttl"), DEFAULT_CACHE_TTL)
+                    ttl = int_or(request.headers.get("cf-aig-cache-ttl"), DEFAULT_CACHE_TTL)
                     state.cache[key] = (loop.time() + ttl, answer.body)
             if key is not None:
                 answer.headers["cf-aig-cache-status"] = "MISS"
@@ -167,8 +167,9 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             base = state.config.public_url or str(request.base_url).rstrip("/")
             result = {"image": f"{base}/images/{image_id}.png"}
             if proxied:
-                return _json({"gatewayMetadata": {"keySource": "Unified"}, "result": result, "state": "Completed"})
-            return _envelope_ok(result)
+                body = {"gatewayMetadata": {"keySource": "Unified"}, "result": result, "state": "Completed"}
+                return json_response(body)
+            return envelope_ok(result)
 
         if model in (FLUX, SDXL):
             prompt = inputs.get("prompt") if isinstance(inputs, dict) else None
@@ -176,7 +177,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 return envelope_error(400, 5004, "Invalid input: required properties at '/' are 'prompt'")
             if model == FLUX:
                 jpeg = await run_in_threadpool(images.render, prompt, 1024, 1024, "JPEG")
-                return _envelope_ok({"image": base64.b64encode(jpeg).decode("ascii")})
+                return envelope_ok({"image": base64.b64encode(jpeg).decode("ascii")})
             png = await run_in_threadpool(images.render, prompt, 1024, 1024, "PNG")
             # SDXL sends raw bytes, and (like the real one) does not promise an accurate content type.
             return Response(png, media_type="application/octet-stream")
@@ -226,7 +227,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             if answer is not None:
                 return answer
         status = state.config.token_status
-        return _json(
+        return json_response(
             {
                 "success": True,
                 "errors": [],
@@ -251,8 +252,8 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         if not state.config.workers_ai_access:
             return envelope_error(401, 10000, "Authentication error")
         models = [{"name": name, "task": {"name": "Text-to-Image"}} for name in (*sorted(PROXIED_MODELS), FLUX, SDXL)]
-        per_page = _int_or(request.query_params.get("per_page"), len(models))
-        return _envelope_ok(models[: max(1, per_page)])
+        per_page = int_or(request.query_params.get("per_page"), len(models))
+        return envelope_ok(models[: max(1, per_page)])
 
     @app.get("/images/{image_id}.png")
     async def image(image_id: str) -> Response:

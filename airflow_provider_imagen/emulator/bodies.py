@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from airflow_provider_imagen.emulator.faults import Fault
 
 
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         json.dumps(payload, separators=(",", ":")), status_code=status, headers=headers, media_type="application/json"
     )
@@ -32,11 +32,11 @@ def envelope_error(
     status: int, code: int | str | None, message: str, headers: dict[str, str] | None = None
 ) -> Response:
     body = {"success": False, "errors": [{"code": code, "message": message}], "messages": [], "result": None}
-    return _json(body, status, headers)
+    return json_response(body, status, headers)
 
 
-def _envelope_ok(result: Any) -> Response:
-    return _json({"success": True, "errors": [], "messages": [], "result": result})
+def envelope_ok(result: Any) -> Response:
+    return json_response({"success": True, "errors": [], "messages": [], "result": result})
 
 
 _HTML_PAGE = (
@@ -74,11 +74,11 @@ async def fault_response(fault: Fault) -> Response | None:
     if kind in ("error", "success_false"):
         return envelope_error(status, fault.code, message, headers)
     if kind in ("proxied_error", "state_failed"):
-        return _json({"state": "Failed", "error": {"code": fault.code, "message": message}}, status, headers)
+        return json_response({"state": "Failed", "error": {"code": fault.code, "message": message}}, status, headers)
     if kind == "unknown_state":
-        return _json({"state": fault.state, "result": {}}, status, headers)
+        return json_response({"state": fault.state, "result": {}}, status, headers)
     if kind == "no_image":
-        return _json({"state": "Completed", "result": {}, "gatewayMetadata": {"keySource": "Unified"}}, status)
+        return json_response({"state": "Completed", "result": {}, "gatewayMetadata": {"keySource": "Unified"}}, status)
     if kind == "html":
         page = _HTML_PAGE.format(status=status, reason=_REASONS.get(status, "Error"))
         return Response(page, status_code=status, headers=headers, media_type="text/html")
@@ -117,7 +117,7 @@ async def _huge_png(size: int) -> AsyncIterator[bytes]:
         yield piece
 
 
-def _int_or(value: str | None, default: int) -> int:
+def int_or(value: str | None, default: int) -> int:
     try:
         return int(value) if value is not None else default
     except ValueError:

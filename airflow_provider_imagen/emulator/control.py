@@ -13,7 +13,7 @@ from fastapi import Request  # noqa: TC002 - FastAPI reads it at runtime
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from airflow_provider_imagen.emulator.bodies import _json
+from airflow_provider_imagen.emulator.bodies import json_response
 from airflow_provider_imagen.emulator.faults import make_fault
 from airflow_provider_imagen.emulator.state import EmulatorConfig
 
@@ -49,31 +49,31 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
         items = body.get("faults", [body]) if isinstance(body, dict) else body
         times = body.get("times", 1) if isinstance(body, dict) else 1
         if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= 10_000:
-            return _json({"error": f"times must be a whole number from 1 to 10000, got {times!r}"}, 422)
+            return json_response({"error": f"times must be a whole number from 1 to 10000, got {times!r}"}, 422)
         try:
             faults = [
                 make_fault(**{k: v for k, v in item.items() if k != "times"}) for item in items for _ in range(times)
             ]
         except (TypeError, ValueError) as exc:
-            return _json({"error": str(exc)}, 422)
+            return json_response({"error": str(exc)}, 422)
         pending = state.queue(faults)
-        return _json({"queued": len(faults), "pending": pending})
+        return json_response({"queued": len(faults), "pending": pending})
 
     @app.delete("/__emulator__/faults")
     async def clear_faults() -> Response:
         with state.lock:
             state.faults.clear()
             state.image_faults.clear()
-        return _json({"pending": 0})
+        return json_response({"pending": 0})
 
     @app.get("/__emulator__/stats")
     async def stats() -> Response:
-        return _json(state.stats())
+        return json_response(state.stats())
 
     @app.post("/__emulator__/reset")
     async def reset() -> Response:
         state.reset()
-        return _json({"reset": True})
+        return json_response({"reset": True})
 
     @app.patch("/__emulator__/config")
     async def configure(request: Request) -> Response:
@@ -82,15 +82,15 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
         allowed |= {"rate_limit_per_minute", "rate_limit_burst"}
         unknown = set(changes) - allowed
         if unknown:
-            return _json({"error": f"unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}"}, 422)
+            return json_response({"error": f"unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}"}, 422)
         with state.lock:
             try:
                 state.config = EmulatorConfig(**{**asdict(state.config), **changes})
             except (TypeError, ValueError) as exc:
-                return _json({"error": str(exc)}, 422)
+                return json_response({"error": str(exc)}, 422)
             if "seed" in changes:
                 state.rng = random.Random(changes["seed"])
             if {"rate_limit_per_minute", "rate_limit_burst"} & set(changes):
                 state.limit_changed()
             shown = {k: v for k, v in asdict(state.config).items() if k != "token"}
-        return _json(shown)
+        return json_response(shown)
