@@ -152,6 +152,21 @@ class AirflowServices:
             with contextlib.suppress(ProcessLookupError):  # workers left behind in the group
                 os.killpg(process.pid, signal.SIGKILL)
 
+    def wait_for_executor_event(self, dag_id: str, task_id: str, run_id: str, state: str, timeout: float = 60) -> None:
+        """
+        Wait until the scheduler has handled the executor's event for a try that ended in ``state`` (its
+        "TaskInstance Finished" line). A task that waits for a person (awaiting_input) and is answered before this
+        meets Airflow 3.3.2's race: the late event finds the answered task queued again and fails it.
+        """
+        wanted = f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id},"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = (self.process_logs / "scheduler.log").read_text(errors="replace").splitlines()
+            if any(wanted in line and f"state={state}," in line for line in lines):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"the scheduler handled no executor event for {dag_id}.{task_id} {run_id} ({state})")
+
     def keep_logs(self, destination: Path) -> Path:
         """Copy the process logs and the task logs to ``destination``, for a failed run's artifacts."""
         shutil.rmtree(destination, ignore_errors=True)

@@ -37,7 +37,7 @@ DAG_ID = "imagen_human_review"
 WAITING = {"awaiting_input", "deferred"}
 
 
-def wait_for_review(api: httpx.Client, run_id: str, timeout: float = 120) -> dict:
+def wait_for_review(api: httpx.Client, services: AirflowServices, run_id: str, timeout: float = 120) -> dict:
     """Wait until the ``review`` task waits for a person; return its HITL detail (subject, body, options)."""
     url = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/review/-1/hitlDetails"
     deadline = time.monotonic() + timeout
@@ -47,6 +47,8 @@ def wait_for_review(api: httpx.Client, run_id: str, timeout: float = 120) -> dic
         if state in WAITING:
             detail = api.get(url)
             if detail.status_code == 200:
+                if state == "awaiting_input":  # answered sooner, Airflow 3.3.2 may fail it (see the method)
+                    services.wait_for_executor_event(DAG_ID, "review", run_id, "awaiting_input")
                 return dict(detail.json())
         assert state not in {"failed", "upstream_failed", "skipped"}, f"review is {state}"
         time.sleep(1)
@@ -76,7 +78,7 @@ def review_runs(airflow_services: AirflowServices, review_dir: Path) -> dict[str
     """Two runs at once, each waiting for its review: answer -> (run_id, HITL detail as the UI shows it)."""
     run_ids = {option: airflow_services.trigger(DAG_ID) for option in ("Approve", "Reject")}
     with airflow_services.client() as api:
-        return {option: (run_id, wait_for_review(api, run_id)) for option, run_id in run_ids.items()}
+        return {option: (run_id, wait_for_review(api, airflow_services, run_id)) for option, run_id in run_ids.items()}
 
 
 def test_the_review_shows_every_generated_image_inline(
