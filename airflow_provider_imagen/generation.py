@@ -231,7 +231,7 @@ class ImageJob:
         if stored is not None:
             output_path, key = self.output_path, (item.fingerprint, item.occurrence)
             self.ledger.put(*key, image=image, stored_uri=stored, output_path=output_path, regenerations=regen)
-        discard_kept(kept if isinstance(kept, str) else None)  # the stored copy is what a later try reuses
+        discard_kept(kept)  # the stored copy is what a later try reuses
 
     def generate_one(
         self, hook: CloudflareWorkersAIHook, item: Item, regenerations: int, skipped: Sequence[SkippedModel] = ()

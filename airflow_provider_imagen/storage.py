@@ -302,9 +302,17 @@ def keep_bytes(data: bytes, name: str) -> str | None:
         return None
 
 
+def _kept_file(path: object) -> str | None:
+    """``path`` if it names a file in :data:`KEPT_FOLDER` (it comes from a durable record: never trust it further)."""
+    if isinstance(path, str) and os.path.normpath(path) == path and os.path.dirname(path) == KEPT_FOLDER:
+        return path
+    return None
+
+
 def read_kept(path: object) -> bytes | None:
     """The bytes kept at ``path`` (a path :func:`keep_bytes` returned, from a durable record), if still there."""
-    if not isinstance(path, str) or os.path.dirname(path) != KEPT_FOLDER:
+    path = _kept_file(path)
+    if path is None:
         return None
     try:
         with open(path, "rb") as kept:
@@ -313,9 +321,10 @@ def read_kept(path: object) -> bytes | None:
         return None
 
 
-def discard_kept(path: str | None) -> None:
+def discard_kept(path: object) -> None:
     """The image is stored: its kept bytes are no longer needed."""
-    if path:
+    path = _kept_file(path)
+    if path is not None:
         with contextlib.suppress(OSError):
             os.unlink(path)
 

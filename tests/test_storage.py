@@ -110,6 +110,9 @@ def test_kept_bytes_are_whole_read_back_only_from_their_folder_and_optional(tmp_
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["airflow-imagen-abc.png"]  # no partial file
     (tmp_path / "elsewhere.png").write_bytes(png)
     assert storage.read_kept(str(tmp_path / "elsewhere.png")) is None  # a record cannot point it anywhere else
+    storage.discard_kept(str(tmp_path / "elsewhere.png"))
+    storage.discard_kept(str(tmp_path / "kept" / ".." / "elsewhere.png"))
+    assert (tmp_path / "elsewhere.png").exists()  # nor have anything else removed
     image = GeneratedImage(model="@cf/x/y", prompt="p")
     assert f"the image bytes are kept at {path} on " in str(storage.storage_failure(OSError("full"), image, "/o", path))
     storage.discard_kept(path)
