@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, SkippedModel
 from airflow_provider_imagen.retry import is_unavailable
-from airflow_provider_imagen.rules import returns_bytes
+from airflow_provider_imagen.rules import first_bytes_model
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -144,10 +144,8 @@ def split_for_triggerer(chain: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[
     rest, which the task tries on its worker if the trigger's are unavailable: a trigger event carries a URL,
     never an image's bytes.
     """
-    for index, model in enumerate(chain):
-        if returns_bytes(model):
-            return chain[:index], chain[index:]
-    return chain, ()
+    found = first_bytes_model(chain)
+    return (chain, ()) if found is None else (chain[: found[0]], chain[found[0] :])
 
 
 def with_earlier(earlier: Sequence[SkippedModel], later: Sequence[SkippedModel]) -> tuple[SkippedModel, ...]:

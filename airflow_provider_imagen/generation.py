@@ -175,6 +175,17 @@ class ImageJob:
             return options.model_dump(exclude_none=True) if options is not None else None
         return options
 
+    def request_for(self, item: Item, regenerations: int) -> dict[str, Any]:
+        """The hook's arguments for ``item``'s generation: the same for the sync and async calls."""
+        return {
+            "prompt": item.prompt,
+            "aspect_ratio": self.aspect_ratio,
+            "person_generation": self.person_generation,
+            "model": self.model,
+            "fallback_models": self.fallback_models,
+            "gateway_options": self.options_for(item, regenerations),
+        }
+
     def check_budget(self, needed: int, *, reserve: bool = False) -> None:
         """
         Fail before generating ``needed`` more images would exceed ``max_images``; ``reserve`` holds them
@@ -244,14 +255,7 @@ class ImageJob:
         self.check_budget(1, reserve=True)
         hook.unavailable_models.note(skipped)
         try:
-            image = hook.generate_image(
-                item.prompt,
-                self.aspect_ratio,
-                self.person_generation,
-                model=self.model,
-                fallback_models=self.fallback_models,
-                gateway_options=self.options_for(item, regenerations),
-            )
+            image = hook.generate_image(**self.request_for(item, regenerations))
         except BaseException as err:
             self.release()
             if isinstance(err, CloudflareWorkersAIError):  # the trigger's attempts, as it reported them
@@ -291,14 +295,7 @@ class ImageJob:
                         return outcome
                     await asyncio.to_thread(self.check_budget, 1, reserve=True)
                     try:
-                        image = await hook.agenerate_image(
-                            item.prompt,
-                            self.aspect_ratio,
-                            self.person_generation,
-                            model=self.model,
-                            fallback_models=self.fallback_models,
-                            gateway_options=self.options_for(item, regenerations),
-                        )
+                        image = await hook.agenerate_image(**self.request_for(item, regenerations))
                     except BaseException:
                         self.release()
                         raise

@@ -15,6 +15,7 @@ from airflow_provider_imagen.links import GeneratedImageLink
 from airflow_provider_imagen.rules import (
     check_literal_inputs,
     check_max_images,
+    first_bytes_model,
     model_chain,
     returns_bytes,
     unset_if_empty,
@@ -72,10 +73,10 @@ class _ImagenOperatorMixin(ImagenLineageMixin):
                     "(end it with '/')"
                 )
             return chain
-        for index, model in enumerate(chain):
-            if returns_bytes(model):
-                which = f"Model {model!r}" if index == 0 else f"Fallback model {model!r} (fallback_models[{index - 1}])"
-                raise InvalidInputError(f"{which} returns the image as bytes, not a URL: set output_path to store it")
+        if (found := first_bytes_model(chain)) is not None:
+            index, field = found
+            which = f"Model {chain[index]!r}" if index == 0 else f"Fallback model {chain[index]!r} ({field})"
+            raise InvalidInputError(f"{which} returns the image as bytes, not a URL: set output_path to store it")
         return chain
 
     def _emit_asset_events(self, context: Context, stored: list[dict[str, Any]]) -> None:

@@ -114,6 +114,17 @@ def returns_bytes(model: str) -> bool:
     return model.startswith(CLOUDFLARE_MODEL_PREFIXES)
 
 
+def first_bytes_model(chain: tuple[str, ...]) -> tuple[int, str] | None:
+    """
+    Where the first model of ``chain`` that answers with image bytes is: its index and the argument that named it
+    (``model`` or ``fallback_models[i]``); ``None`` when every model answers with a URL.
+    """
+    for index, model in enumerate(chain):
+        if returns_bytes(model):
+            return index, "model" if index == 0 else f"fallback_models[{index - 1}]"
+    return None
+
+
 def _is_literal(value: object) -> bool:
     """True for a plain string that no template will change (checked at DAG parse time)."""
     return isinstance(value, str) and "{{" not in value and "{%" not in value

@@ -13,7 +13,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_imagen import errors
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.errors import InvalidInputError
-from airflow_provider_imagen.rules import model_chain, returns_bytes
+from airflow_provider_imagen.rules import first_bytes_model, model_chain
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -66,13 +66,14 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         super().__init__()
         # The same rules as the hook's, before the trigger is stored; and no model whose image (bytes) an event
         # could not carry: it would be billed and lost.
-        for index, name in enumerate(model_chain(model, fallback_models)):
-            if returns_bytes(name):
-                field = "model" if index == 0 else f"fallback_models[{index - 1}]"
-                raise InvalidInputError(
-                    f"Invalid {field} for a trigger: {name!r} answers with image bytes, which a trigger event does "
-                    "not carry; generate it in the task (the operator does so when it follows unavailable models)"
-                )
+        chain = model_chain(model, fallback_models)
+        found = first_bytes_model(chain)
+        if found is not None:
+            index, field = found
+            raise InvalidInputError(
+                f"Invalid {field} for a trigger: {chain[index]!r} answers with image bytes, which a trigger event "
+                "does not carry; generate it in the task (the operator does so when it follows unavailable models)"
+            )
         self.prompt = prompt
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
