@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_imagen.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_imagen._cloudflare.settings import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 
-HOOK_CLASS = "airflow_provider_imagen.hooks.CloudflareWorkersAIHook"
+HOOK_CLASS = "airflow_provider_imagen.hooks.cloudflare.CloudflareWorkersAIHook"
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -21,15 +21,20 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["ai"],
             }
         ],
-        "hooks": [{"integration-name": "Cloudflare Workers AI", "python-modules": ["airflow_provider_imagen.hooks"]}],
+        "hooks": [
+            {
+                "integration-name": "Cloudflare Workers AI",
+                "python-modules": ["airflow_provider_imagen.hooks.cloudflare"],
+            }
+        ],
         "operators": [
             {"integration-name": "Cloudflare Workers AI", "python-modules": ["airflow_provider_imagen.operators"]}
         ],
         "triggers": [
-            {"integration-name": "Cloudflare Workers AI", "python-modules": ["airflow_provider_imagen.triggers"]}
+            {"integration-name": "Cloudflare Workers AI", "python-modules": ["airflow_provider_imagen.triggers.imagen"]}
         ],
-        "task-decorators": [{"name": "imagen", "class-name": "airflow_provider_imagen.decorators.imagen_task"}],
-        "extra-links": ["airflow_provider_imagen.links.GeneratedImageLink"],
+        "task-decorators": [{"name": "imagen", "class-name": "airflow_provider_imagen.decorators.imagen.imagen_task"}],
+        "extra-links": ["airflow_provider_imagen.operators.links.GeneratedImageLink"],
         "config": {
             "imagen": {
                 "description": "Imagen on Cloudflare Workers AI.",

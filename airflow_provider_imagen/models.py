@@ -8,14 +8,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from airflow_provider_imagen._cloudflare.rules import imagen_input_problems, shown
 from airflow_provider_imagen.constants import (
     ASPECT_RATIOS,
     IMAGE_SIZES,
     IMAGEN_4,
     PERSON_GENERATION,
 )
-from airflow_provider_imagen.errors import InvalidInputError
-from airflow_provider_imagen.rules import imagen_input_problems, shown
+from airflow_provider_imagen.exceptions import InvalidInputError
 
 __all__ = [
     "ASPECT_RATIOS",

@@ -147,7 +147,7 @@ async def _raw_batch(port: int, n: int, connections: int, tag: str) -> None:
 
 async def _bare_batch(api_base: str, n: int, concurrency: int, tag: str, spread: bool = False) -> None:
     """A bare ``httpx.AsyncClient`` and a semaphore: one pool of ``concurrency``, or ``SpreadTransport``'s pools."""
-    from airflow_provider_imagen.transport import SpreadTransport
+    from airflow_provider_imagen._cloudflare.transport import SpreadTransport
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     pool: dict[str, Any] = {"transport": SpreadTransport()} if spread else {"limits": limits}
@@ -322,7 +322,7 @@ def import_cost(repeat: int) -> dict[str, Any]:
 
 
 def triggerer_load(n: int, latency: float, repeat: int) -> dict[str, Any]:
-    from airflow_provider_imagen.hooks import shared_async_clients
+    from airflow_provider_imagen._cloudflare.clients import shared_async_clients
     from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 
     seen: dict[str, int] = {}
@@ -407,7 +407,7 @@ import json, os, resource, sys, tempfile
 import httpx
 url, size, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import airflow.sdk  # what a task has loaded anyway
-from airflow_provider_imagen.storage import store_image
+from airflow_provider_imagen._task.storage import store_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with tempfile.TemporaryDirectory() as folder:
     if mode == "ours":
@@ -464,7 +464,7 @@ def rate_limit(
     """
     from cloudflare import AsyncCloudflare
 
-    from airflow_provider_imagen import pacing
+    from airflow_provider_imagen._cloudflare import pacing
     from airflow_provider_imagen.emulator.server import EmulatorClient
     from airflow_provider_imagen.hooks import CloudflareWorkersAIHook, shared_async_clients
     from airflow_provider_imagen.models import GeneratedImage

@@ -28,7 +28,7 @@ import httpx
 
 DAG_ID = "imagen_cluster"
 TASK_ID = "deferred"
-TRIGGER = "airflow_provider_imagen.triggers.ImagenGenerateImageTrigger"
+TRIGGER = "airflow_provider_imagen.triggers.imagen.ImagenGenerateImageTrigger"
 
 
 def triggerer_processes() -> list[int]:

@@ -74,6 +74,6 @@ def fast_backoff(monkeypatch):
 @pytest.fixture(autouse=True)
 def _cold_pacers():
     """Every test starts with the process's rate pacers cold, as a new task process does."""
-    from airflow_provider_imagen import pacing
+    from airflow_provider_imagen._cloudflare import pacing
 
     pacing.reset()

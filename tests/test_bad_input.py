@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_imagen.constants import ASPECT_RATIOS, MAX_PROMPT_CHARS, PERSON_GENERATION
-from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.exceptions import InvalidInputError
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 from airflow_provider_imagen.models import GatewayOptions, ImagenInput
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator, ImagenGenerateImagesOperator
@@ -175,7 +175,7 @@ def test_a_batch_with_any_bad_prompt_sends_nothing(imagen_emulator, prompts):
 def test_a_missing_or_malformed_connection_sends_nothing(imagen_emulator, monkeypatch, conn, message):
     import json
 
-    from airflow_provider_imagen.errors import ConnectionConfigError
+    from airflow_provider_imagen.exceptions import ConnectionConfigError
 
     monkeypatch.setenv("AIRFLOW_CONN_BROKEN_CF", json.dumps(conn))
     with pytest.raises(ConnectionConfigError, match=re.escape(message)) as info:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from airflow_provider_imagen.transport import CONNECTIONS_PER_POOL
+from airflow_provider_imagen._cloudflare.transport import CONNECTIONS_PER_POOL
 from tests.conftest import REPO
 
 

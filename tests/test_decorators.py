@@ -9,8 +9,8 @@ from unittest import mock
 import pytest
 from airflow.sdk import DAG, task
 
-from airflow_provider_imagen.decorators import _ImagenDecoratedOperator, imagen_inputs, imagen_task
-from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.decorators.imagen import _ImagenDecoratedOperator, imagen_inputs, imagen_task
+from airflow_provider_imagen.exceptions import InvalidInputError
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator
 from tests.conftest import register_dag
 

@@ -17,8 +17,8 @@ from unittest import mock
 import pytest
 from airflow.sdk import DAG
 
-from airflow_provider_imagen.durable import Request
-from airflow_provider_imagen.errors import (
+from airflow_provider_imagen._task.durable import Request
+from airflow_provider_imagen.exceptions import (
     CloudflareWorkersAIError,
     GenerationOutcomeUnknownError,
     ImageDownloadError,
@@ -397,7 +397,7 @@ def test_batch_max_images_fails_before_exceeding_it_across_tries(imagen_emulator
 
 
 def test_batch_max_images_is_checked_at_parse_time():
-    from airflow_provider_imagen.errors import InvalidInputError
+    from airflow_provider_imagen.exceptions import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="max_images"):
         batch(prompts=["a"], max_images=0)

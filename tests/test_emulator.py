@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from airflow_provider_imagen.emulator import PRESETS, images
-from airflow_provider_imagen.errors import (
+from airflow_provider_imagen.exceptions import (
     CloudflareAuthenticationError,
     CloudflareBadRequestError,
     CloudflareRateLimitError,

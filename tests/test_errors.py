@@ -6,7 +6,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from airflow_provider_imagen.errors import (
+from airflow_provider_imagen._cloudflare.response import classify, parse_retry_after
+from airflow_provider_imagen.exceptions import (
     CloudflareAuthenticationError,
     CloudflareBadRequestError,
     CloudflareRateLimitError,
@@ -14,7 +15,6 @@ from airflow_provider_imagen.errors import (
     CloudflareWorkersAIError,
     ImageGenerationFailedError,
 )
-from airflow_provider_imagen.retry import classify, parse_retry_after
 
 # The retry table of Cloudflare's documentation, row by row: (status, code, message) -> (type, retry?)
 TABLE = [

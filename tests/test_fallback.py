@@ -14,8 +14,12 @@ import pytest
 import respx
 from airflow.sdk import DAG, task
 
-from airflow_provider_imagen.errors import CloudflareWorkersAIError, GenerationOutcomeUnknownError, InvalidInputError
-from airflow_provider_imagen.fallback import cache_key_for
+from airflow_provider_imagen._cloudflare.fallback import cache_key_for
+from airflow_provider_imagen.exceptions import (
+    CloudflareWorkersAIError,
+    GenerationOutcomeUnknownError,
+    InvalidInputError,
+)
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 from airflow_provider_imagen.models import GatewayOptions
 from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
@@ -247,7 +251,7 @@ class FailingOnce(TaskInstance):
 
 
 def test_a_retry_reuses_the_fallbacks_stored_image_instead_of_paying_again(imagen_emulator, tmp_path, monkeypatch):
-    from airflow_provider_imagen.durable import CONFIG_OPTION, CONFIG_SECTION
+    from airflow_provider_imagen._task.durable import CONFIG_OPTION, CONFIG_SECTION
 
     monkeypatch.setenv(f"AIRFLOW__{CONFIG_SECTION.upper()}__{CONFIG_OPTION.upper()}", str(tmp_path / "records"))
     imagen_emulator.inject("provider_unavailable", times=ATTEMPTS, model=IMAGEN)
@@ -363,9 +367,9 @@ def test_a_triggers_fallbacks_survive_serialization(imagen_emulator):
 def test_a_fallbacks_bytes_outlive_a_failed_store_and_the_retry_stores_them(imagen_emulator, tmp_path, monkeypatch):
     # FLUX's image has no URL to fetch again: until it is stored, its bytes wait on the machine, and the error
     # says where; the retry stores them instead of paying for another image.
-    from airflow_provider_imagen import storage
-    from airflow_provider_imagen.durable import CONFIG_OPTION, CONFIG_SECTION
-    from airflow_provider_imagen.errors import StorageError
+    from airflow_provider_imagen._task import storage
+    from airflow_provider_imagen._task.durable import CONFIG_OPTION, CONFIG_SECTION
+    from airflow_provider_imagen.exceptions import StorageError
 
     monkeypatch.setenv(f"AIRFLOW__{CONFIG_SECTION.upper()}__{CONFIG_OPTION.upper()}", str(tmp_path / "records"))
     monkeypatch.setattr(storage, "KEPT_FOLDER", str(tmp_path / "kept"))
@@ -395,7 +399,7 @@ def test_a_fallbacks_bytes_outlive_a_failed_store_and_the_retry_stores_them(imag
 
 
 def test_bytes_stored_at_once_leave_nothing_behind(imagen_emulator, tmp_path, monkeypatch):
-    from airflow_provider_imagen import storage
+    from airflow_provider_imagen._task import storage
 
     monkeypatch.setattr(storage, "KEPT_FOLDER", str(tmp_path / "kept"))
     op = batch(prompts=["A fox", "An owl"], model=SDXL, output_path=f"{tmp_path}/out/")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import respx
 
-from airflow_provider_imagen.errors import (
+from airflow_provider_imagen.exceptions import (
     CloudflareAuthenticationError,
     CloudflareBadRequestError,
     CloudflareRateLimitError,

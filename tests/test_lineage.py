@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 from airflow.sdk import DAG
 
-from airflow_provider_imagen.lineage import ImagenLineageMixin, dataset_name
+from airflow_provider_imagen._task.lineage import ImagenLineageMixin, dataset_name
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator, ImagenGenerateImagesOperator
 from tests.conftest import register_dag
 
@@ -91,7 +91,7 @@ def test_the_provider_imports_without_openlineage():
     # The mixin is on every operator: importing it must not need (or load) the OpenLineage provider.
     code = (
         "import sys, airflow.sdk; sys.modules['airflow.providers.openlineage'] = None\n"
-        "import airflow_provider_imagen.lineage, airflow_provider_imagen.operators\n"
+        "import airflow_provider_imagen._task.lineage, airflow_provider_imagen.operators\n"
         "print(any(m.startswith('openlineage') for m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

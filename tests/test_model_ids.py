@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 from airflow.sdk import DAG
 
-from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.exceptions import InvalidInputError
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator, ImagenGenerateImagesOperator
 from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger

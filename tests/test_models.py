@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.exceptions import InvalidInputError
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, ImagenInput
 
 
@@ -103,7 +103,7 @@ def test_rendered_strings_are_taken_where_their_meaning_is_plain():
 
 
 def test_a_literal_and_a_rendered_value_get_the_same_words():
-    from airflow_provider_imagen.operators import check_literal_inputs
+    from airflow_provider_imagen._cloudflare.rules import check_literal_inputs
 
     with pytest.raises(InvalidInputError) as literal:
         check_literal_inputs("a cat", "2:1", None, None)

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 from airflow.sdk import DAG
 
-from airflow_provider_imagen.errors import CloudflareServerError, CloudflareWorkersAIError, InvalidInputError
+from airflow_provider_imagen.exceptions import CloudflareServerError, CloudflareWorkersAIError, InvalidInputError
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator
 
 
@@ -134,7 +134,7 @@ async def _collect(trigger):
 
 
 def test_trigger_failure_fails_the_task_with_the_typed_message():
-    from airflow_provider_imagen.errors import CloudflareAuthenticationError
+    from airflow_provider_imagen.exceptions import CloudflareAuthenticationError
 
     event = {
         "status": "error",

@@ -13,11 +13,11 @@ import threading
 
 import pytest
 
-from airflow_provider_imagen import pacing
-from airflow_provider_imagen.connection import ConnectionSettings
+from airflow_provider_imagen._cloudflare import pacing
+from airflow_provider_imagen._cloudflare.pacing import RAMP_DOUBLING, RAMP_SECONDS, RAMP_START, Pacer, Turn, pacer_for
+from airflow_provider_imagen._cloudflare.settings import ConnectionSettings
 from airflow_provider_imagen.emulator.faults import TokenBucket
-from airflow_provider_imagen.errors import CloudflareRateLimitError, CloudflareServerError
-from airflow_provider_imagen.pacing import RAMP_DOUBLING, RAMP_SECONDS, RAMP_START, Pacer, Turn, pacer_for
+from airflow_provider_imagen.exceptions import CloudflareRateLimitError, CloudflareServerError
 
 
 class Clock:

@@ -43,7 +43,7 @@ def test_providers_manager_registers_the_provider_hook_and_form():
     assert "airflow-provider-imagen" in manager.providers
     hook = manager.hooks["cloudflare_workers_ai"]
     assert hook is not None
-    assert hook.hook_class_name == "airflow_provider_imagen.hooks.CloudflareWorkersAIHook"
+    assert hook.hook_class_name == "airflow_provider_imagen.hooks.cloudflare.CloudflareWorkersAIHook"
     assert hook.connection_id_attribute_name == "cloudflare_conn_id"
     assert hook.hook_name == "Cloudflare Workers AI"
 
@@ -102,4 +102,4 @@ def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
     hooks = subprocess.run([airflow, "providers", "hooks"], env=env, capture_output=True, text=True, timeout=120)
     assert "airflow-provider-imagen" in providers.stdout
     assert "cloudflare_workers_ai" in hooks.stdout
-    assert "airflow_provider_imagen.hooks.CloudflareWorkersAIHook" in hooks.stdout
+    assert "airflow_provider_imagen.hooks.cloudflare.CloudflareWorkersAIHook" in hooks.stdout

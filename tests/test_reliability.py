@@ -19,7 +19,7 @@ import pytest
 from airflow.sdk import DAG
 
 from airflow_provider_imagen.emulator import PRESETS
-from airflow_provider_imagen.errors import (
+from airflow_provider_imagen.exceptions import (
     CloudflareAuthenticationError,
     CloudflareBadRequestError,
     CloudflareRateLimitError,
@@ -158,7 +158,7 @@ def run_batch_operator(output):
     except CloudflareWorkersAIError as err:
         # The batch fails with one line per prompt; re-raise the prompt's own typed error for the row's checks.
         failures = {c.kwargs["key"]: c.kwargs["value"] for c in ti.xcom_push.call_args_list}["failures"]
-        from airflow_provider_imagen.triggers import error_from_dict
+        from airflow_provider_imagen.exceptions import error_from_dict
 
         (failure,) = failures
         assert failure["reason"] in str(err)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from airflow_provider_imagen.errors import ImageDownloadError
-from airflow_provider_imagen.storage import file_name_for, store_image
+from airflow_provider_imagen._task.storage import file_name_for, store_image
+from airflow_provider_imagen.exceptions import ImageDownloadError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

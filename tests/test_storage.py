@@ -8,8 +8,8 @@ import os
 import httpx
 import pytest
 
-from airflow_provider_imagen.errors import ImageDownloadError, InvalidInputError
-from airflow_provider_imagen.storage import file_name_for, resolve_output_path, store_image
+from airflow_provider_imagen._task.storage import file_name_for, resolve_output_path, store_image
+from airflow_provider_imagen.exceptions import ImageDownloadError, InvalidInputError
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_a_local_image_is_on_disk_before_its_name_appears(tmp_path, image_url, m
 
 
 def test_kept_bytes_are_whole_read_back_only_from_their_folder_and_optional(tmp_path, monkeypatch):
-    from airflow_provider_imagen import storage
+    from airflow_provider_imagen._task import storage
     from airflow_provider_imagen.models import GeneratedImage
 
     png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32

@@ -8,8 +8,8 @@ from unittest import mock
 import pytest
 from airflow.sdk import DAG
 
-from airflow_provider_imagen import storage
-from airflow_provider_imagen.errors import CloudflareWorkersAIError, InvalidInputError
+from airflow_provider_imagen._task import storage
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, InvalidInputError
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator, ImagenGenerateImagesOperator
 
 

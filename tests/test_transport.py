@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from airflow_provider_imagen.transport import SpreadTransport, environment_proxy
+from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy
 
 
 def run_concurrently(transport: SpreadTransport, url: str, n: int) -> list[int]:

@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from airflow_provider_imagen import clients
-from airflow_provider_imagen.clients import shared_async_clients
-from airflow_provider_imagen.errors import CloudflareRateLimitError
+from airflow_provider_imagen._cloudflare import clients
+from airflow_provider_imagen._cloudflare.clients import shared_async_clients
+from airflow_provider_imagen._cloudflare.transport import CONNECTIONS_PER_POOL
+from airflow_provider_imagen.exceptions import CloudflareRateLimitError, error_from_dict
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
-from airflow_provider_imagen.transport import CONNECTIONS_PER_POOL
-from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger, error_from_dict
+from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 
 FAST = {"retry_backoff": 0.01, "max_retry_wait": 1.0}
 
@@ -31,7 +31,7 @@ async def events(t):
 def test_serialize_round_trips_exactly_and_holds_no_secret(imagen_emulator):
     original = trigger(gateway_options={"cache_ttl": 60}, max_retries=2, timeout=30)
     classpath, kwargs = original.serialize()
-    assert classpath == "airflow_provider_imagen.triggers.ImagenGenerateImageTrigger"
+    assert classpath == "airflow_provider_imagen.triggers.imagen.ImagenGenerateImageTrigger"
     again = ImagenGenerateImageTrigger(**json.loads(json.dumps(kwargs)))
     assert again.serialize() == (classpath, kwargs)
     assert imagen_emulator.token not in json.dumps(kwargs)

@@ -10,7 +10,7 @@ Installed with the package (``pytest11`` entry point)::
 
 ``imagen_emulator`` points the ``cloudflare_workers_ai_default`` connection at an emulator on
 127.0.0.1 for the duration of the test, and resets its faults and counters (and the process's rate pacers,
-see ``airflow_provider_imagen.pacing``) before each test.
+see ``airflow_provider_imagen._cloudflare.pacing``) before each test.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def imagen_emulator(
     imagen_emulator_server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[EmulatorFixture]:
     """The session's emulator, reset, with ``cloudflare_workers_ai_default`` pointing at it."""
-    from airflow_provider_imagen import pacing
+    from airflow_provider_imagen._cloudflare import pacing
     from airflow_provider_imagen.emulator.server import EmulatorFixture
 
     handle = EmulatorFixture(imagen_emulator_server)

@@ -16,7 +16,7 @@ import pytest
 from airflow.sdk import DAG
 
 from airflow_provider_imagen.emulator import EmulatorConfig, EmulatorServer
-from airflow_provider_imagen.errors import CloudflareWorkersAIError
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator, ImagenGenerateImagesOperator
 

@@ -10,14 +10,14 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imagen.transport import SpreadTransport
+from airflow_provider_imagen._cloudflare.transport import SpreadTransport
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     import httpx
 
-    from airflow_provider_imagen.connection import ConnectionSettings
+    from airflow_provider_imagen._cloudflare.settings import ConnectionSettings
 
 #: Seconds the triggers of one event loop reuse a connection one of them read. A changed connection
 #: (a rotated token, say) reaches new triggers within this time.

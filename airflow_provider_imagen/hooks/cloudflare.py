@@ -10,19 +10,19 @@ import httpx
 from airflow.sdk import BaseHook
 from tenacity import AsyncRetrying, Retrying
 
-from airflow_provider_imagen import connection
-from airflow_provider_imagen.clients import shared_async_clients
-from airflow_provider_imagen.connection import ConnectionSettings, aread_settings, check_hook_arguments
+from airflow_provider_imagen._cloudflare import settings as connection
+from airflow_provider_imagen._cloudflare.clients import shared_async_clients
+from airflow_provider_imagen._cloudflare.fallback import ModelWalk, UnavailableModels
+from airflow_provider_imagen._cloudflare.pacing import pacer_for
+from airflow_provider_imagen._cloudflare.response import image_from_result, parse_response
+from airflow_provider_imagen._cloudflare.retry import CallRecord, annotate, is_idempotent, retry_policy
+from airflow_provider_imagen._cloudflare.rules import model_chain, returns_bytes
+from airflow_provider_imagen._cloudflare.settings import ConnectionSettings, aread_settings, check_hook_arguments
+from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy, transport_error
+from airflow_provider_imagen._cloudflare.verify import check_connection
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
-from airflow_provider_imagen.errors import CloudflareWorkersAIError
-from airflow_provider_imagen.fallback import ModelWalk, UnavailableModels
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, ImagenInput, RunResult
-from airflow_provider_imagen.pacing import pacer_for
-from airflow_provider_imagen.responses import image_from_result, parse_response
-from airflow_provider_imagen.retry import CallRecord, annotate, is_idempotent, retry_policy, transport_error
-from airflow_provider_imagen.rules import model_chain, returns_bytes
-from airflow_provider_imagen.transport import SpreadTransport, environment_proxy
-from airflow_provider_imagen.verify import check_connection
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -200,8 +200,7 @@ class CloudflareWorkersAIHook(BaseHook):
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
-            annotate(err, model, attempt_number, call)
-            raise
+            raise annotate(err, model, attempt_number, call)  # noqa: B904 - raised from err's own cause
         return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
     async def arun(
@@ -228,8 +227,7 @@ class CloudflareWorkersAIHook(BaseHook):
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
-            annotate(err, model, attempt_number, call)
-            raise
+            raise annotate(err, model, attempt_number, call)  # noqa: B904 - raised from err's own cause
         return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
     def generate_image(

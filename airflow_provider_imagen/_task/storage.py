@@ -22,10 +22,15 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
+from airflow_provider_imagen._cloudflare.response import sniff_image_type
+from airflow_provider_imagen._cloudflare.retry import backoff_wait
 from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
-from airflow_provider_imagen.errors import CloudflareWorkersAIError, ImageDownloadError, InvalidInputError, StorageError
-from airflow_provider_imagen.responses import sniff_image_type
-from airflow_provider_imagen.retry import backoff_wait
+from airflow_provider_imagen.exceptions import (
+    CloudflareWorkersAIError,
+    ImageDownloadError,
+    InvalidInputError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath

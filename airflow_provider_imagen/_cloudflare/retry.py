@@ -15,105 +15,31 @@ Every Imagen call may be billed, so the rules are:
   in flight: the call fails with :class:`GenerationOutcomeUnknownError`, saying the image may be billed.
 - Configuration errors (a wrong scheme, a TLS handshake that cannot succeed) fail at once.
 - A refusal by a rate limit (429, capacity 3040, wholesale throttling) ran nothing and is not billed: it does
-  not count against ``max_retries``. It is re-sent at the pace ``pacing.py`` learns, for as long as the call's
+  not count against ``max_retries``. It is re-sent at the pace :mod:`.pacing` learns, for as long as the call's
   rate-limit budget (``max_rate_limit_wait`` seconds from its first refusal) lasts.
 """
 
 from __future__ import annotations
 
-import email.utils
-import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from tenacity import RetryCallState, retry_if_exception, wait_exponential, wait_random
 
-from airflow_provider_imagen.errors import (
-    CloudflareAuthenticationError,
+from airflow_provider_imagen._cloudflare.response import CAPACITY_CODES, code_number
+from airflow_provider_imagen.exceptions import (
     CloudflareBadRequestError,
     CloudflareRateLimitError,
     CloudflareServerError,
     CloudflareWorkersAIError,
-    ConnectionConfigError,
     GenerationOutcomeUnknownError,
-    ImageGenerationFailedError,
 )
 
 if TYPE_CHECKING:
     from logging import Logger
 
-# --- Error answers -----------------------------------------------------------------------------------
-
-# Codes from Cloudflare's documentation, grouped by what a caller should do about them.
-_CAPACITY = {3040}
-_DAILY_LIMIT = {3036}
-_AUTH = {10000, 10001, 2009, 1000}  # 1000: "Invalid API Token"
-_BAD_REQUEST = {5004, 3003, 5007, 7003, 3042, 3006}
-_TRANSIENT = {3007, 3008}
-
-
-def classify(
-    status_code: int | None,
-    code: int | str | None,
-    message: str,
-    *,
-    retry_after: float | None = None,
-) -> CloudflareWorkersAIError:
-    """
-    Build the exception for an error answer, with its retry decision.
-
-    Codes win over statuses: a 429 with code 3036 (daily allocation used up) is final although
-    429 alone would be retried.
-    """
-    numeric = _as_int(code)
-    lowered = message.lower()
-
-    def error(cls: type[CloudflareWorkersAIError], retryable: bool) -> CloudflareWorkersAIError:
-        return cls(message, status_code=status_code, code=code, retryable=retryable, retry_after=retry_after)
-
-    if numeric == 2021 or "wholesale rate limit" in lowered:
-        if "wholesale rate limit" in lowered:
-            return error(CloudflareRateLimitError, True)
-        # "not available via unified billing": the account must bring its own provider key.
-        return error(CloudflareBadRequestError, False)
-    if numeric in _DAILY_LIMIT:
-        return error(CloudflareRateLimitError, False)
-    if numeric in _CAPACITY:
-        return error(CloudflareRateLimitError, True)
-    if numeric in _AUTH or status_code in (401, 403):
-        return error(CloudflareAuthenticationError, False)
-    if numeric in _TRANSIENT or status_code == 408:
-        return error(CloudflareServerError, True)
-    if numeric in _BAD_REQUEST or status_code in (400, 404, 405, 413, 422):
-        return error(CloudflareBadRequestError, False)
-    if status_code == 429:
-        return error(CloudflareRateLimitError, True)
-    if code == "provider_unavailable":
-        return error(ImageGenerationFailedError, True)
-    if status_code is not None and status_code >= 500:
-        return error(CloudflareServerError, True)
-    if status_code is not None and 200 <= status_code < 300:
-        # An error body on a 2xx (``success: false``, ``state: "Failed"``) with a code we do not know.
-        return error(ImageGenerationFailedError, False)
-    return error(CloudflareWorkersAIError, False)
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` in seconds, from either form the HTTP spec allows (seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    import httpx
 
 
 def is_rate_limited(exc: BaseException | None) -> bool:
@@ -123,7 +49,7 @@ def is_rate_limited(exc: BaseException | None) -> bool:
 
 def is_capacity(exc: BaseException | None) -> bool:
     """Whether ``exc`` says the model is out of capacity (3040), rather than that we send too fast."""
-    return isinstance(exc, CloudflareRateLimitError) and _as_int(exc.code) in _CAPACITY
+    return isinstance(exc, CloudflareRateLimitError) and code_number(exc.code) in CAPACITY_CODES
 
 
 def is_unavailable(exc: BaseException | None) -> bool:
@@ -139,7 +65,7 @@ def is_unavailable(exc: BaseException | None) -> bool:
     if isinstance(exc, CloudflareRateLimitError):
         return exc.retryable
     if isinstance(exc, CloudflareBadRequestError):
-        return _as_int(exc.code) == 2021
+        return code_number(exc.code) == 2021
     return exc.code == "provider_unavailable" or (exc.status_code == 503 and isinstance(exc, CloudflareServerError))
 
 
@@ -150,64 +76,9 @@ class CallRecord:
     maybe_billed: bool = False
 
 
-def annotate(err: CloudflareWorkersAIError, model: str, attempts: int, call: CallRecord) -> None:
-    """Note on ``err`` the model called, the requests sent (rate-limit refusals included), and what they met."""
-    err.model = model
-    err.attempts = max(attempts, 1)
-    err.maybe_billed = err.maybe_billed or call.maybe_billed
-
-
-def _as_int(code: int | str | None) -> int | None:
-    if isinstance(code, int):
-        return code
-    if isinstance(code, str) and code.isdigit():
-        return int(code)
-    return None
-
-
-# --- Failures on the wire ----------------------------------------------------------------------------
-
-#: Never sent: no connection was made, so Cloudflare cannot have seen (or billed) the request.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-def transport_error(exc: httpx.TransportError, host: str) -> Exception:
-    """The error for a request to ``host`` that got no HTTP answer, with its retry decision."""
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return ConnectionConfigError(f"the connection's host {host} is not usable: {detail}")
-    if _caused_by_tls(exc):
-        # A wrong scheme (https to an http server) or a TLS version or certificate the peer refuses: no retry
-        # can mend it.
-        return ConnectionConfigError(
-            f"the TLS handshake with {host} failed ({detail}): check the scheme (http or https) and the "
-            "host of the connection's API base URL"
-        )
-    if isinstance(exc, _NOT_SENT):
-        return CloudflareServerError(f"could not reach {host}: {detail}", retryable=True)
-    what = "timed out waiting for" if isinstance(exc, httpx.TimeoutException) else "lost"
-    error = GenerationOutcomeUnknownError(
-        f"the request to {host} {what} its answer after it may have reached Cloudflare ({detail}); "
-        "the image may have been generated and billed",
-        retryable=False,
-    )
-    # h11's words when the status line and headers arrived and the body was then cut short.
-    error.answer_started = isinstance(exc, httpx.RemoteProtocolError) and (
-        "message body" in str(exc) or "chunked" in str(exc)
-    )
-    return error
-
-
-def _caused_by_tls(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(5):  # httpx -> httpcore -> ssl: a short chain
-        if seen is None:
-            return False
-        # A peer hanging up mid-handshake (EOF) can be load, not configuration: that one stays retryable.
-        if isinstance(seen, ssl.SSLError) and not isinstance(seen, (ssl.SSLZeroReturnError, ssl.SSLEOFError)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+def annotate(err: CloudflareWorkersAIError, model: str, attempts: int, call: CallRecord) -> CloudflareWorkersAIError:
+    """Return ``err`` with the model called, the requests sent (rate-limit refusals included), and what they met."""
+    return err.replace(model=model, attempts=max(attempts, 1), maybe_billed=err.maybe_billed or call.maybe_billed)
 
 
 def is_idempotent(request: httpx.Request, cloudflare_model: bool) -> bool:

@@ -19,7 +19,7 @@ from airflow.providers.common.compat.sdk import (
     task_decorator_factory,
 )
 
-from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.exceptions import InvalidInputError
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator
 
 if TYPE_CHECKING:

@@ -2,8 +2,8 @@
 Model fallback: when a model cannot serve now, the next model of the call's chain makes the image.
 
 A model is passed over only for an error that says it is unavailable once its retries are spent
-(:func:`~airflow_provider_imagen.retry.is_unavailable`): out of capacity or throttled, ``provider_unavailable``,
-HTTP 503, or not available via unified billing. Any other error fails the call at once: the next model would
+(:func:`.retry.is_unavailable`): out of capacity or throttled, ``provider_unavailable``, HTTP 503, or not
+available via unified billing. Any other error fails the call at once: the next model would
 get the same input and the same token, and a request whose outcome is unknown may have made a billed image
 that a second model would be paid to make again.
 
@@ -23,14 +23,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagen._cloudflare.retry import is_unavailable
+from airflow_provider_imagen._cloudflare.rules import first_bytes_model
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, SkippedModel
-from airflow_provider_imagen.retry import is_unavailable
-from airflow_provider_imagen.rules import first_bytes_model
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
-    from airflow_provider_imagen.errors import CloudflareWorkersAIError
+    from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
 
 #: Seconds a hook skips a model it found unavailable, before trying it again.
 UNAVAILABLE_SECONDS = 60.0
@@ -100,8 +100,7 @@ class ModelWalk:
         ``err``, listing the models passed over before it.
         """
         if last or not is_unavailable(err):
-            err.skipped_models = [skipped.model_dump(mode="json") for skipped in self.skipped]
-            raise err
+            raise err.replace(skipped_models=[skipped.model_dump(mode="json") for skipped in self.skipped])
         skipped = skipped_from(model, err)
         self.skipped.append(skipped)
         self.unavailable.note([skipped])

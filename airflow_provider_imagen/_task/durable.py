@@ -240,7 +240,7 @@ def _open_backend(context: Context, request: Request) -> _Backend | None:
     root = conf.get(CONFIG_SECTION, CONFIG_OPTION, fallback=None)
     if not root:
         return None
-    from airflow_provider_imagen.storage import resolve_output_path
+    from airflow_provider_imagen._task.storage import resolve_output_path
 
     base, _ = resolve_output_path(root)
     folder = base / quote(request.dag_id, safe="") / quote(request.run_id, safe="")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import httpx
     from airflow.sdk import Connection
 
-    from airflow_provider_imagen.errors import ConnectionConfigError
+    from airflow_provider_imagen.exceptions import ConnectionConfigError
     from airflow_provider_imagen.models import GatewayOptions
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
@@ -158,7 +158,7 @@ class ConnectionSettings:
         """
         import uuid
 
-        from airflow_provider_imagen.rules import returns_bytes
+        from airflow_provider_imagen._cloudflare.rules import returns_bytes
 
         url = self.run_url(model)  # checks the model id
         headers = {"cf-aig-gateway-id": self.gateway_id} if self.gateway_id else {}
@@ -188,8 +188,8 @@ class ConnectionSettings:
         if url is None:
             import httpx
 
-            from airflow_provider_imagen.errors import ConnectionConfigError
-            from airflow_provider_imagen.rules import check_model_id
+            from airflow_provider_imagen._cloudflare.rules import check_model_id
+            from airflow_provider_imagen.exceptions import ConnectionConfigError
 
             check_model_id(model)
             # Built once per model: httpx parses a relative URL and joins it to the base on every request,
@@ -211,7 +211,7 @@ class ConnectionSettings:
 
         :raises ConnectionConfigError: naming the connection id and the missing or malformed field.
         """
-        from airflow_provider_imagen.errors import ConnectionConfigError
+        from airflow_provider_imagen.exceptions import ConnectionConfigError
 
         conn_id = conn.conn_id or "<unnamed>"
         extra = conn.extra_dejson or {}
@@ -301,7 +301,7 @@ def check_hook_arguments(timeout: Any, max_retries: Any, requests_per_minute: An
 
     :raises ConnectionConfigError: naming the argument and what is allowed.
     """
-    from airflow_provider_imagen.errors import ConnectionConfigError
+    from airflow_provider_imagen.exceptions import ConnectionConfigError
 
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600):
         raise ConnectionConfigError(f"timeout must be between 0 and 3600 seconds, got {timeout!r}")

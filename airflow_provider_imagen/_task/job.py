@@ -11,17 +11,17 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imagen.errors import CloudflareWorkersAIError, ImageDownloadError, SpendLimitError
-from airflow_provider_imagen.fallback import with_earlier
+from airflow_provider_imagen._cloudflare.fallback import with_earlier
+from airflow_provider_imagen._task.storage import discard_kept, exists_at, keep_bytes, read_kept, storage_failure
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, ImageDownloadError, SpendLimitError
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, SkippedModel
-from airflow_provider_imagen.storage import discard_kept, exists_at, keep_bytes, read_kept, storage_failure
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from airflow.sdk import Context
 
-    from airflow_provider_imagen.durable import Ledger
+    from airflow_provider_imagen._task.durable import Ledger
     from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 
 #: What an expired image URL answers: the one case where an image already paid for is generated again.
@@ -97,7 +97,7 @@ class ImageJob:
         self._lock = threading.Lock()
 
     def items(self, prompts: Sequence[str]) -> list[Item]:
-        from airflow_provider_imagen.durable import fingerprint
+        from airflow_provider_imagen._task.durable import fingerprint
 
         seen: dict[str, int] = {}
         items = []
@@ -256,11 +256,13 @@ class ImageJob:
         hook.unavailable_models.note(skipped)
         try:
             image = hook.generate_image(**self.request_for(item, regenerations))
-        except BaseException as err:
+        except CloudflareWorkersAIError as err:
             self.release()
-            if isinstance(err, CloudflareWorkersAIError):  # the trigger's attempts, as it reported them
-                passed = with_earlier(skipped, [SkippedModel.model_validate(s) for s in err.skipped_models])
-                err.skipped_models = [s.model_dump(mode="json") for s in passed]
+            # The trigger's attempts come first, as it reported them.
+            passed = with_earlier(skipped, [SkippedModel.model_validate(s) for s in err.skipped_models])
+            raise err.replace(skipped_models=[s.model_dump(mode="json") for s in passed])  # noqa: B904
+        except BaseException:
+            self.release()
             raise
         if skipped:  # the trigger's attempts, rather than this try's "skipped without a request"
             image = image.model_copy(update={"skipped_models": with_earlier(skipped, image.skipped_models)})
@@ -339,9 +341,9 @@ def job_for(operator: Any, context: Context, max_images: int | None = None) -> I
     The images of one try of an Imagen ``operator``: what earlier tries of the same request left (``durable.py``),
     and a store that names each image after its inputs and task instance (``storage.py``).
     """
-    from airflow_provider_imagen.durable import Ledger
-    from airflow_provider_imagen.rules import model_chain, unset_if_empty
-    from airflow_provider_imagen.storage import store_image, task_instance_identity
+    from airflow_provider_imagen._cloudflare.rules import model_chain, unset_if_empty
+    from airflow_provider_imagen._task.durable import Ledger
+    from airflow_provider_imagen._task.storage import store_image, task_instance_identity
 
     identity = task_instance_identity(context)
 
@@ -379,7 +381,7 @@ def batch_results(
     prompts: Sequence[str], outcomes: Sequence[Outcome]
 ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]], list[str | None]]:
     """A batch's XComs, in prompt order: a summary per image (``None`` if it failed), the failures, the URLs."""
-    from airflow_provider_imagen.triggers import error_to_dict
+    from airflow_provider_imagen.exceptions import error_to_dict
 
     summaries: list[dict[str, Any] | None] = []
     failures: list[dict[str, Any]] = []

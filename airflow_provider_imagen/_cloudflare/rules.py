@@ -17,7 +17,7 @@ from airflow_provider_imagen.constants import (
     MAX_PROMPT_CHARS,
     PERSON_GENERATION,
 )
-from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.exceptions import InvalidInputError
 
 MAX_MODEL_ID_CHARS = 200
 #: The most models one call may try: the model and up to four fallbacks (each may spend its retries).

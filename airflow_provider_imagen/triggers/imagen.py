@@ -1,22 +1,56 @@
 """
-The deferrable path: the Cloudflare call made in the triggerer's event loop, never blocking it, and the
-events it sends back to the task (errors travel as JSON and are rebuilt as the same typed exception).
+The deferrable path: the Cloudflare call made in the triggerer's event loop, never blocking it.
+
+Airflow persists what :meth:`ImagenGenerateImageTrigger.serialize` returns with every deferral, and a task may
+resume on a newer version of this provider than the one that deferred it, so both the class path and the
+serialized kwargs are a persisted schema. The class path is a literal (a move of the class must keep an alias
+at that path). The kwargs, version 1:
+
+============================  ===================================================================
+key                           value
+============================  ===================================================================
+``schema_version``            ``1``
+``prompt``                    the prompt (str)
+``aspect_ratio``              str or null
+``person_generation``         str or null
+``cloudflare_conn_id``        the connection id; the trigger reads the connection itself, so no secret is stored
+``model``                     the model id
+``fallback_models``           list of model ids answering with a URL, or null
+``fallback_follows``          bool: the task tries more models (answering in bytes) if these are unavailable
+``gateway_options``           dict of :class:`~airflow_provider_imagen.models.GatewayOptions` fields, or null
+``timeout``                   float or null
+``max_retries``               int or null
+``retry_backoff``             float
+``max_retry_wait``            float
+``requests_per_minute``       float or null
+``max_rate_limit_wait``       float
+============================  ===================================================================
+
+A later version adds keys with defaults and never changes the meaning of one; an unknown ``schema_version`` is
+refused. The trigger fires exactly one event, version 1:
+
+- ``{"status": "success", "image": {...}}``: the image as
+  :meth:`~airflow_provider_imagen.models.GeneratedImage.to_xcom` describes it (a URL, never bytes);
+- ``{"status": "error", "error": {...}, "inputs": {...}}``: the error as
+  :func:`~airflow_provider_imagen.exceptions.error_to_dict` describes it, and the prompt, aspect ratio and
+  person generation it was for.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_imagen import errors
+from airflow_provider_imagen._cloudflare.rules import first_bytes_model, model_chain
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
-from airflow_provider_imagen.errors import InvalidInputError
-from airflow_provider_imagen.rules import first_bytes_model, model_chain
+from airflow_provider_imagen.exceptions import InvalidInputError, error_to_dict
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+#: The version of the serialized kwargs and of the event (see the module's docstring).
+SCHEMA_VERSION = 1
 
 
 class ImagenGenerateImageTrigger(BaseTrigger):
@@ -33,8 +67,9 @@ class ImagenGenerateImageTrigger(BaseTrigger):
     :param aspect_ratio: ``1:1``, ``3:4``, ``4:3``, ``9:16`` or ``16:9``.
     :param person_generation: ``dont_allow``, ``allow_adult`` or ``allow_all``.
     :param model: the model id.
-    :param fallback_models: models to try in turn when the one before is unavailable (``fallback.py``); models
-        that answer with a URL only, as an event carries no image bytes.
+    :param fallback_models: models to try in turn when the one before is unavailable
+        (:mod:`~airflow_provider_imagen._cloudflare.fallback`); models that answer with a URL only, as an event
+        carries no image bytes.
     :param fallback_follows: the task tries more models on its worker if these are unavailable (models that answer
         with bytes): the last model here is then passed over as the others are, once its retries are spent.
     :param gateway_options: AI Gateway options, as a dict.
@@ -43,7 +78,9 @@ class ImagenGenerateImageTrigger(BaseTrigger):
     :param retry_backoff: seconds before the first retry.
     :param max_retry_wait: the longest single wait between attempts.
     :param requests_per_minute: the account's rate limit, if known (the connection's when unset): every trigger
-        of the triggerer that calls the account shares one pace (see ``pacing.py``).
+        of the triggerer that calls the account shares one pace (:mod:`~airflow_provider_imagen._cloudflare.pacing`).
+    :param max_rate_limit_wait: seconds a call keeps re-sending after a rate limit refused it.
+    :param schema_version: the version of the serialized kwargs; only the current one is accepted.
     """
 
     def __init__(
@@ -62,8 +99,15 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         retry_backoff: float = 1.0,
         max_retry_wait: float = 60.0,
         requests_per_minute: float | None = None,
+        max_rate_limit_wait: float = 600.0,
+        schema_version: int = SCHEMA_VERSION,
     ) -> None:
         super().__init__()
+        if schema_version != SCHEMA_VERSION:
+            raise InvalidInputError(
+                f"Invalid schema_version {schema_version!r} for ImagenGenerateImageTrigger: this provider reads "
+                f"version {SCHEMA_VERSION}; resume the task with the provider version that deferred it"
+            )
         # The same rules as the hook's, before the trigger is stored; and no model whose image (bytes) an event
         # could not carry: it would be billed and lost.
         chain = model_chain(model, fallback_models)
@@ -87,11 +131,14 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         self.retry_backoff = retry_backoff
         self.max_retry_wait = max_retry_wait
         self.requests_per_minute = requests_per_minute
+        self.max_rate_limit_wait = max_rate_limit_wait
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the class path and the kwargs Airflow persists with the deferral (schema in the module doc)."""
         return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
+            "airflow_provider_imagen.triggers.imagen.ImagenGenerateImageTrigger",
             {
+                "schema_version": SCHEMA_VERSION,
                 "prompt": self.prompt,
                 "aspect_ratio": self.aspect_ratio,
                 "person_generation": self.person_generation,
@@ -105,11 +152,12 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 "retry_backoff": self.retry_backoff,
                 "max_retry_wait": self.max_retry_wait,
                 "requests_per_minute": self.requests_per_minute,
+                "max_rate_limit_wait": self.max_rate_limit_wait,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+        from airflow_provider_imagen.hooks.cloudflare import CloudflareWorkersAIHook
 
         try:
             async with CloudflareWorkersAIHook(
@@ -119,6 +167,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 retry_backoff=self.retry_backoff,
                 max_retry_wait=self.max_retry_wait,
                 requests_per_minute=self.requests_per_minute,
+                max_rate_limit_wait=self.max_rate_limit_wait,
                 share_async_client=True,
             ) as hook:
                 image = await hook.agenerate_image(
@@ -143,70 +192,3 @@ class ImagenGenerateImageTrigger(BaseTrigger):
             yield TriggerEvent({"status": "error", "error": {"type": "InvalidInputError", "message": message}})
             return
         yield TriggerEvent({"status": "success", "image": image.to_xcom()})
-
-
-def error_to_dict(error: BaseException, conn_id: str | None = None) -> dict[str, object]:
-    """
-    A JSON-safe description of ``error``, for trigger events and batch results.
-
-    :param conn_id: named in the message of errors that did not come from Cloudflare's answer.
-    """
-    message = getattr(error, "message", None) or str(error) or type(error).__name__
-    if conn_id and not isinstance(error, errors.CloudflareWorkersAIError) and conn_id not in message:
-        message = f"Connection {conn_id!r}: {message}"
-    name = type(error).__name__
-    payload: dict[str, object] = {"type": name if name in _ERROR_TYPES else "CloudflareWorkersAIError"}
-    if name not in _ERROR_TYPES:
-        message = f"{name}: {message}"
-    payload["message"] = message
-    if isinstance(error, errors.CloudflareWorkersAIError):
-        payload.update(
-            status_code=error.status_code,
-            code=error.code,
-            retryable=error.retryable,
-            attempts=error.attempts,
-            model=error.model,
-            skipped_models=error.skipped_models,
-            maybe_billed=error.maybe_billed,
-        )
-    return payload
-
-
-def error_from_dict(payload: dict[str, object] | None) -> Exception:
-    """Rebuild the typed exception :func:`error_to_dict` described, so a task fails as the sync path would."""
-    payload = payload or {}
-    cls = _ERROR_TYPES.get(str(payload.get("type")), errors.CloudflareWorkersAIError)
-    message = str(payload.get("message") or "unknown error")
-    if not issubclass(cls, errors.CloudflareWorkersAIError):
-        return cls(message)
-    code = payload.get("code")
-    status = payload.get("status_code")
-    error = cls(
-        message,
-        status_code=status if isinstance(status, int) else None,
-        code=code if isinstance(code, (int, str)) else None,
-        retryable=bool(payload.get("retryable")),
-    )
-    attempts = payload.get("attempts")
-    error.attempts = attempts if isinstance(attempts, int) else 1
-    model = payload.get("model")
-    error.model = model if isinstance(model, str) else None
-    skipped = payload.get("skipped_models")
-    error.skipped_models = [s for s in skipped if isinstance(s, dict)] if isinstance(skipped, list) else []
-    error.maybe_billed = error.maybe_billed or payload.get("maybe_billed") is not False
-    return error
-
-
-def _subclasses(cls: type[Exception]) -> list[type[Exception]]:
-    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
-
-
-_ERROR_TYPES: dict[str, type[Exception]] = {
-    cls.__name__: cls
-    for cls in (
-        *_subclasses(errors.CloudflareWorkersAIError),
-        errors.InvalidInputError,
-        errors.ConnectionConfigError,
-        AirflowNotFoundException,
-    )
-}

@@ -1,5 +1,7 @@
 """
-An httpx transport that spreads concurrent requests over several small connection pools.
+The HTTP transport, and the one place where httpx's failures become the provider's exceptions.
+
+:class:`SpreadTransport` spreads concurrent requests over several small connection pools.
 
 httpcore's pool does bookkeeping on every request and every response that is quadratic in the number of
 connections it holds (encode/httpcore#1035, unfixed in httpcore 1.0.9). With 50 requests in flight over one
@@ -11,13 +13,19 @@ sends each request to the pool with the fewest requests in flight, adding a pool
 from __future__ import annotations
 
 import functools
+import ssl
 import urllib.request
 from typing import TYPE_CHECKING
 
 import httpx
 
+from airflow_provider_imagen.exceptions import (
+    CloudflareServerError,
+    ConnectionConfigError,
+    GenerationOutcomeUnknownError,
+)
+
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import AsyncIterator, Callable
 
 #: Requests in flight per pool before another pool is opened (and connections each pool keeps alive).
@@ -120,3 +128,47 @@ class SpreadTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.aclose()
+
+
+# --- Failures on the wire: httpx mapped to the provider's exceptions ------------------------------------
+
+#: Never sent: no connection was made, so Cloudflare cannot have seen (or billed) the request.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def transport_error(exc: httpx.TransportError, host: str) -> Exception:
+    """The error for a request to ``host`` that got no HTTP answer, with its retry decision."""
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return ConnectionConfigError(f"the connection's host {host} is not usable: {detail}")
+    if _caused_by_tls(exc):
+        # A wrong scheme (https to an http server) or a TLS version or certificate the peer refuses: no retry
+        # can mend it.
+        return ConnectionConfigError(
+            f"the TLS handshake with {host} failed ({detail}): check the scheme (http or https) and the "
+            "host of the connection's API base URL"
+        )
+    if isinstance(exc, _NOT_SENT):
+        return CloudflareServerError(f"could not reach {host}: {detail}", retryable=True)
+    what = "timed out waiting for" if isinstance(exc, httpx.TimeoutException) else "lost"
+    # h11's words when the status line and headers arrived and the body was then cut short.
+    answer_started = isinstance(exc, httpx.RemoteProtocolError) and (
+        "message body" in str(exc) or "chunked" in str(exc)
+    )
+    return GenerationOutcomeUnknownError(
+        f"the request to {host} {what} its answer after it may have reached Cloudflare ({detail}); "
+        "the image may have been generated and billed",
+        answer_started=answer_started,
+    )
+
+
+def _caused_by_tls(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(5):  # httpx -> httpcore -> ssl: a short chain
+        if seen is None:
+            return False
+        # A peer hanging up mid-handshake (EOF) can be load, not configuration: that one stays retryable.
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, (ssl.SSLZeroReturnError, ssl.SSLEOFError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

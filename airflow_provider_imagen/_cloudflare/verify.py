@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from airflow_provider_imagen.errors import CloudflareAuthenticationError, CloudflareWorkersAIError
-from airflow_provider_imagen.responses import parse_response
-from airflow_provider_imagen.retry import transport_error
+from airflow_provider_imagen._cloudflare.response import parse_response
+from airflow_provider_imagen._cloudflare.transport import transport_error
+from airflow_provider_imagen.exceptions import CloudflareAuthenticationError, CloudflareWorkersAIError
 
 if TYPE_CHECKING:
-    from airflow_provider_imagen.connection import ConnectionSettings
+    from airflow_provider_imagen._cloudflare.settings import ConnectionSettings
 
 
 def check_connection(settings: ConnectionSettings, client: httpx.Client) -> tuple[bool, str]:

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import json
 import re
+import time
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
 from airflow_provider_imagen.constants import IMAGE_SIZES, IMAGEN_4
-from airflow_provider_imagen.errors import (
+from airflow_provider_imagen.exceptions import (
+    CloudflareAuthenticationError,
+    CloudflareBadRequestError,
+    CloudflareRateLimitError,
     CloudflareServerError,
     CloudflareWorkersAIError,
     GenerationOutcomeUnknownError,
@@ -30,7 +35,87 @@ from airflow_provider_imagen.models import (
     RunResult,
     V4Envelope,
 )
-from airflow_provider_imagen.retry import classify, parse_retry_after
+
+# --- Error answers -----------------------------------------------------------------------------------
+
+# Codes from Cloudflare's documentation, grouped by what a caller should do about them.
+CAPACITY_CODES = {3040}
+_DAILY_LIMIT = {3036}
+_AUTH = {10000, 10001, 2009, 1000}  # 1000: "Invalid API Token"
+_BAD_REQUEST = {5004, 3003, 5007, 7003, 3042, 3006}
+_TRANSIENT = {3007, 3008}
+
+
+def classify(
+    status_code: int | None,
+    code: int | str | None,
+    message: str,
+    *,
+    retry_after: float | None = None,
+) -> CloudflareWorkersAIError:
+    """
+    Build the exception for an error answer, with its retry decision.
+
+    Codes win over statuses: a 429 with code 3036 (daily allocation used up) is final although
+    429 alone would be retried.
+    """
+    numeric = code_number(code)
+    lowered = message.lower()
+
+    def error(cls: type[CloudflareWorkersAIError], retryable: bool) -> CloudflareWorkersAIError:
+        return cls(message, status_code=status_code, code=code, retryable=retryable, retry_after=retry_after)
+
+    if numeric == 2021 or "wholesale rate limit" in lowered:
+        if "wholesale rate limit" in lowered:
+            return error(CloudflareRateLimitError, True)
+        # "not available via unified billing": the account must bring its own provider key.
+        return error(CloudflareBadRequestError, False)
+    if numeric in _DAILY_LIMIT:
+        return error(CloudflareRateLimitError, False)
+    if numeric in CAPACITY_CODES:
+        return error(CloudflareRateLimitError, True)
+    if numeric in _AUTH or status_code in (401, 403):
+        return error(CloudflareAuthenticationError, False)
+    if numeric in _TRANSIENT or status_code == 408:
+        return error(CloudflareServerError, True)
+    if numeric in _BAD_REQUEST or status_code in (400, 404, 405, 413, 422):
+        return error(CloudflareBadRequestError, False)
+    if status_code == 429:
+        return error(CloudflareRateLimitError, True)
+    if code == "provider_unavailable":
+        return error(ImageGenerationFailedError, True)
+    if status_code is not None and status_code >= 500:
+        return error(CloudflareServerError, True)
+    if status_code is not None and 200 <= status_code < 300:
+        # An error body on a 2xx (``success: false``, ``state: "Failed"``) with a code we do not know.
+        return error(ImageGenerationFailedError, False)
+    return error(CloudflareWorkersAIError, False)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds, from either form the HTTP spec allows (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def code_number(code: int | str | None) -> int | None:
+    """Return Cloudflare's error ``code`` as a number, or ``None`` for a named code (``provider_unavailable``)."""
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and code.isdigit():
+        return int(code)
+    return None
+
 
 _IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -157,12 +242,11 @@ def _has_request(response: httpx.Response) -> bool:
 def _malformed(status: int, what: str) -> CloudflareServerError:
     if 200 <= status < 300:
         # A success whose body was cut or garbled: the image was made, and billed; a blind re-send pays again.
-        error = GenerationOutcomeUnknownError(
+        return GenerationOutcomeUnknownError(
             f"Cloudflare answered {status} with {what}; the image may have been generated and billed",
             status_code=status,
+            answer_started=True,
         )
-        error.answer_started = True
-        return error
     # Edges and proxies produce these; the next attempt usually gets a proper answer.
     return CloudflareServerError(f"Cloudflare answered with {what}", status_code=status, retryable=True)
 
@@ -200,12 +284,12 @@ def image_from_result(result: RunResult, image_input: ImagenInput) -> GeneratedI
     if data is None:
         url, data = decode_image_field((result.result or {}).get("image"))
     if url is None and data is None:
-        error = ImageGenerationFailedError(
+        raise ImageGenerationFailedError(
             "the model reported success but returned no image (expected result.image to be a URL or base64 image data)",
             status_code=200,
+            model=result.model,
+            attempts=max(result.attempts, 1),
         )
-        error.model, error.attempts = result.model, max(result.attempts, 1)
-        raise error
     size = IMAGE_SIZES.get(image_input.aspect_ratio or "") if result.model == IMAGEN_4 else None
     return GeneratedImage(
         model=result.model,

@@ -31,14 +31,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from airflow_provider_imagen.retry import is_rate_limited
-from airflow_provider_imagen.rules import returns_bytes
+from airflow_provider_imagen._cloudflare.retry import is_rate_limited
+from airflow_provider_imagen._cloudflare.rules import returns_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-    from airflow_provider_imagen.connection import ConnectionSettings
+    from airflow_provider_imagen._cloudflare.settings import ConnectionSettings
 
 #: Sends a cold pacer lets out at once.
 RAMP_START = 16

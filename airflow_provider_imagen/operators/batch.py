@@ -1,0 +1,96 @@
+"""The batch operator: many prompts in one task, concurrently, results in prompt order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_imagen._cloudflare.rules import check_literal_inputs, check_max_images, unset_if_empty
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
+from airflow_provider_imagen.operators.base import ImagenBaseOperator
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.sdk import Context
+
+
+class ImagenGenerateImagesOperator(ImagenBaseOperator):
+    """
+    Generate many images in one task, concurrently over one connection pool, results in prompt order.
+
+    Returns the list of image URLs (the stored URIs for models that return bytes). With ``output_path``
+    (a folder) each image is kept there and ``stored_uri`` holds the list of stored URIs. XCom ``images``
+    holds one JSON summary per prompt.
+
+    Partial failure: by default every prompt that can finish does, then the task fails with one line per
+    failed prompt and its reason. With ``fail_on_error=False`` the task succeeds, failed prompts get ``None``
+    in the returned list, and XCom ``failures`` lists them.
+
+    :param prompts: what to draw, one image each (templated).
+    :param max_concurrency: how many generations run at once (1..1000, default 8).
+    :param fail_on_error: fail the task after the batch if any prompt failed (default) or return the failures.
+    :param max_images: the most images this task instance may generate (with ``durable``, over all its tries):
+        the task fails before exceeding it, saying how many were generated.
+    :param kwargs: the parameters every Imagen operator takes (:class:`ImagenBaseOperator`); ``aspect_ratio`` and
+        ``person_generation`` are shared by every image, and ``output_path`` must be a folder.
+    """
+
+    template_fields: Sequence[str] = ("prompts", *ImagenBaseOperator.template_fields)
+
+    def __init__(
+        self,
+        *,
+        prompts: list[str],
+        max_concurrency: int = 8,
+        fail_on_error: bool = True,
+        max_images: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_max_images(max_images)
+        if isinstance(prompts, list):
+            for prompt in prompts:
+                check_literal_inputs(prompt, None, None, None)
+        check_literal_inputs(None, self.aspect_ratio, self.person_generation, self.model, self.fallback_models)
+        self.prompts = prompts
+        self.max_concurrency = max_concurrency
+        self.fail_on_error = fail_on_error
+        self.max_images = max_images
+
+    def execute(self, context: Context) -> list[str | None]:
+        from airflow_provider_imagen._task.job import batch_results, job_for
+        from airflow_provider_imagen.models import ImagenInput
+
+        self.check_output(folder=True)
+        prompts = list(self.prompts) if isinstance(self.prompts, (list, tuple)) else self.prompts
+        # Every prompt and option is checked before the first request.
+        ImagenInput.parse_batch(
+            prompts,  # type: ignore[arg-type]
+            unset_if_empty(self.aspect_ratio),
+            unset_if_empty(self.person_generation),
+            self.gateway_options,
+            self.max_concurrency,
+        )
+        job = job_for(self, context, max_images=self.max_images)
+        outcomes = job.run_batch(self.get_hook(), job.items(prompts), self.max_concurrency)  # type: ignore[arg-type]
+
+        summaries, failures, returned = batch_results(prompts, outcomes)  # type: ignore[arg-type]
+
+        ti = context["ti"]
+        ti.xcom_push(key="images", value=summaries)
+        ti.xcom_push(key="failures", value=failures)
+        ti.xcom_push(key="billing", value=job.billing())
+        if self.output_path is not None:
+            ti.xcom_push(key="stored_uri", value=[s["stored_uri"] if s else None for s in summaries])
+            self.emit_asset_events(context, [s for s in summaries if s])
+        made_by = ", ".join(sorted({s["model"] for s in summaries if s})) or "none"
+        self.log.info("%d of %d images ready (made by %s)", len(prompts) - len(failures), len(prompts), made_by)
+        self.log.info("%s", job.describe())
+        if failures and self.fail_on_error:
+            lines = "\n".join(f"  [{f['index']}] {f['prompt']!r}: {f['reason']}" for f in failures)
+            raise CloudflareWorkersAIError(
+                f"{len(failures)} of {len(prompts)} images failed (the others succeeded"
+                f"{', and a retry reuses them' if job.ledger.where else ''}):\n{lines}"
+            )
+        job.ledger.clear()  # success: the next run of this task instance is a new request
+        return returned
