@@ -465,8 +465,9 @@ def rate_limit(
     from cloudflare import AsyncCloudflare
 
     from airflow_provider_imagen._cloudflare import pacing
+    from airflow_provider_imagen._cloudflare.clients import shared_async_clients
     from airflow_provider_imagen.emulator.server import EmulatorClient
-    from airflow_provider_imagen.hooks import CloudflareWorkersAIHook, shared_async_clients
+    from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
     from airflow_provider_imagen.models import GeneratedImage
     from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
 

@@ -88,7 +88,7 @@ setup_venv() {
     "apache-airflow-providers-amazon[s3fs]" \
     "celery<5.7" \
     psycopg2-binary asyncpg redis "moto[server]" pytest \
-    -e ".[emulator]"
+    -e .
   echo "$want" > "$stamp"
 }
 

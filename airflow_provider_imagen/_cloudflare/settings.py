@@ -217,10 +217,7 @@ class ConnectionSettings:
         extra = conn.extra_dejson or {}
 
         def get_extra(name: str) -> Any:
-            # Airflow 3 saves form fields under plain names; older forms used a prefixed key.
-            value = extra.get(name)
-            if value in (None, ""):
-                value = extra.get(f"extra__cloudflare_workers_ai__{name}")
+            value = extra.get(name)  # Airflow 3 saves the form's fields under their plain names
             return None if value == "" else value
 
         def fail(what: str) -> ConnectionConfigError:

@@ -136,9 +136,21 @@ class SpreadTransport(httpx.AsyncBaseTransport):
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def transport_error(exc: httpx.TransportError, host: str) -> Exception:
-    """The error for a request to ``host`` that got no HTTP answer, with its retry decision."""
+def transport_error(exc: httpx.TransportError | httpx.DecodingError, host: str) -> Exception:
+    """
+    Return the provider's error for a request to ``host`` that got no usable HTTP answer, with its retry decision.
+
+    :param exc: what httpx raised: no answer (a transport error), or an answer whose body could not be decoded.
+    :param host: the API's host, named in the message.
+    """
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, httpx.DecodingError):
+        # The status line came, then a body no decoder could read (a corrupt gzip stream): the generation ran
+        # and was billed. A lost answer like a cut body: re-sent only when the re-send is a cache hit.
+        return GenerationOutcomeUnknownError(
+            f"the answer from {host} could not be decoded ({detail}); the image may have been generated and billed",
+            answer_started=True,
+        )
     if isinstance(exc, httpx.UnsupportedProtocol):
         return ConnectionConfigError(f"the connection's host {host} is not usable: {detail}")
     if _caused_by_tls(exc):

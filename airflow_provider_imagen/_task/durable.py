@@ -53,7 +53,7 @@ def fingerprint(
 
     Of the gateway options only ``gateway_id`` and ``cache_key`` can change the answer (another gateway, another
     cached answer); TTLs, metadata, timeouts and logging cannot. The fallback models count too (the image may be
-    theirs), and only when there are some, so that records made before fallbacks existed still match.
+    theirs).
     """
     options = gateway_options
     payload: dict[str, Any] = {
@@ -63,9 +63,8 @@ def fingerprint(
         "person_generation": person_generation or None,
         "gateway_id": options.gateway_id if options is not None else None,
         "cache_key": options.cache_key if options is not None else None,
+        "fallback_models": list(fallback_models),
     }
-    if fallback_models:
-        payload["fallback_models"] = list(fallback_models)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagen._cloudflare.batch import as_item_error, run_each
 from airflow_provider_imagen._cloudflare.fallback import with_earlier
 from airflow_provider_imagen._task.storage import discard_kept, exists_at, keep_bytes, read_kept, storage_failure
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, ImageDownloadError, SpendLimitError
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_imagen._task.durable import Ledger
     from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+    from airflow_provider_imagen.operators.base import ImagenBaseOperator
 
 #: What an expired image URL answers: the one case where an image already paid for is generated again.
 EXPIRED_STATUSES = frozenset({403, 404, 410})
@@ -287,36 +289,36 @@ class ImageJob:
         # Before any request: what has no record must be generated (an expired URL is found only later).
         self.check_budget(sum(1 for plan in plans if plan is None or plan.get("image") is None))
         hook.settings  # noqa: B018 - read synchronously: see CloudflareWorkersAIHook.generate_images
-        gate = asyncio.Semaphore(max_concurrency)
 
         async def one(item: Item) -> Outcome:
-            async with gate:
-                try:
-                    outcome, regenerations = await asyncio.to_thread(self.reuse, item)
-                    if outcome is not None:
-                        return outcome
-                    await asyncio.to_thread(self.check_budget, 1, reserve=True)
-                    try:
-                        image = await hook.agenerate_image(**self.request_for(item, regenerations))
-                    except BaseException:
-                        self.release()
-                        raise
-                    kept = await asyncio.to_thread(self.generated_one, item, image, regenerations)
-                    try:  # fsspec writes and state store calls block: keep them off the loop
-                        stored = await asyncio.to_thread(self.stored_one, item, image, False, regenerations, kept)
-                    except CloudflareWorkersAIError as err:
-                        return Outcome(image, error=err)
-                    return Outcome(image, stored)
-                except CloudflareWorkersAIError as err:
-                    return Outcome(error=err)
+            outcome, regenerations = await asyncio.to_thread(self.reuse, item)
+            if outcome is not None:
+                return outcome
+            await asyncio.to_thread(self.check_budget, 1, reserve=True)
+            try:
+                image = await hook.agenerate_image(**self.request_for(item, regenerations))
+            except BaseException:
+                self.release()
+                raise
+            kept = await asyncio.to_thread(self.generated_one, item, image, regenerations)
+            try:  # fsspec writes and state store calls block: keep them off the loop
+                stored = await asyncio.to_thread(self.stored_one, item, image, False, regenerations, kept)
+            except Exception as err:
+                return Outcome(image, error=as_item_error(err))
+            return Outcome(image, stored)
 
         async def run_all() -> list[Outcome]:
             try:
-                return list(await asyncio.gather(*(one(item) for item in items)))
+                return await run_each(items, one, lambda _, err: Outcome(error=err), max_concurrency)
             finally:
                 await hook.aclose()  # the client belongs to this loop, which ends here
 
-        return asyncio.run(run_all())
+        outcomes = asyncio.run(run_all())
+        # max_images is a hard stop: the task fails without retries once every request in flight has ended.
+        for outcome in outcomes:
+            if isinstance(outcome.error, SpendLimitError):
+                raise outcome.error
+        return outcomes
 
     # --- Accounting -------------------------------------------------------------------------------------
 
@@ -336,7 +338,7 @@ class ImageJob:
         return f"Generated {self.generated} image{plural}, reused {self.reused} from earlier tries ({where})"
 
 
-def job_for(operator: Any, context: Context, max_images: int | None = None) -> ImageJob:
+def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | None = None) -> ImageJob:
     """
     The images of one try of an Imagen ``operator``: what earlier tries of the same request left (``durable.py``),
     and a store that names each image after its inputs and task instance (``storage.py``).

@@ -11,6 +11,7 @@ from airflow.sdk import BaseHook
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_imagen._cloudflare import settings as connection
+from airflow_provider_imagen._cloudflare.batch import run_each
 from airflow_provider_imagen._cloudflare.clients import shared_async_clients
 from airflow_provider_imagen._cloudflare.fallback import ModelWalk, UnavailableModels
 from airflow_provider_imagen._cloudflare.pacing import pacer_for
@@ -196,7 +197,7 @@ class CloudflareWorkersAIHook(BaseHook):
                     attempt_number = attempt.retry_state.attempt_number
                     try:
                         response = client.send(request)
-                    except httpx.TransportError as exc:
+                    except (httpx.TransportError, httpx.DecodingError) as exc:
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
@@ -223,7 +224,7 @@ class CloudflareWorkersAIHook(BaseHook):
                     attempt_number = attempt.retry_state.attempt_number
                     try:
                         response = await client.send(request)
-                    except httpx.TransportError as exc:
+                    except (httpx.TransportError, httpx.DecodingError) as exc:
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
@@ -323,18 +324,13 @@ class CloudflareWorkersAIHook(BaseHook):
             prompts, aspect_ratio, person_generation, gateway_options, max_concurrency
         )
         model_chain(model, fallback_models)
-        gate = asyncio.Semaphore(max_concurrency)
 
         async def one(image: ImagenInput) -> GeneratedImage | CloudflareWorkersAIError:
-            async with gate:
-                try:
-                    return await self.agenerate_image(
-                        **image.model_dump(), model=model, fallback_models=fallback_models, gateway_options=options
-                    )
-                except CloudflareWorkersAIError as err:
-                    return err
+            return await self.agenerate_image(
+                **image.model_dump(), model=model, fallback_models=fallback_models, gateway_options=options
+            )
 
-        return list(await asyncio.gather(*(one(image) for image in inputs)))
+        return await run_each(inputs, one, lambda _, err: err, max_concurrency)
 
     def generate_images(
         self,

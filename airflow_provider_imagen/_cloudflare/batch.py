@@ -1,0 +1,59 @@
+"""
+The one batch engine: many calls at a bounded concurrency, results in order, each failure its own item's.
+
+Used by :meth:`~airflow_provider_imagen.hooks.CloudflareWorkersAIHook.agenerate_images` and by a batch task's
+try (:meth:`~airflow_provider_imagen._task.job.ImageJob.run_batch`). Every generation is billed, so an
+exception in one item, of whatever type, never cancels the others' requests in flight: it becomes that item's
+result. Only cancellation itself (and ``KeyboardInterrupt``/``SystemExit``) stops the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, TypeVar
+
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def as_item_error(err: Exception) -> CloudflareWorkersAIError:
+    """
+    Return ``err`` as the provider's error for one item: itself when it is one, else a wrapped copy.
+
+    An unexpected exception may have come after a billed generation, so a wrapped one counts as maybe billed:
+    no fallback model is paid for that item.
+    """
+    if isinstance(err, CloudflareWorkersAIError):
+        return err
+    return CloudflareWorkersAIError(f"{type(err).__name__}: {err}", maybe_billed=True)
+
+
+async def run_each(
+    items: Sequence[T],
+    one: Callable[[T], Awaitable[R]],
+    failed: Callable[[T, CloudflareWorkersAIError], R],
+    max_concurrency: int,
+) -> list[R]:
+    """
+    Run ``one(item)`` for every item, at most ``max_concurrency`` at a time, and return the results in order.
+
+    :param items: what to run, in the order the results come back.
+    :param one: the work of one item.
+    :param failed: the result of an item whose work raised (the error as :func:`as_item_error` gives it).
+    :param max_concurrency: how many items run at once.
+    """
+    gate = asyncio.Semaphore(max_concurrency)
+
+    async def guarded(item: T) -> R:
+        async with gate:
+            try:
+                return await one(item)
+            except Exception as err:  # one item's failure, whatever it is, is that item's result
+                return failed(item, as_item_error(err))
+
+    return list(await asyncio.gather(*(guarded(item) for item in items)))
