@@ -411,7 +411,7 @@ from airflow_provider_imagen._task.storage import store_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with tempfile.TemporaryDirectory() as folder:
     if mode == "ours":
-        stored = store_image(output_path=folder + "/", url=url, prompt="big", inputs={}, max_bytes=size * 2)
+        stored = store_image(output_path=folder + "/", url=url, prompt="big", inputs={}, max_bytes=size * 2, api_host="127.0.0.1")
         written = os.path.getsize(stored.path)
     else:  # what a hand-written task often does
         data = httpx.get(url, timeout=60).content

@@ -28,8 +28,12 @@ def files_in(folder):
 
 def test_folder_gets_a_deterministic_name(tmp_path, image_url):
     inputs = {"model": "google/imagen-4", "aspect_ratio": "4:3"}
-    first = store_image(output_path=f"{tmp_path}/", url=image_url, prompt="A lighthouse", inputs=inputs)
-    again = store_image(output_path=str(tmp_path), url=image_url, prompt="A lighthouse", inputs=inputs)
+    first = store_image(
+        output_path=f"{tmp_path}/", url=image_url, api_host="127.0.0.1", prompt="A lighthouse", inputs=inputs
+    )
+    again = store_image(
+        output_path=str(tmp_path), url=image_url, api_host="127.0.0.1", prompt="A lighthouse", inputs=inputs
+    )
     assert str(first) == str(again)
     assert first.name == file_name_for("A lighthouse", inputs, ".png")
     assert first.name.startswith("a-lighthouse-") and first.name.endswith(".png")
@@ -39,7 +43,7 @@ def test_folder_gets_a_deterministic_name(tmp_path, image_url):
 
 def test_explicit_file_and_file_uri(tmp_path, image_url):
     target = tmp_path / "nested" / "out.png"
-    stored = store_image(output_path=f"file://{target}", url=image_url, prompt="p", inputs={})
+    stored = store_image(output_path=f"file://{target}", url=image_url, api_host="127.0.0.1", prompt="p", inputs={})
     assert stored.path == str(target) and target.stat().st_size > 1000
 
 
@@ -68,13 +72,20 @@ def test_failed_downloads_leave_nothing_at_the_output_path(
 ):
     imagen_emulator.inject(preset, times=3, **fields)
     with pytest.raises(ImageDownloadError, match=message):
-        store_image(output_path=f"{tmp_path}/", url=image_url, prompt="p", inputs={}, max_bytes=1024 * 1024)
+        store_image(
+            output_path=f"{tmp_path}/",
+            url=image_url,
+            api_host="127.0.0.1",
+            prompt="p",
+            inputs={},
+            max_bytes=1024 * 1024,
+        )
     assert files_in(tmp_path) == []
 
 
 def test_a_dropped_download_is_retried(tmp_path, imagen_emulator, image_url):
     imagen_emulator.inject("image_drop")
-    stored = store_image(output_path=f"{tmp_path}/x.png", url=image_url, prompt="p", inputs={})
+    stored = store_image(output_path=f"{tmp_path}/x.png", url=image_url, api_host="127.0.0.1", prompt="p", inputs={})
     assert os.path.getsize(stored.path) > 1000
     assert imagen_emulator.stats()["image_requests"] == 2
 
@@ -95,7 +106,7 @@ def test_a_local_image_is_on_disk_before_its_name_appears(tmp_path, image_url, m
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
-    store_image(output_path=f"{tmp_path}/", url=image_url, prompt="A lighthouse", inputs={})
+    store_image(output_path=f"{tmp_path}/", url=image_url, api_host="127.0.0.1", prompt="A lighthouse", inputs={})
     assert len(synced) >= 1  # the file's bytes (and, where the filesystem allows, the folder's entry)
 
 

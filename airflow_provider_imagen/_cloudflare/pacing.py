@@ -266,7 +266,7 @@ class Pacer:
         return min(max(rate, MIN_RATE), self._limit or math.inf)
 
 
-_pacers: dict[tuple[str, str, str], Pacer] = {}
+_pacers: dict[tuple[str, str, str, float | None], Pacer] = {}
 _pacers_lock = threading.Lock()
 
 
@@ -275,17 +275,16 @@ def pacer_for(settings: ConnectionSettings, requests_per_minute: float | None = 
     The process's pacer for ``model`` on the account ``settings`` call, held to ``requests_per_minute``, else the
     connection's. One per API base URL, account and limit: Cloudflare's own models (``@cf/``, ``@hf/``) share the
     account's Workers AI limit, which is per task type; each third-party model has its provider's. So a model
-    found out of capacity does not slow the model that stands in for it.
-    A limit once given stays until another replaces it: a hook that names none does not lift it.
+    found out of capacity does not slow the model that stands in for it. Calls with another
+    ``requests_per_minute`` have a pacer of their own: one DAG's low limit never slows another's calls.
     """
-    key = (settings.base_url, settings.account_id, "workers-ai" if returns_bytes(model) else model)
+    limit = requests_per_minute if requests_per_minute is not None else settings.requests_per_minute
+    # The limit is part of the key: a DAG that asks for a slow pace gets it without slowing the others.
+    key = (settings.base_url, settings.account_id, "workers-ai" if returns_bytes(model) else model, limit)
     with _pacers_lock:
         pacer = _pacers.get(key)
         if pacer is None:
-            pacer = _pacers[key] = Pacer()
-    limit = requests_per_minute if requests_per_minute is not None else settings.requests_per_minute
-    if limit is not None:
-        pacer.set_limit(limit)
+            pacer = _pacers[key] = Pacer(limit)
     return pacer
 
 

@@ -223,10 +223,11 @@ class ConnectionSettings:
         def fail(what: str) -> ConnectionConfigError:
             return ConnectionConfigError(f"Connection {conn_id!r}: {what}")
 
-        token = conn.password
+        # A token read from a file or a Kubernetes secret often ends in a newline: surrounding space is not the token's.
+        token = (conn.password or "").strip()
         if not token:
             raise fail("the API token is missing: put it in the connection's password ('API Token') field")
-        if any(ch.isspace() for ch in token.strip()) or not token.isprintable():
+        if any(ch.isspace() for ch in token) or not token.isprintable():
             raise fail("the API token holds spaces or control characters: paste the token alone")
 
         account_id = get_extra("account_id")
@@ -271,7 +272,7 @@ class ConnectionSettings:
             conn_id=conn_id,
             base_url=_base_url(conn, fail),
             account_id=account_id,
-            api_token=token.strip(),
+            api_token=token,
             gateway_id=str(gateway_id) if gateway_id else None,
             timeout=timeout,
             max_retries=max_retries,
@@ -364,8 +365,26 @@ def _base_url(conn: Connection, fail: Any) -> str:
         raise fail(f"host must be an http(s) URL such as {DEFAULT_BASE_URL}, got {host!r}")
     if url.userinfo:
         raise fail("host must not hold credentials: put the API token in the password field")
+    if url.scheme == "http" and not is_loopback(url.host):
+        # Every request carries the API token: in clear, anyone on the path could read it.
+        raise fail(
+            f"host {host!r} is plain http, which would send the API token in clear: use https, or http only for "
+            "a loopback address (127.0.0.1, ::1, localhost) such as the emulator"
+        )
     if url.query or url.fragment:
         raise fail(f"host must be a plain base URL without a query or fragment, got {host!r}")
     if conn.port and url.port is None:
         url = url.copy_with(port=conn.port)
     return str(url).rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` names this machine: ``localhost`` or a loopback address."""
+    import ipaddress
+
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

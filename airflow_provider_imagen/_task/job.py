@@ -348,6 +348,15 @@ def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | No
     from airflow_provider_imagen._task.storage import store_image, task_instance_identity
 
     identity = task_instance_identity(context)
+    api_hosts: list[str] = []
+
+    def api_host() -> str:
+        # An image may come from the API's own host when that is private (the emulator): read it once, lazily.
+        if not api_hosts:
+            import httpx
+
+            api_hosts.append(httpx.URL(operator.get_hook().settings.base_url).host)
+        return api_hosts[0]
 
     def store(image: GeneratedImage, index: int | None) -> str | None:
         if operator.output_path is None:
@@ -362,6 +371,7 @@ def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | No
             prompt=image.prompt,
             inputs=inputs,
             max_bytes=operator.max_image_bytes,
+            api_host=api_host() if image.url is not None else None,
         )
         return str(stored)
 

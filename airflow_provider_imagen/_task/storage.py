@@ -19,11 +19,15 @@ import tempfile
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from airflow_provider_imagen._cloudflare.response import sniff_image_type
 from airflow_provider_imagen._cloudflare.retry import backoff_wait
+from airflow_provider_imagen._task.download import (
+    ALLOWED_TYPES,
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    download_to_file,
+)
 from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
 from airflow_provider_imagen.exceptions import (
     CloudflareWorkersAIError,
@@ -33,17 +37,15 @@ from airflow_provider_imagen.exceptions import (
 )
 
 if TYPE_CHECKING:
+    import httpx
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_imagen.models import GeneratedImage
 
-DEFAULT_DOWNLOAD_TIMEOUT = 60.0
-MAX_REDIRECTS = 5
 DOWNLOAD_ATTEMPTS = 3
 CHUNK_SIZE = 256 * 1024
 
 EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
-_ALLOWED_TYPES = {"image/png", "image/jpeg", "image/webp"}
 _LOCAL_PROTOCOLS = {"", "file", "local"}
 
 
@@ -114,68 +116,6 @@ def file_name_for(prompt: str, inputs: dict[str, Any], extension: str) -> str:
     return f"{slug}-{digest}{extension}"
 
 
-def download_to_file(
-    url: str,
-    destination: Any,
-    *,
-    client: httpx.Client | None = None,
-    max_bytes: int = MAX_IMAGE_BYTES,
-    timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
-) -> str:
-    """
-    Stream ``url`` into the open binary file ``destination`` and return the sniffed media type.
-
-    No Cloudflare token is sent: the image host is not the API.
-    """
-    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-        raise ImageDownloadError(f"refusing to download {url!r}: only http(s) URLs are followed")
-    own_client = client is None
-    http = client or httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=timeout)
-    try:
-        with http.stream("GET", url) as response:
-            if response.status_code >= 400:
-                raise ImageDownloadError(
-                    f"downloading the image failed with HTTP {response.status_code}",
-                    status_code=response.status_code,
-                    retryable=response.status_code >= 500 or response.status_code == 429,
-                )
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise ImageDownloadError(f"the image is {int(declared):,} bytes, over the {max_bytes:,}-byte cap")
-            media_type: str | None = None
-            received = 0
-            head = b""
-            for chunk in response.iter_bytes(CHUNK_SIZE):
-                received += len(chunk)
-                if received > max_bytes:
-                    raise ImageDownloadError(f"the image is larger than the {max_bytes:,}-byte cap")
-                if media_type is None:
-                    head += chunk
-                    if len(head) < 12 and received < 12:
-                        continue
-                    media_type = sniff_image_type(head)
-                    if media_type not in _ALLOWED_TYPES:
-                        raise ImageDownloadError(
-                            f"the downloaded bytes are not a PNG, JPEG or WebP image (they start with {head[:16]!r})"
-                        )
-                    destination.write(head)
-                    continue
-                destination.write(chunk)
-            if media_type is None:
-                media_type = sniff_image_type(head)
-                if media_type not in _ALLOWED_TYPES:
-                    raise ImageDownloadError("the downloaded body is empty or not an image")
-                destination.write(head)
-            return media_type
-    except httpx.TooManyRedirects:
-        raise ImageDownloadError(f"more than {MAX_REDIRECTS} redirects while downloading the image") from None
-    except httpx.TransportError as exc:
-        raise ImageDownloadError(f"downloading the image failed: {type(exc).__name__}: {exc}", retryable=True) from exc
-    finally:
-        if own_client:
-            http.close()
-
-
 def store_image(
     *,
     output_path: str | ObjectStoragePath,
@@ -186,6 +126,7 @@ def store_image(
     max_bytes: int = MAX_IMAGE_BYTES,
     timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
     client: httpx.Client | None = None,
+    api_host: str | None = None,
 ) -> ObjectStoragePath:
     """
     Persist one image (from ``url``, or ``data`` for models that return bytes) at ``output_path``.
@@ -195,6 +136,8 @@ def store_image(
     :param prompt: the prompt, for the file name.
     :param inputs: everything that identifies the image (model, aspect ratio, task instance, ...), for the
         file name.
+    :param api_host: the API's host: an image URL on that same host may be on a private address (the emulator, a
+        private proxy); see :func:`~airflow_provider_imagen._task.download.check_image_url`.
     :return: where the image now is.
     """
     target, is_folder = resolve_output_path(output_path)
@@ -203,7 +146,7 @@ def store_image(
         with open(local, "wb") as out:
             if data is not None:
                 media_type = sniff_image_type(data)
-                if media_type not in _ALLOWED_TYPES:
+                if media_type not in ALLOWED_TYPES:
                     raise ImageDownloadError("the model returned bytes that are not a PNG, JPEG or WebP image")
                 if len(data) > max_bytes:
                     raise ImageDownloadError(f"the image is {len(data):,} bytes, over the {max_bytes:,}-byte cap")
@@ -218,7 +161,9 @@ def store_image(
                     with attempt:
                         out.seek(0)
                         out.truncate()  # a retry after a dropped connection starts from a clean file
-                        media_type = download_to_file(url, out, client=client, max_bytes=max_bytes, timeout=timeout)
+                        media_type = download_to_file(
+                            url, out, client=client, max_bytes=max_bytes, timeout=timeout, api_host=api_host
+                        )
             else:
                 raise ValueError("store_image needs url or data")
         if is_folder:

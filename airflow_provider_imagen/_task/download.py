@@ -1,0 +1,165 @@
+"""
+Fetching a generated image from the URL an answer named: streamed, capped, sniffed, and never from inside.
+
+The URL comes from an API answer (or a durable record written by an earlier try): untrusted. Before every
+request, the first and each redirect hop, its host is resolved and refused when any of its addresses is not
+a public one (loopback, link-local such as cloud metadata at 169.254.169.254, private ranges, shared, multicast,
+reserved, unspecified), unless the API itself is on such an address and the image is on that same host (the
+emulator, a private proxy), or the host is listed in ``[imagen] allowed_image_hosts``. A host that does not
+resolve reaches nothing and is left to fail on its own. A DNS answer that changes between this check and the
+connection (rebinding) is not caught here: an egress policy is the place for that.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from airflow_provider_imagen._cloudflare.response import sniff_image_type
+from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
+from airflow_provider_imagen.exceptions import ImageDownloadError
+
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0
+MAX_REDIRECTS = 5
+CHUNK_SIZE = 256 * 1024
+ALLOWED_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+
+
+def allowed_image_hosts() -> frozenset[str]:
+    """Return the hosts an admin allowed images from whatever their address: ``[imagen] allowed_image_hosts``."""
+    from airflow.providers.common.compat.sdk import conf
+
+    value = conf.get("imagen", "allowed_image_hosts", fallback="") or ""
+    return frozenset(host.strip().lower().rstrip(".") for host in value.split(",") if host.strip())
+
+
+def _is_inside(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope id is not part of the address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        pass
+    try:
+        return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    except (OSError, UnicodeError):
+        return []  # does not resolve: there is nothing to reach
+
+
+def check_image_url(url: str, api_host: str | None = None) -> None:
+    """
+    Refuse an image URL that is not http(s), or whose host resolves to an address inside a private network.
+
+    :param url: the image's URL, or a redirect's target.
+    :param api_host: the API's host; an image on that same host may be private when the API is.
+    :raises ImageDownloadError: naming the host and why, before any connection to it.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImageDownloadError("refusing to download the image: only http(s) URLs with a host are followed")
+    host = parts.hostname.lower().rstrip(".")
+    if host in allowed_image_hosts():
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    inside = [address for address in _addresses(host, port) if _is_inside(address)]
+    if not inside:
+        return
+    if api_host is not None and host == api_host.lower().rstrip(".") and all(map(_is_inside, _addresses(host, port))):
+        return  # the API itself is on this private host (the emulator, a private proxy)
+    raise ImageDownloadError(
+        f"refusing to download the image from {host} ({inside[0]}): the address is not public (loopback, "
+        "link-local, private, multicast or reserved); list the host in [imagen] allowed_image_hosts to allow it"
+    )
+
+
+def download_to_file(
+    url: str,
+    destination: Any,
+    *,
+    client: httpx.Client | None = None,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+    api_host: str | None = None,
+) -> str:
+    """
+    Stream ``url`` into the open binary file ``destination`` and return the sniffed media type.
+
+    No Cloudflare token is sent: the image host is not the API. Every hop is checked by :func:`check_image_url`.
+
+    :param url: the image's URL.
+    :param destination: an open binary file.
+    :param client: the client to send with (tests); the URL and each redirect are still checked.
+    :param max_bytes: refuse an image larger than this.
+    :param timeout: seconds to wait for the image host.
+    :param api_host: the API's host, as for :func:`check_image_url`.
+    :raises ImageDownloadError: for a refused destination, an error status, an oversized or non-image body.
+    """
+    if not isinstance(url, str):
+        raise ImageDownloadError("refusing to download the image: its URL is not a string")
+
+    def guard(request: httpx.Request) -> None:
+        check_image_url(str(request.url), api_host)
+
+    own_client = client is None
+    http = client or httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=timeout)
+    http.event_hooks["request"] = [*http.event_hooks["request"], guard]  # every hop, redirects included
+    try:
+        with http.stream("GET", url) as response:
+            return _receive(response, destination, max_bytes)
+    except httpx.TooManyRedirects:
+        raise ImageDownloadError(f"more than {MAX_REDIRECTS} redirects while downloading the image") from None
+    except httpx.TransportError as exc:
+        raise ImageDownloadError(f"downloading the image failed: {type(exc).__name__}: {exc}", retryable=True) from exc
+    finally:
+        if own_client:
+            http.close()
+        else:
+            http.event_hooks["request"] = [hook for hook in http.event_hooks["request"] if hook is not guard]
+
+
+def _receive(response: httpx.Response, destination: Any, max_bytes: int) -> str:
+    if response.status_code >= 400:
+        raise ImageDownloadError(
+            f"downloading the image failed with HTTP {response.status_code}",
+            status_code=response.status_code,
+            retryable=response.status_code >= 500 or response.status_code == 429,
+        )
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise ImageDownloadError(f"the image is {int(declared):,} bytes, over the {max_bytes:,}-byte cap")
+    media_type: str | None = None
+    received = 0
+    head = b""
+    for chunk in response.iter_bytes(CHUNK_SIZE):
+        received += len(chunk)
+        if received > max_bytes:
+            raise ImageDownloadError(f"the image is larger than the {max_bytes:,}-byte cap")
+        if media_type is None:
+            head += chunk
+            if len(head) < 12:
+                continue
+            media_type = _checked_type(head)
+            destination.write(head)
+            continue
+        destination.write(chunk)
+    if media_type is None:
+        media_type = _checked_type(head)
+        destination.write(head)
+    return media_type
+
+
+def _checked_type(head: bytes) -> str:
+    # The body's bytes are never echoed: an error page's content is not the log's business.
+    media_type = sniff_image_type(head)
+    if media_type not in ALLOWED_TYPES:
+        raise ImageDownloadError("the downloaded body is empty or not a PNG, JPEG or WebP image")
+    return media_type
