@@ -1,4 +1,44 @@
-"""Apache Airflow provider for Google's Imagen 4 on Cloudflare Workers AI."""
+"""
+Apache Airflow provider for Google's Imagen 4 on Cloudflare Workers AI.
+
+Key paths (public packages first; names starting with ``_`` are private)::
+
+    airflow_provider_imagen/
+        hooks/cloudflare.py       the hook: an Airflow connection, and the calls made through it
+        operators/                what the operators do: check the rendered inputs, then run one try
+            base.py               the parameters the operators share, documented once, and the hook they use
+            image.py              one prompt, one image, optionally deferred to the triggerer
+            batch.py              many prompts in one task, concurrently, results in prompt order
+            links.py              the "Generated image" button on a task in the Airflow UI
+        triggers/imagen.py        the deferred generation, in the triggerer's event loop
+        decorators/imagen.py      ``@task.imagen``: a TaskFlow function returns what to draw
+        exceptions.py             the exceptions a caller can branch on, under one root
+        models.py                 the typed shapes of what goes to Cloudflare and what comes back
+        constants.py              plain constants, importable at DAG-parse time
+        get_provider_info.py      the provider metadata Airflow discovers
+        _cloudflare/              the wire: validated input to Cloudflare's parsed answer, nothing about tasks
+            settings.py           the connection, validated, and the request built from it
+            transport.py          the HTTP transport, and httpx's errors mapped to the provider's
+            clients.py            one pooled async client per connection and event loop, shared by triggers
+            response.py           every answer Cloudflare can give, parsed into a result or an exception
+            retry.py              where retries are decided: what, how long, and when a re-send could bill twice
+            pacing.py             the account's rate limit, learned from refusals, shared per process
+            fallback.py           the walk along a model chain when a model is unavailable
+            batch.py              many calls at a bounded concurrency, each failure its own item's
+            verify.py             the connection test (the UI's Test button)
+            rules.py              input checks shared by parse time and run time
+        _task/                    one try of a task, around the hook
+            job.py                one try: reuse what earlier tries paid for, generate the rest, store, account
+            durable.py            the records of what a task instance paid for, kept across its tries
+            storage.py            download and store an image atomically; keep bytes until stored
+            lineage.py            the stored images as OpenLineage output datasets
+        plugins/                  the Airflow UI plugin: an "Images" view of each DAG run and task instance
+        emulator/                 an offline emulator of the Cloudflare API, for laptops, CI and tests
+
+Where is the wire? :mod:`~airflow_provider_imagen._cloudflare`. Where are retries decided?
+:mod:`~airflow_provider_imagen._cloudflare.retry`. What does an operator do? It checks its rendered inputs
+(:mod:`~airflow_provider_imagen.operators`) and runs one try in :mod:`~airflow_provider_imagen._task.job`.
+"""
 
 from __future__ import annotations
 

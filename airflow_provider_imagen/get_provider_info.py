@@ -10,6 +10,7 @@ HOOK_CLASS = "airflow_provider_imagen.hooks.cloudflare.CloudflareWorkersAIHook"
 
 
 def get_provider_info() -> dict[str, Any]:
+    """Return the provider's metadata: its package, hook, connection type and form, and extra links."""
     return {
         "package-name": "airflow-provider-imagen",
         "name": "Imagen on Cloudflare Workers AI",

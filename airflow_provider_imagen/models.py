@@ -62,7 +62,8 @@ class ImagenInput(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _check(cls, values: Any) -> Any:
-        # The rules live in rules.py, so literal arguments checked at DAG-parse time get the same words.
+        # The rules live in airflow_provider_imagen._cloudflare.rules, so literal arguments checked at DAG-parse time
+        # get the same words.
         if isinstance(values, dict):
             problems = imagen_input_problems(
                 values.get("prompt"), values.get("aspect_ratio"), values.get("person_generation")
@@ -94,7 +95,7 @@ class ImagenInput(BaseModel):
         gateway_options: GatewayOptions | dict[str, Any] | None,
         max_concurrency: int,
     ) -> tuple[list[ImagenInput], GatewayOptions | None]:
-        """A batch's inputs and gateway options, all checked before its first request."""
+        """Parse a batch's inputs and gateway options, all checked before its first request."""
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             max_concurrency = 0
         if not 1 <= max_concurrency <= MAX_CONCURRENCY:
@@ -124,7 +125,7 @@ class ImagenInput(BaseModel):
         return inputs
 
     def to_request(self) -> dict[str, str]:
-        """The JSON ``input`` object, leaving out what the caller did not set."""
+        """Return the JSON ``input`` object, leaving out what the caller did not set."""
         return self.model_dump(exclude_none=True)
 
     @property
@@ -185,6 +186,7 @@ class GatewayOptions(BaseModel):
             raise InvalidInputError(_describe(exc, "gateway options")) from None
 
     def to_headers(self) -> dict[str, str]:
+        """Return the AI Gateway request headers (``cf-aig-*``) for the options that are set."""
         headers: dict[str, str] = {}
         if self.gateway_id is not None:
             headers["cf-aig-gateway-id"] = self.gateway_id
@@ -261,7 +263,9 @@ class RunResult(BaseModel):
 
 class SkippedModel(BaseModel):
     """
-    A model a call passed over for the next one of its chain (see ``fallback.py``), and why.
+    Record a model a call passed over for the next one of its chain, and why.
+
+    See :mod:`~airflow_provider_imagen._cloudflare.fallback` for when a model is passed over.
 
     :param model: the model id.
     :param reason: the error that made it unavailable, in words.
@@ -304,4 +308,5 @@ class GeneratedImage(BaseModel):
     skipped_models: tuple[SkippedModel, ...] = ()
 
     def to_xcom(self) -> dict[str, Any]:
+        """Return the image as JSON for XCom and trigger events: its URL, never its bytes."""
         return self.model_dump(mode="json")

@@ -1,7 +1,8 @@
 """
-Async clients shared by the triggers of one event loop, and the connection reads they share, with a
-lifecycle: a client that is replaced (a rotated token, another timeout) or evicted is closed as soon as the
-last trigger using it lets go, so a long-lived triggerer holds a bounded number of clients and sockets.
+Share async clients, and the connection reads behind them, among the triggers of one event loop.
+
+Each client has a lifecycle: a client that is replaced (a rotated token, another timeout) or evicted is closed as soon
+as the last trigger using it lets go, so a long-lived triggerer holds a bounded number of clients and sockets.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class _Entry:
 
 class SharedAsyncClients:
     """
-    One ``httpx.AsyncClient`` per event loop, connection and timeout, shared by every hook that asks for it,
-    and each connection's settings read once per :data:`SHARED_SETTINGS_SECONDS` in that loop.
+    Lend one ``httpx.AsyncClient`` per event loop, connection and timeout to every hook that asks for it.
+
+    Each connection's settings are read once per :data:`SHARED_SETTINGS_SECONDS` in that loop.
 
     The triggerer runs hundreds of triggers in one event loop: sharing one client keeps the number of
     sockets and TLS sessions bounded instead of one pool per trigger, and sharing the read spares the
@@ -64,7 +66,7 @@ class SharedAsyncClients:
         self, conn_id: str, timeout: float, fingerprint: tuple[Any, ...], make: Callable[[], httpx.AsyncClient]
     ) -> httpx.AsyncClient:
         """
-        The shared client for ``conn_id`` and ``timeout`` in this loop, leased until :meth:`release`.
+        Lease the shared client for ``conn_id`` and ``timeout`` in this loop, until :meth:`release`.
 
         A client made with another ``fingerprint`` (the connection changed) is replaced, and closed once
         its last lease is released.
@@ -111,8 +113,9 @@ class SharedAsyncClients:
         self, conn_id: str, read: Callable[[], Coroutine[Any, Any, ConnectionSettings]]
     ) -> ConnectionSettings:
         """
-        ``conn_id``'s settings: read by ``read()`` at most once per :data:`SHARED_SETTINGS_SECONDS` in this
-        loop. Callers that ask while a read is under way wait for it instead of starting their own.
+        Return ``conn_id``'s settings, read by ``read()`` at most once per :data:`SHARED_SETTINGS_SECONDS` in this loop.
+
+        Callers that ask while a read is under way wait for it instead of starting their own.
         A failed read is not kept, so the next caller reads again.
         """
         self._forget_closed_loops()

@@ -61,10 +61,11 @@ class UnavailableModels:
 
 class ModelWalk:
     """
-    One call's way along its chain of models: which to try next, with which gateway options, and which were
-    passed over and why.
+    Walk one call along its chain of models.
 
-    :param chain: the models, in order (``rules.model_chain``).
+    It knows which model to try next, with which gateway options, and which were passed over and why.
+
+    :param chain: the models, in order (:func:`~airflow_provider_imagen._cloudflare.rules.model_chain`).
     :param options: the call's AI Gateway options.
     :param unavailable: the hook's record of models found unavailable lately.
     :param log: where each fallback is logged.
@@ -96,8 +97,9 @@ class ModelWalk:
 
     def failed(self, model: str, err: CloudflareWorkersAIError, last: bool) -> None:
         """
-        Pass over ``model`` when ``err`` says it is unavailable and another model follows; otherwise re-raise
-        ``err``, listing the models passed over before it.
+        Pass over ``model`` when ``err`` says it is unavailable and another model follows.
+
+        Otherwise re-raise ``err``, listing the models passed over before it.
         """
         if last or not is_unavailable(err):
             raise err.replace(skipped_models=[skipped.model_dump(mode="json") for skipped in self.skipped])
@@ -109,7 +111,7 @@ class ModelWalk:
         )
 
     def made(self, image: GeneratedImage) -> GeneratedImage:
-        """The image, noting the models passed over before the one that made it."""
+        """Return the image, noting the models passed over before the one that made it."""
         return image.model_copy(update={"skipped_models": tuple(self.skipped)}) if self.skipped else image
 
 
@@ -139,9 +141,10 @@ def passed_over(err: CloudflareWorkersAIError) -> list[SkippedModel]:
 
 def split_for_triggerer(chain: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """
-    The models a trigger tries (those that answer with a URL, up to the first that answers with bytes) and the
-    rest, which the task tries on its worker if the trigger's are unavailable: a trigger event carries a URL,
-    never an image's bytes.
+    Split ``chain`` into the models a trigger tries and the rest, which the task tries on its worker.
+
+    The trigger tries those that answer with a URL, up to the first that answers with bytes; the task tries the
+    rest if the trigger's are unavailable: a trigger event carries a URL, never an image's bytes.
     """
     found = first_bytes_model(chain)
     return (chain, ()) if found is None else (chain[: found[0]], chain[found[0] :])

@@ -1,7 +1,8 @@
 """
-Shared rate pacing per Cloudflare account and model, in one process: every hook, trigger and batch prompt that
-calls the same model of an account takes its turn from one :class:`Pacer`, so that a rate limit is learned once
-and kept by all.
+Pace requests per Cloudflare account and model, shared in one process.
+
+Every hook, trigger and batch prompt that calls the same model of an account takes its turn from one :class:`Pacer`, so
+that a rate limit is learned once and kept by all.
 
 How it paces:
 
@@ -19,7 +20,7 @@ How it paces:
   that second and the pause asked for; refusals of that burst coming back later lower it, and the pace climbs
   25 % a second from it until a rejection measures the limit.
 
-Across worker processes, use an Airflow pool sized to the account's limit (see ``docs/rate-limits.md``).
+Across worker processes, use an Airflow pool sized to the account's limit (see the docs' *Rate limits* page).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class Pacer:
             await asyncio.sleep(delay)
 
     def wait_turn(self) -> Turn:
-        """The same as :meth:`turn`, for synchronous code."""
+        """Do the same as :meth:`turn`, for synchronous code."""
         epoch = None
         while True:
             delay, epoch, turn = self.take(epoch)
@@ -161,8 +162,10 @@ class Pacer:
 
     def take(self, reserved: int | None) -> tuple[float, int, Turn | None]:
         """
-        A turn now, or the seconds to wait for the slot reserved. A caller that waited for a slot takes it if
-        no rejection changed the pace meanwhile; otherwise it reserves a slot at the new pace.
+        Take a turn now, or return the seconds to wait for the slot reserved.
+
+        A caller that waited for a slot takes it if no rejection changed the pace meanwhile; otherwise it
+        reserves a slot at the new pace.
         """
         with self._lock:
             now = self._clock()
@@ -204,7 +207,7 @@ class Pacer:
         return Turn(self, self._epoch, waited)
 
     def accepted(self, turn: Turn) -> None:
-        """A send of ``turn`` was answered without a rejection: while the pace is the limit, raise it."""
+        """Note that a send of ``turn`` was answered without a rejection: while the pace is the limit, raise it."""
         if turn.waited and self._rate is not None:
             with self._lock:
                 if self._rate is not None:
@@ -215,7 +218,7 @@ class Pacer:
                     self._rate = min(self._rate + growth, self._limit or math.inf)
 
     def rejected(self, turn: Turn, retry_after: float | None) -> None:
-        """A send of ``turn`` was refused by a rate limit: measure the limit, slow down, honour ``Retry-After``."""
+        """Note a send of ``turn`` refused by a rate limit: measure the limit, slow down, honour ``Retry-After``."""
         with self._lock:
             now = self._clock()
             self.rejections += 1
@@ -238,13 +241,13 @@ class Pacer:
             self._restart(now)
 
     def _restart(self, now: float) -> None:
-        """A new pace from ``now``: turns reserved at the old one are taken again."""
+        """Start a new pace from ``now``: turns reserved at the old one are taken again."""
         self._next = max(now, self._paused_until)
         self._epoch += 1
         self._epoch_start, self._accepted, self._waited = now, 0, 0
 
     def _measure(self, now: float, retry_after: float | None) -> float | None:
-        """The pace after a rejection at ``now``."""
+        """Return the pace after a rejection at ``now``."""
         if self._rate is None:
             # Unpaced so far: what got through in the last second was a burst, not a rate. Assume it took at
             # least the pause; the next rejection measures the rate itself.
@@ -272,11 +275,13 @@ _pacers_lock = threading.Lock()
 
 def pacer_for(settings: ConnectionSettings, requests_per_minute: float | None = None, model: str = "") -> Pacer:
     """
-    The process's pacer for ``model`` on the account ``settings`` call, held to ``requests_per_minute``, else the
-    connection's. One per API base URL, account and limit: Cloudflare's own models (``@cf/``, ``@hf/``) share the
-    account's Workers AI limit, which is per task type; each third-party model has its provider's. So a model
-    found out of capacity does not slow the model that stands in for it. Calls with another
-    ``requests_per_minute`` have a pacer of their own: one DAG's low limit never slows another's calls.
+    Return the process's pacer for ``model`` on the account ``settings`` call.
+
+    It is held to ``requests_per_minute``, else the connection's. One per API base URL, account and limit:
+    Cloudflare's own models (``@cf/``, ``@hf/``) share the account's Workers AI limit, which is per task type; each
+    third-party model has its provider's. So a model found out of capacity does not slow the model that stands in
+    for it. Calls with another ``requests_per_minute`` have a pacer of their own: one DAG's low limit never slows
+    another's calls.
     """
     limit = requests_per_minute if requests_per_minute is not None else settings.requests_per_minute
     # The limit is part of the key: a DAG that asks for a slow pace gets it without slowing the others.

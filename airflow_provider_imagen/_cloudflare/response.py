@@ -126,7 +126,7 @@ _IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
 
 
 def sniff_image_type(data: bytes) -> str | None:
-    """The image's media type from its first bytes (PNG, JPEG, WebP, GIF), or ``None``: trust bytes, not headers."""
+    """Return the image's media type from its first bytes (PNG, JPEG, WebP, GIF), or ``None``: trust bytes."""
     for signature, media_type in _IMAGE_SIGNATURES:
         if data.startswith(signature):
             return media_type
@@ -255,7 +255,7 @@ _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
 def _summarise(body: bytes, limit: int = 200) -> str:
-    """A short, printable description of an unreadable body: an HTML page's title, or its start."""
+    """Describe an unreadable body, short and printable: an HTML page's title, or its start."""
     if not body:
         return ""
     match = _TITLE.search(body[:4096])
@@ -275,7 +275,7 @@ def _reason(status: int) -> str:
 
 def image_from_result(result: RunResult, image_input: ImagenInput) -> GeneratedImage:
     """
-    The image a text-to-image call returned: a URL (Imagen), raw bytes (SDXL) or base64 (flux).
+    Return the image a text-to-image call returned: a URL (Imagen), raw bytes (SDXL) or base64 (flux).
 
     :raises ImageGenerationFailedError: when the answer was a success but held no image.
     """

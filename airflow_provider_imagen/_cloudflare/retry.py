@@ -54,11 +54,12 @@ def is_capacity(exc: BaseException | None) -> bool:
 
 def is_unavailable(exc: BaseException | None) -> bool:
     """
-    Whether ``exc``, raised once a model's retries were spent, says the model cannot serve now, so that another
-    model may: out of capacity or throttled past the call's rate-limit budget (3040, 429, wholesale 2021),
-    ``provider_unavailable``, HTTP 503, or not available via unified billing (2021). Never an input or
-    credentials error, nor a daily allocation used up (the account's, whichever model), nor a call any of whose
-    attempts may have made a billed image (a read timeout, an answer lost after it started).
+    Tell whether ``exc``, raised once a model's retries were spent, says the model cannot serve now.
+
+    If so, another model may serve: out of capacity or throttled past the call's rate-limit budget (3040, 429, wholesale
+    2021), ``provider_unavailable``, HTTP 503, or not available via unified billing (2021). Never an input or
+    credentials error, nor a daily allocation used up (the account's, whichever model), nor a call any of whose attempts
+    may have made a billed image (a read timeout, an answer lost after it started).
     """
     if not isinstance(exc, CloudflareWorkersAIError) or getattr(exc, "maybe_billed", True):
         return False
@@ -83,8 +84,10 @@ def annotate(err: CloudflareWorkersAIError, model: str, attempts: int, call: Cal
 
 def is_idempotent(request: httpx.Request, cloudflare_model: bool) -> bool:
     """
-    Whether re-sending ``request`` cannot be billed again: it carries an AI Gateway cache key and goes
-    through a gateway (third-party models always do; Cloudflare's own only with ``cf-aig-gateway-id``).
+    Tell whether re-sending ``request`` cannot be billed again.
+
+    It cannot when it carries an AI Gateway cache key and goes through a gateway (third-party models always do;
+    Cloudflare's own only with ``cf-aig-gateway-id``).
     """
     headers = request.headers
     if "cf-aig-cache-key" not in headers or headers.get("cf-aig-skip-cache") == "true":
@@ -134,7 +137,7 @@ def retry_policy(
     call = call if call is not None else CallRecord()
 
     def paced(exc: BaseException | None) -> bool:
-        """A refusal that is re-sent at the account's pace without counting as an attempt."""
+        """Tell whether ``exc`` is a refusal re-sent at the account's pace without counting as an attempt."""
         return is_rate_limited(exc) and not (capacity_is_attempt and is_capacity(exc))
 
     def log_retry(state: RetryCallState) -> None:

@@ -37,7 +37,7 @@ def shown(value: Any) -> str:
 
 
 def prompt_problem(value: Any) -> str | None:
-    """What is wrong with ``value`` as a prompt, or ``None``. Measured after stripping, as it is sent."""
+    """Say what is wrong with ``value`` as a prompt, or return ``None``. Measured after stripping, as it is sent."""
     if not isinstance(value, str):
         return f"must be a string (got {shown(value)})"
     stripped = value.strip()
@@ -49,7 +49,7 @@ def prompt_problem(value: Any) -> str | None:
 
 
 def choice_problem(value: Any, allowed: tuple[str, ...]) -> str | None:
-    """What is wrong with ``value`` as one of ``allowed`` (``None`` meaning unset is fine), or ``None``."""
+    """Say what is wrong with ``value`` as one of ``allowed`` (``None`` meaning unset is fine), or return ``None``."""
     if value is None or value in allowed:
         return None
     return f"must be one of {', '.join(allowed)} (got {shown(value)})"
@@ -67,8 +67,10 @@ def imagen_input_problems(prompt: Any, aspect_ratio: Any, person_generation: Any
 
 def check_model_id(model: Any, field: str = "model") -> str:
     """
-    ``model`` if it is a well-formed Workers AI model id: ``vendor/model`` for third-party models such as
-    ``google/imagen-4``, ``@cf/...`` or ``@hf/...`` for Cloudflare's own.
+    Return ``model`` if it is a well-formed Workers AI model id.
+
+    That is ``vendor/model`` for third-party models such as ``google/imagen-4``, ``@cf/...`` or ``@hf/...`` for
+    Cloudflare's own.
 
     :raises InvalidInputError: naming ``field`` and what is allowed.
     """
@@ -84,7 +86,7 @@ def check_model_id(model: Any, field: str = "model") -> str:
 
 def model_chain(model: Any, fallback_models: Any) -> tuple[str, ...]:
     """
-    The models one call tries, in order: ``model``, then each of ``fallback_models``.
+    Return the models one call tries, in order: ``model``, then each of ``fallback_models``.
 
     :raises InvalidInputError: naming the bad id (``fallback_models[1]``), a model named twice, or a chain
         longer than :data:`MAX_MODELS`.
@@ -116,8 +118,10 @@ def returns_bytes(model: str) -> bool:
 
 def first_bytes_model(chain: tuple[str, ...]) -> tuple[int, str] | None:
     """
-    Where the first model of ``chain`` that answers with image bytes is: its index and the argument that named it
-    (``model`` or ``fallback_models[i]``); ``None`` when every model answers with a URL.
+    Find the first model of ``chain`` that answers with image bytes.
+
+    :return: its index and the argument that named it (``model`` or ``fallback_models[i]``); ``None`` when
+        every model answers with a URL.
     """
     for index, model in enumerate(chain):
         if returns_bytes(model):
@@ -126,7 +130,7 @@ def first_bytes_model(chain: tuple[str, ...]) -> tuple[int, str] | None:
 
 
 def _is_literal(value: object) -> bool:
-    """True for a plain string that no template will change (checked at DAG parse time)."""
+    """Tell whether ``value`` is a plain string that no template will change (checked at DAG parse time)."""
     return isinstance(value, str) and "{{" not in value and "{%" not in value
 
 
@@ -134,8 +138,9 @@ def check_literal_inputs(
     prompt: object, aspect_ratio: object, person_generation: object, model: object, fallback_models: object = None
 ) -> None:
     """
-    Reject plainly wrong literal arguments when the DAG is parsed, long before a run, in the same words as
-    a rendered value gets in ``execute()``.
+    Reject plainly wrong literal arguments when the DAG is parsed, long before a run.
+
+    The words are the same as a rendered value gets in ``execute()``.
     """
     literal = [value if _is_literal(value) else None for value in (prompt, aspect_ratio, person_generation)]
     problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2])
@@ -155,11 +160,11 @@ def _has_template(value: object) -> bool:
 
 
 def check_max_images(max_images: object) -> None:
-    """A spend limit is a whole number of images, at least one."""
+    """Check that a spend limit is a whole number of images, at least one."""
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise InvalidInputError(f"Invalid max_images: must be a whole number of at least 1, got {max_images!r}")
 
 
 def unset_if_empty(value: Any) -> Any:
-    """A template that renders to ``""`` means "not set"; any other value is validated as it is."""
+    """Read a template that renders to ``""`` as "not set"; any other value is validated as it is."""
     return None if value == "" else value

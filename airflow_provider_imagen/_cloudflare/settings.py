@@ -1,6 +1,7 @@
 """
-The Airflow connection: its form (the one definition, read by every Airflow version), and the settings the
-hook reads from it, validated as untrusted input.
+Define the Airflow connection: its form, and the settings the hook reads from it.
+
+The form is the one definition, read by every Airflow version; the settings are validated as untrusted input.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 # Only constants at import time: provider discovery imports this module (through get_provider_info) while
-# errors.py may still be importing Airflow's exceptions, so the error types are imported where raised.
+# :mod:`~airflow_provider_imagen.exceptions` may still be importing Airflow's exceptions, so the error types are
+# imported where raised.
 from airflow_provider_imagen.constants import CLOUDFLARE_MODEL_PREFIXES
 
 if TYPE_CHECKING:
@@ -82,7 +84,7 @@ CONN_FIELDS: dict[str, Any] = {
 
 
 def connection_form_widgets() -> dict[str, Any]:
-    """The extra fields as Airflow 3.1's form widgets, built from :data:`CONN_FIELDS`."""
+    """Build the extra fields as Airflow 3.1's form widgets, from :data:`CONN_FIELDS`."""
     from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
     from flask_babel import lazy_gettext
     from wtforms import IntegerField, StringField
@@ -125,7 +127,7 @@ class ConnectionSettings:
     _run_urls: dict[str, httpx.URL] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def masked(self) -> ConnectionSettings:
-        """These settings, with the token registered with Airflow's log masker."""
+        """Return these settings, with the token registered with Airflow's log masker."""
         from airflow.sdk.log import mask_secret
 
         mask_secret(self.api_token)
@@ -152,9 +154,11 @@ class ConnectionSettings:
         options: GatewayOptions | None,
     ) -> httpx.Request:
         """
-        The POST that runs ``model``: its route, body, and AI Gateway headers. Unless ``options`` name a
-        ``cache_key`` or ``skip_cache``, it carries a fresh cache key, the same for every attempt of this call,
-        so that a re-send after a lost answer gets the cached answer instead of a second generation.
+        Build the POST that runs ``model``: its route, body, and AI Gateway headers.
+
+        Unless ``options`` name a ``cache_key`` or ``skip_cache``, it carries a fresh cache key, the same for every
+        attempt of this call, so that a re-send after a lost answer gets the cached answer instead of a second
+        generation.
         """
         import uuid
 
@@ -178,8 +182,10 @@ class ConnectionSettings:
 
     def run_url(self, model: str) -> httpx.URL:
         """
-        The absolute URL ``model`` runs at: ``.../ai/run`` for third-party models (the model goes in the
-        body), ``.../ai/run/{model}`` for Cloudflare's own.
+        Return the absolute URL ``model`` runs at.
+
+        That is ``.../ai/run`` for third-party models (the model goes in the body), ``.../ai/run/{model}`` for
+        Cloudflare's own.
 
         :raises InvalidInputError: when ``model`` is not a well-formed model id, so no input can move the
             token-carrying request to another route of the Cloudflare API.
@@ -281,7 +287,7 @@ class ConnectionSettings:
 
 
 def requests_per_minute_problem(value: Any) -> str | None:
-    """What is wrong with ``value`` as a number of requests a minute (a number or its text), if anything."""
+    """Say what is wrong with ``value`` as a number of requests a minute (a number or its text), if anything."""
     try:
         number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
     except ValueError:
@@ -335,7 +341,7 @@ async def aread_settings(
 
 
 def _in_process_comms() -> bool:
-    """True under ``dag.test()`` / ``airflow dags test``, whose in-memory comms have no async send."""
+    """Tell whether this is ``dag.test()`` / ``airflow dags test``, whose in-memory comms have no async send."""
     from airflow.sdk.execution_time import task_runner
 
     comms = getattr(task_runner, "SUPERVISOR_COMMS", None)

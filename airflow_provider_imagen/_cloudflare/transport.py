@@ -35,7 +35,7 @@ MAX_POOLS = 100
 
 
 def environment_proxy(url: str) -> str | None:
-    """The proxy the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ...) sets for ``url``, if any."""
+    """Return the proxy the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ...) sets for ``url``, if any."""
     parsed = httpx.URL(url)
     if urllib.request.proxy_bypass(parsed.host):
         return None

@@ -1,6 +1,8 @@
 """
-The connection test behind the UI's Test button: which kind of token it is, whether it is active, and
-whether it reaches Workers AI on the connection's account. Free calls only: no model runs.
+Test a connection, as the UI's Test button does.
+
+It finds which kind of token it is, whether it is active, and whether it reaches Workers AI on the connection's
+account. Free calls only: no model runs.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ if TYPE_CHECKING:
 
 def check_connection(settings: ConnectionSettings, client: httpx.Client) -> tuple[bool, str]:
     """
-    Verify the token as a user token, then as an account-owned token (each route refuses the other kind),
-    then list one Workers AI model on the account.
+    Verify the token, then list one Workers AI model on the account.
+
+    The token is tried as a user token, then as an account-owned token (each route refuses the other kind).
 
     :return: ``(ok, message)`` in plain words, never the token.
     """

@@ -49,7 +49,7 @@ def fingerprint(
     fallback_models: tuple[str, ...] = (),
 ) -> str:
     """
-    A digest of every input that changes the image: a re-rendered template or an edited DAG gets a new one.
+    Digest every input that changes the image: a re-rendered template or an edited DAG gets a new one.
 
     Of the gateway options only ``gateway_id`` and ``cache_key`` can change the answer (another gateway, another
     cached answer); TTLs, metadata, timeouts and logging cannot. The fallback models count too (the image may be
@@ -90,7 +90,7 @@ class Request:
 
     @classmethod
     def of(cls, context: Context, retries: int | None) -> Request | None:
-        """The request ``context`` runs for; ``None`` outside a real task run (e.g. a mocked ``ti``)."""
+        """Return the request ``context`` runs for; ``None`` outside a real task run (e.g. a mocked ``ti``)."""
         ti = context.get("ti")
         names, numbers = (
             [getattr(ti, n, None) for n in ("dag_id", "run_id", "task_id")],
@@ -108,9 +108,10 @@ class Request:
 
     def cache_key(self, image_fingerprint: str, occurrence: int = 0, regeneration: int = 0) -> str:
         """
-        The AI Gateway cache key of one image of this request: the same in every try, so the request a killed
-        worker left behind is answered from the gateway's cache (not billed) when the next try sends it again;
-        new after a clear, and new for each regeneration of an expired URL.
+        Return the AI Gateway cache key of one image of this request: the same in every try.
+
+        Thus the request a killed worker left behind is answered from the gateway's cache (not billed) when the next try
+        sends it again; new after a clear, and new for each regeneration of an expired URL.
         """
         name = [self.dag_id, self.run_id, self.task_id, self.map_index, self.first_try]
         digest = hashlib.sha256(json.dumps([*name, image_fingerprint, occurrence, regeneration]).encode())
@@ -183,8 +184,9 @@ class _ObjectStorage:
 
 class _BestEffort:
     """
-    A backend whose failures never fail the task: the image this try obtained is still delivered, and only
-    a later try's reuse is lost (the log says so once).
+    Wrap a backend so that its failures never fail the task.
+
+    The image this try obtained is still delivered, and only a later try's reuse is lost (the log says so once).
     """
 
     def __init__(self, backend: _Backend, log: Any) -> None:
@@ -265,7 +267,7 @@ class Ledger:
 
     @classmethod
     def open(cls, context: Context, *, retries: int | None, durable: bool, log: Any) -> Ledger:
-        """The ledger of the request ``context`` runs for, or one that keeps nothing when ``durable`` is off."""
+        """Open the ledger of the request ``context`` runs for, or one that keeps nothing when ``durable`` is off."""
         request = Request.of(context, retries) if durable else None
         backend = _open_backend(context, request) if request is not None else None
         if backend is not None:
@@ -306,7 +308,7 @@ class Ledger:
 
     def get(self, image_fingerprint: str, occurrence: int = 0) -> dict[str, Any] | None:
         """
-        The record an earlier try of this request left for this image, or ``None``.
+        Return the record an earlier try of this request left for this image, or ``None``.
 
         :param image_fingerprint: :func:`fingerprint` of the image's inputs.
         :param occurrence: which of several equal prompts in one batch (0 for the first).

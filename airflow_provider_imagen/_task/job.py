@@ -1,6 +1,8 @@
 """
-One try of an Imagen operator: reuse what earlier tries of the same request paid for (see ``durable.py``),
-generate only what is missing, store it, and keep a record of each image the moment it exists.
+Run one try of an Imagen operator.
+
+Reuse what earlier tries of the same request paid for (see :mod:`~airflow_provider_imagen._task.durable`), generate only
+what is missing, store it, and keep a record of each image the moment it exists.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class ImageJob:
 
     :param ledger: the records of this request (one that keeps nothing when ``durable`` is off).
     :param model: the model id.
-    :param fallback_models: the models tried when the one before is unavailable (``fallback.py``).
+    :param fallback_models: the models tried when the one before is unavailable
+        (:mod:`~airflow_provider_imagen._cloudflare.fallback`).
     :param aspect_ratio: shared by every image.
     :param person_generation: shared by every image.
     :param gateway_options: the user's AI Gateway options.
@@ -114,8 +117,10 @@ class ImageJob:
 
     def reuse(self, item: Item, single: bool = False) -> tuple[Outcome | None, int]:
         """
-        What an earlier try left for ``item``, stored at ``output_path`` if it is not yet: an :class:`Outcome`,
-        or ``None`` and the number of regenerations so far when ``item`` must be generated (again).
+        Reuse what an earlier try left for ``item``, storing it at ``output_path`` if it is not yet.
+
+        :return: an :class:`Outcome`, or ``None`` and the number of regenerations so far when ``item`` must be
+            generated (again).
 
         :raises CloudflareWorkersAIError: when storing the reused image fails for another reason than expiry.
         """
@@ -161,8 +166,11 @@ class ImageJob:
 
     def options_for(self, item: Item, regenerations: int, as_dict: bool = False) -> Any:
         """
-        The gateway options of ``item``'s request: the user's, plus a cache key that is the same in every try
-        of this request (see ``Request.cache_key``), unless durable is off or the user chose their own caching.
+        Return the gateway options of ``item``'s request.
+
+        They are the user's, plus a cache key that is the same in every try of this request (see
+        :meth:`~airflow_provider_imagen._task.durable.Request.cache_key`), unless durable is off or the user chose
+        their own caching.
 
         :param as_dict: a plain dict (or ``None``), for a trigger's serialized kwargs.
         """
@@ -178,7 +186,7 @@ class ImageJob:
         return options
 
     def request_for(self, item: Item, regenerations: int) -> dict[str, Any]:
-        """The hook's arguments for ``item``'s generation: the same for the sync and async calls."""
+        """Return the hook's arguments for ``item``'s generation: the same for the sync and async calls."""
         return {
             "prompt": item.prompt,
             "aspect_ratio": self.aspect_ratio,
@@ -190,8 +198,9 @@ class ImageJob:
 
     def check_budget(self, needed: int, *, reserve: bool = False) -> None:
         """
-        Fail before generating ``needed`` more images would exceed ``max_images``; ``reserve`` holds them
-        for generations about to start (a batch runs several at once).
+        Fail before generating ``needed`` more images would exceed ``max_images``.
+
+        ``reserve`` holds them for generations about to start (a batch runs several at once).
 
         :raises SpendLimitError: saying how many images this task instance has generated.
         """
@@ -207,14 +216,15 @@ class ImageJob:
         )
 
     def release(self) -> None:
-        """A reserved generation failed: it was not billed."""
+        """Give back a reserved generation that failed: it was not billed."""
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
 
     def generated_one(self, item: Item, image: GeneratedImage, regenerations: int) -> str | None:
         """
-        Record a fresh image before anything else can fail: a later try reuses it instead of paying again. Bytes
-        (no URL to fetch them again) are first kept on this machine until stored; returns where, if they are.
+        Record a fresh image before anything else can fail: a later try reuses it instead of paying again.
+
+        Bytes (no URL to fetch them again) are first kept on this machine until stored; returns where, if they are.
         """
         kept = None
         if image.data is not None and self.output_path is not None:
@@ -272,7 +282,7 @@ class ImageJob:
         return Outcome(image, self.stored_one(item, image, True, regenerations, kept))
 
     def resume(self, item: Item, event_image: dict[str, Any]) -> Outcome:
-        """A deferred generation's image, from its trigger event: recorded first, then stored."""
+        """Take a deferred generation's image from its trigger event: record it first, then store it."""
         image = GeneratedImage.model_validate(event_image)
         record = self.ledger.get(item.fingerprint, item.occurrence)
         regenerations = int(record.get("regenerations") or 0) if record else 0
@@ -281,9 +291,10 @@ class ImageJob:
 
     def run_batch(self, hook: CloudflareWorkersAIHook, items: list[Item], max_concurrency: int) -> list[Outcome]:
         """
-        Every item of a batch, at most ``max_concurrency`` at a time: reused where an earlier try left it,
-        generated otherwise; each image recorded as soon as it exists, so a crash keeps what completed.
-        A prompt's failure is its :class:`Outcome`'s error, never the batch's.
+        Obtain every item of a batch, at most ``max_concurrency`` at a time.
+
+        Each is reused where an earlier try left it, generated otherwise; each image recorded as soon as it exists, so a
+        crash keeps what completed. A prompt's failure is its :class:`Outcome`'s error, never the batch's.
         """
         plans = [self.ledger.get(item.fingerprint, item.occurrence) for item in items]
         # Before any request: what has no record must be generated (an expired URL is found only later).
@@ -323,7 +334,7 @@ class ImageJob:
     # --- Accounting -------------------------------------------------------------------------------------
 
     def billing(self) -> dict[str, Any]:
-        """This try's accounting, for XCom: images generated (billed), reused, and all tries' total."""
+        """Return this try's accounting, for XCom: images generated (billed), reused, and all tries' total."""
         return {
             "generated": self.generated,
             "reused": self.reused,
@@ -332,7 +343,7 @@ class ImageJob:
         }
 
     def describe(self) -> str:
-        """The accounting in words: ``Generated 3 images, reused 7 from earlier tries (durable)``."""
+        """Put the accounting in words: ``Generated 3 images, reused 7 from earlier tries (durable)``."""
         where = f"durable, kept in {self.ledger.where}" if self.ledger.where else "not durable"
         plural = "" if self.generated == 1 else "s"
         return f"Generated {self.generated} image{plural}, reused {self.reused} from earlier tries ({where})"
@@ -340,8 +351,10 @@ class ImageJob:
 
 def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | None = None) -> ImageJob:
     """
-    The images of one try of an Imagen ``operator``: what earlier tries of the same request left (``durable.py``),
-    and a store that names each image after its inputs and task instance (``storage.py``).
+    Set up the images of one try of an Imagen ``operator``.
+
+    It knows what earlier tries of the same request left (:mod:`~airflow_provider_imagen._task.durable`), and has a
+    store that names each image after its inputs and task instance (:mod:`~airflow_provider_imagen._task.storage`).
     """
     from airflow_provider_imagen._cloudflare.rules import model_chain, unset_if_empty
     from airflow_provider_imagen._task.durable import Ledger
@@ -392,7 +405,7 @@ def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | No
 def batch_results(
     prompts: Sequence[str], outcomes: Sequence[Outcome]
 ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]], list[str | None]]:
-    """A batch's XComs, in prompt order: a summary per image (``None`` if it failed), the failures, the URLs."""
+    """Return a batch's XComs, in prompt order: a summary per image (``None`` if it failed), the failures, the URLs."""
     from airflow_provider_imagen.exceptions import error_to_dict
 
     summaries: list[dict[str, Any] | None] = []

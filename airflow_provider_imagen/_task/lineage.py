@@ -21,9 +21,11 @@ _BUCKET_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "abfs": "ab
 
 def dataset_name(uri: str) -> tuple[str, str]:
     """
-    The OpenLineage ``(namespace, name)`` of a stored image, following the naming spec as Airflow's providers
-    do: ``file:///data/a.png`` -> ``("file", "/data/a.png")``; ``s3://conn_id@bucket/key`` ->
-    ``("s3://bucket", "key")`` (an ObjectStoragePath's connection id is not part of where the data is).
+    Return the OpenLineage ``(namespace, name)`` of a stored image.
+
+    It follows the naming spec as Airflow's providers do: ``file:///data/a.png`` -> ``("file", "/data/a.png")``;
+    ``s3://conn_id@bucket/key`` -> ``("s3://bucket", "key")`` (an ObjectStoragePath's connection id is not part of where
+    the data is).
 
     :param uri: a stored URI as the operators push it in XCom ``stored_uri``.
     """
@@ -39,8 +41,10 @@ def dataset_name(uri: str) -> tuple[str, str]:
 
 def stored_uris(task_instance: Any) -> list[str]:
     """
-    What the task stored, from its XCom ``stored_uri``: one URI (single image) or a list with ``None`` for
-    failed prompts (batch). Empty without ``output_path``.
+    Return what the task stored, from its XCom ``stored_uri``.
+
+    That is one URI (single image) or a list with ``None`` for failed prompts (batch). Empty without
+    ``output_path``.
 
     :param task_instance: the task instance the OpenLineage listener passes.
     """

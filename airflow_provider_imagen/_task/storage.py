@@ -98,17 +98,18 @@ def _is_dir(path: ObjectStoragePath) -> bool:
 
 
 def task_instance_identity(context: Context) -> dict[str, Any]:
-    """What identifies a task instance: part of every stored image's name, so no two task instances share one."""
+    """Return what identifies a task instance: part of every stored image's name, so no two share one."""
     ti = context["ti"]
     return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
 
 
 def file_name_for(prompt: str, inputs: dict[str, Any], extension: str) -> str:
     """
-    A readable file name that no other image gets: a slug of the prompt's start, then a hash of the whole
-    prompt and of ``inputs``, which name everything that identifies the image (model, aspect ratio, person
-    generation, and the task instance: DAG, run, task, map index, position in a batch). The same image of
-    the same task instance (a retry) gets the same name; nothing else does.
+    Return a readable file name that no other image gets.
+
+    It is a slug of the prompt's start, then a hash of the whole prompt and of ``inputs``, which name everything that
+    identifies the image (model, aspect ratio, person generation, and the task instance: DAG, run, task, map index,
+    position in a batch). The same image of the same task instance (a retry) gets the same name; nothing else does.
     """
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].rstrip("-") or "image"
     identity = json.dumps({"prompt": prompt, **{k: str(v) for k, v in inputs.items()}}, sort_keys=True)
@@ -233,8 +234,11 @@ KEPT_FOLDER = os.path.join(tempfile.gettempdir(), "airflow-imagen-kept")
 
 def keep_bytes(data: bytes, name: str) -> str | None:
     """
-    Write ``data`` to :data:`KEPT_FOLDER` as ``name`` (an id the provider made, never a templated value) and its
-    extension, whole or not at all; the path, or ``None`` when the disk refused (storing is then tried anyway).
+    Write ``data`` to :data:`KEPT_FOLDER`, whole or not at all.
+
+    The file is named ``name`` (an id the provider made, never a templated value) and its extension.
+
+    :return: the path, or ``None`` when the disk refused (storing is then tried anyway).
     """
     try:
         os.makedirs(KEPT_FOLDER, mode=0o700, exist_ok=True)
@@ -260,7 +264,7 @@ def _kept_file(path: object) -> str | None:
 
 
 def read_kept(path: object) -> bytes | None:
-    """The bytes kept at ``path`` (a path :func:`keep_bytes` returned, from a durable record), if still there."""
+    """Return the bytes kept at ``path`` (a path :func:`keep_bytes` returned, from a durable record), if still there."""
     path = _kept_file(path)
     if path is None:
         return None
@@ -272,7 +276,7 @@ def read_kept(path: object) -> bytes | None:
 
 
 def discard_kept(path: object) -> None:
-    """The image is stored: its kept bytes are no longer needed."""
+    """Remove the kept bytes of an image now stored: they are no longer needed."""
     path = _kept_file(path)
     if path is not None:
         with contextlib.suppress(OSError):
@@ -292,7 +296,7 @@ def exists_at(uri: str) -> bool:
 def storage_failure(
     err: Exception, image: GeneratedImage, output_path: object, kept: str | None = None
 ) -> CloudflareWorkersAIError:
-    """A failed write, as a typed error that says what was kept: the image's URL, or where its bytes wait."""
+    """Turn a failed write into a typed error that says what was kept: the image's URL, or where its bytes wait."""
     if isinstance(err, CloudflareWorkersAIError):
         return err
     if image.url:

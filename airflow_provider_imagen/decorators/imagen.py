@@ -34,7 +34,7 @@ INPUT_KEYS = ("prompt", "aspect_ratio", "person_generation")
 
 def imagen_inputs(returned: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """
-    The Imagen input a decorated function asked for: its returned values over the decorator's arguments.
+    Return the Imagen input a decorated function asked for: its returned values over the decorator's arguments.
 
     Checked with the operator's own rules, so a bad value gets the same words as it would as an argument.
 
@@ -101,7 +101,7 @@ class _ImagenDecoratedOperator(DecoratedOperator, ImagenGenerateImageOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         # Resuming after the trigger runs no execute(): the inputs the function returned come back with the
-        # image (or the error, for fallback models tried here), so the record of it (durable.py) is filed under
+        # image (or the error, for fallback models tried here), so the record of it (_task.durable) is filed under
         # the same inputs, without calling the function again.
         image = (event.get("image") or event.get("inputs")) if isinstance(event, dict) else None
         if isinstance(image, dict):

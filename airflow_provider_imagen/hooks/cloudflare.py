@@ -40,16 +40,19 @@ class CloudflareWorkersAIHook(BaseHook):
         ``gateway_id``, ``timeout``, ``max_retries``, ``requests_per_minute``; host an optional API base URL.
     :param timeout: seconds to wait for a response (overrides the connection's; default 180: Imagen is slow).
     :param max_retries: retries of transient failures (overrides the connection's; default 3). A request that
-        may have reached Cloudflare is re-sent only when the re-send cannot be billed again (see ``retry.py``).
+        may have reached Cloudflare is re-sent only when the re-send cannot be billed again (see
+        :func:`~airflow_provider_imagen._cloudflare.retry.is_idempotent`).
     :param retry_backoff: seconds before the first retry; doubles each time, with jitter.
     :param max_retry_wait: the longest single wait between attempts. A ``Retry-After`` longer than this
         ends the retries instead of blocking the task for that long.
     :param requests_per_minute: the account's rate limit, if known (overrides the connection's): never exceeded.
-        Either way the pace is learned from 429s, per account and process (see ``pacing.py``).
+        Either way the pace is learned from 429s, per account and process (see
+        :mod:`~airflow_provider_imagen._cloudflare.pacing`).
     :param max_rate_limit_wait: seconds a call re-sends after its first refusal by a rate limit (unbilled
         refusals do not count against ``max_retries``).
     :param share_async_client: share the event loop's client and connection read with other hooks, as
-        triggers do (see ``clients.py``); :meth:`aclose` then gives the client back instead of closing it.
+        triggers do (see :mod:`~airflow_provider_imagen._cloudflare.clients`); :meth:`aclose` then gives the client back
+        instead of closing it.
     """
 
     conn_name_attr = "cloudflare_conn_id"
@@ -82,7 +85,8 @@ class CloudflareWorkersAIHook(BaseHook):
         self._settings: ConnectionSettings | None = None
         self._client: httpx.Client | None = None
         self._async_client: httpx.AsyncClient | None = None
-        #: Models this hook found unavailable lately: its later calls skip them for a while (``fallback.py``).
+        #: Models this hook found unavailable lately: its later calls skip them for a while
+        #: (:mod:`~airflow_provider_imagen._cloudflare.fallback`).
         self.unavailable_models = UnavailableModels()
 
     def __repr__(self) -> str:
@@ -90,7 +94,7 @@ class CloudflareWorkersAIHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Custom fields of the connection form, for Airflow 3.1 (3.2+ reads the provider info)."""
+        """Return the custom fields of the connection form, for Airflow 3.1 (3.2+ reads the provider info)."""
         return connection.connection_form_widgets()
 
     @classmethod
@@ -106,7 +110,7 @@ class CloudflareWorkersAIHook(BaseHook):
         return self._settings
 
     async def aget_settings(self) -> ConnectionSettings:
-        """The validated connection, read once without blocking the event loop."""
+        """Return the validated connection, read once without blocking the event loop."""
         if self._settings is None:
             if self.share_async_client:
                 self._settings = await shared_async_clients.settings(self.cloudflare_conn_id, self._aread_settings)
@@ -118,18 +122,19 @@ class CloudflareWorkersAIHook(BaseHook):
         return await aread_settings(self.cloudflare_conn_id, self.aget_connection, self.get_connection)
 
     def get_conn(self) -> httpx.Client:
-        """The hook's pooled synchronous client, created on first use."""
+        """Return the hook's pooled synchronous client, created on first use."""
         if self._client is None:
             self._client = httpx.Client(**self.settings.client_kwargs(self.timeout))
         return self._client
 
     async def aget_conn(self) -> httpx.AsyncClient:
-        """The hook's pooled asynchronous client, created on first use."""
+        """Return the hook's pooled asynchronous client, created on first use."""
         if self._async_client is None:
             settings = await self.aget_settings()
 
             def make() -> httpx.AsyncClient:
-                # Many small pools instead of one big one: see transport.py for why and by how much.
+                # Many small pools instead of one big one: see airflow_provider_imagen._cloudflare.transport for why and
+                # by how much.
                 transport = SpreadTransport(proxy=environment_proxy(settings.base_url))
                 return httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
 
@@ -144,11 +149,13 @@ class CloudflareWorkersAIHook(BaseHook):
         return self._async_client
 
     def close(self) -> None:
+        """Close the synchronous client, if one was made; the hook makes a new one if used again."""
         if self._client is not None:
             self._client.close()
             self._client = None
 
     async def aclose(self) -> None:
+        """Close the asynchronous client, or give it back when it is shared (``share_async_client``)."""
         client, self._async_client = self._async_client, None
         if client is not None:
             await (shared_async_clients.release(client) if self.share_async_client else client.aclose())
@@ -171,8 +178,9 @@ class CloudflareWorkersAIHook(BaseHook):
         """
         Run any Workers AI model and return its parsed answer.
 
-        The request's route, body and AI Gateway cache key are described at ``ConnectionSettings.build_request``;
-        which failures are retried, at ``retry.py``.
+        The request's route, body and AI Gateway cache key are described at
+        :meth:`~airflow_provider_imagen._cloudflare.settings.ConnectionSettings.build_request`; which failures are
+        retried, at :mod:`~airflow_provider_imagen._cloudflare.retry`.
 
         :param model: the model id: ``vendor/model``, ``@cf/...`` or ``@hf/...``.
         :param input: the model's input object.
@@ -207,7 +215,7 @@ class CloudflareWorkersAIHook(BaseHook):
     async def arun(
         self, model: str, input: Mapping[str, Any], *, gateway_options: GatewayOptions | dict[str, Any] | None = None
     ) -> RunResult:
-        """The same as :meth:`run`, without blocking the event loop."""
+        """Do the same as :meth:`run`, without blocking the event loop."""
         return await self._arun(model, input, GatewayOptions.parse(gateway_options))
 
     async def _arun(
@@ -249,7 +257,8 @@ class CloudflareWorkersAIHook(BaseHook):
         :param person_generation: ``dont_allow``, ``allow_adult`` or ``allow_all``.
         :param model: the text-to-image model; Imagen 4 unless told otherwise.
         :param fallback_models: models to try in turn when the one before is unavailable once its retries are
-            spent (see ``fallback.py``); never after an input, credentials or unknown-outcome error.
+            spent (see :mod:`~airflow_provider_imagen._cloudflare.fallback`); never after an input, credentials or
+            unknown-outcome error.
         :param gateway_options: AI Gateway options, as for :meth:`run`.
         :return: the image: ``.url`` for Imagen, ``.data`` for models that return bytes; ``.model`` names the
             model that made it, ``.skipped_models`` those passed over and why.
@@ -277,7 +286,7 @@ class CloudflareWorkersAIHook(BaseHook):
         fallback_follows: bool = False,
     ) -> GeneratedImage:
         """
-        The same as :meth:`generate_image`, without blocking the event loop.
+        Do the same as :meth:`generate_image`, without blocking the event loop.
 
         :param fallback_follows: the caller tries more models if these are unavailable (a trigger, whose task
             goes on with models that answer in bytes): the last model's capacity is then spent with its retries.
@@ -343,7 +352,7 @@ class CloudflareWorkersAIHook(BaseHook):
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
         max_concurrency: int = 8,
     ) -> list[GeneratedImage | CloudflareWorkersAIError]:
-        """The same as :meth:`agenerate_images`, from synchronous code (runs its own event loop)."""
+        """Do the same as :meth:`agenerate_images`, from synchronous code (runs its own event loop)."""
         # Read the connection here, synchronously: an async lookup cannot see a connection stored in the
         # metadata database when the task runs in-process (``airflow dags test``), a sync lookup always can.
         self.settings  # noqa: B018

@@ -58,6 +58,11 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
         self.max_images = max_images
 
     def execute(self, context: Context) -> list[str | None]:
+        """
+        Generate every prompt's image (reusing what earlier tries paid for), push the batch's XComs, and fail if asked.
+
+        :return: the image URLs in prompt order (stored URIs for models that return bytes), ``None`` where one failed.
+        """
         from airflow_provider_imagen._task.job import batch_results, job_for
         from airflow_provider_imagen.models import ImagenInput
 

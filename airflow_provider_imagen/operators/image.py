@@ -65,6 +65,11 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         self.image_link = ""
 
     def execute(self, context: Context) -> str | None:
+        """
+        Generate the image (or reuse an earlier try's), here or deferred to the triggerer, and push its XComs.
+
+        Rendered templates are checked before anything is sent or deferred.
+        """
         from airflow_provider_imagen._cloudflare.fallback import split_for_triggerer
         from airflow_provider_imagen._task.job import job_for
         from airflow_provider_imagen.models import GatewayOptions, ImagenInput

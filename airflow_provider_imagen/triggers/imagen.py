@@ -55,8 +55,9 @@ SCHEMA_VERSION = 1
 
 class ImagenGenerateImageTrigger(BaseTrigger):
     """
-    Generate one image with the async hook and fire a single event: ``{"status": "success", "image": {...}}``
-    or ``{"status": "error", "error": {...}}``.
+    Generate one image with the async hook and fire a single event.
+
+    The event is ``{"status": "success", "image": {...}}`` or ``{"status": "error", "error": {...}}``.
 
     The serialized kwargs hold only the connection id and the generation's inputs: the trigger reads the
     connection itself (asynchronously), so no secret is stored with it. All triggers of one triggerer share
@@ -157,6 +158,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Generate the image and yield one event: its image, or the error (never raised into the triggerer)."""
         from airflow_provider_imagen.hooks.cloudflare import CloudflareWorkersAIHook
 
         try:
