@@ -406,6 +406,7 @@ def test_run_gallery_shows_every_generated_image_with_its_details(api, runs):
     cards = [card for card in figures(html) if "forged" not in card]
     assert len(cards) == 1 + len(PROMPTS["mapped"]) + len(PROMPTS["batch"])
     assert f"DAG {DAG_ID}" in html and "26 images" in html  # 6 generated + 20 forged entries
+    assert 'id="no-gallery-roots"' not in html  # roots are set: no notice
 
     single = next(card for card in cards if 'data-task-id="single"' in card)
     assert PROMPTS["single"] in single

@@ -4,7 +4,8 @@ The gallery's FastAPI app, mounted on the api-server under ``/imagen``.
 Every route is declared with Airflow's own ``requires_access_dag`` on the ``dag_id`` in its path: Airflow does
 not protect plugin routes by itself. The user is the one the UI is logged in as (its ``_token`` cookie reaches
 the iframe, which the UI loads same-origin) or a ``Bearer`` token. Images are named by task, map index and
-position, never by a path: the stored URI is read from the run's own XCom.
+position, never by a path: the stored URI is read from the run's own XCom, and the object it names is read
+only under ``[imagen] gallery_roots`` (see :mod:`airflow_provider_imagen.plugins.roots`).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def gallery(
         page=page,
         pages=pages,
         page_link=page_link,
-        no_roots=not gallery_roots(),
+        no_roots=any(image.stored_uri for image in images) and not gallery_roots(),
         roots_option=f"[{CONFIG_SECTION}] {CONFIG_OPTION}",
         roots_env=ENV_VAR,
     )
