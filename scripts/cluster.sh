@@ -191,6 +191,8 @@ export PYTHONPATH='$cluster_dir/lib'\${PYTHONPATH:+:\$PYTHONPATH}
 export AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT='{"conn_type": "cloudflare_workers_ai", "host": "http://127.0.0.1:$emulator_port/client/v4", "password": "$token", "extra": {"account_id": "emulator-account", "timeout": 60}}'
 export AIRFLOW_CONN_CLUSTER_S3='{"conn_type": "aws", "login": "cluster-key", "password": "cluster-secret", "extra": {"endpoint_url": "http://127.0.0.1:$s3_port", "region_name": "us-east-1"}}'
 export AIRFLOW_VAR_IMAGEN_CLUSTER_OUTPUT='s3://cluster_s3@$bucket'
+# The Images view reads stored images only under [imagen] gallery_roots: the bucket the DAGs write to.
+export AIRFLOW__IMAGEN__GALLERY_ROOTS='s3://cluster_s3@$bucket/'
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 EOF
   )

@@ -66,8 +66,48 @@ class GalleryTestAuthManager(SimpleAuthManager):
 # -- the run -------------------------------------------------------------------------------------------
 
 
+def png(width: int = 64, height: int = 48) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def gallery_roots(tmp: Path) -> str:
+    """The folders the test DAGs write to, as an admin would list them (``single`` without its slash on purpose)."""
+    return f"{tmp}/single, {tmp}/batch/, {tmp}/many/, {tmp}/f/, s3://aws_default@bucket/prefix/"
+
+
+#: The forged XComs after the first ten, by name: what only ``[imagen] gallery_roots`` tells apart.
+OUTSIDE = {
+    "another folder": 10,
+    "a sibling named like a root": 11,
+    "a .. escape": 12,
+    "a symlink out of a root": 13,
+    "another connection": 14,
+    "another bucket": 15,
+}
+INSIDE = {"not an image": 16, "missing": 17, "too large": 18, "unreadable": 19}
+
+
 def _forged_images(tmp: Path, emulator_url: str) -> list[dict[str, Any]]:
     """What a task (or a user allowed to edit XComs) could push to make the gallery read elsewhere."""
+    import os
+
+    elsewhere, sibling, inside = tmp / "elsewhere", tmp / "single-other", tmp / "single"
+    for folder in (elsewhere, sibling, inside):
+        folder.mkdir(exist_ok=True)
+    (elsewhere / "secret.png").write_bytes(png())  # a real image, of another team: the confused deputy's prize
+    (sibling / "x.png").write_bytes(png())
+    if not (inside / "link.png").is_symlink():
+        (inside / "link.png").symlink_to(elsewhere / "secret.png")
+    (inside / "notes.png").write_text(SECRET)
+    with open(inside / "huge.png", "wb") as huge:  # 30 MB, sparse: a PNG signature and nothing
+        huge.write(b"\x89PNG\r\n\x1a\n")
+        huge.truncate(30 * 1024 * 1024)
+    (inside / "locked.png").write_bytes(png())
+    os.chmod(inside / "locked.png", 0)
     secret = tmp / "airflow.cfg"
     secret.write_text(SECRET)
     html = tmp / "page.png"
@@ -83,6 +123,16 @@ def _forged_images(tmp: Path, emulator_url: str) -> list[dict[str, Any]]:
         f"zip://x.png::file://{secret}",  # an fsspec chain
         "images/relative.png",
         f"{tmp}/../{tmp.name}/airflow.cfg",
+        str(elsewhere / "secret.png"),
+        str(sibling / "x.png"),
+        f"{tmp}/single/../elsewhere/secret.png",
+        str(inside / "link.png"),
+        "s3://other_conn@bucket/prefix/x.png",
+        "s3://aws_default@bucket2/prefix/x.png",
+        str(inside / "notes.png"),
+        str(inside / "missing.png"),
+        str(inside / "huge.png"),
+        str(inside / "locked.png"),
     ]
     return [{"prompt": f"forged {i}", "model": "google/imagen-4", "stored_uri": t} for i, t in enumerate(targets)]
 
@@ -146,11 +196,17 @@ def _clone_map_index_zero(dag_id: str, run_id: str, task_id: str, count: int) ->
 
 
 @pytest.fixture(scope="module")
-def runs(airflow_db, imagen_emulator_server: EmulatorServer, tmp_path_factory) -> dict[str, str]:
+def images_dir(tmp_path_factory) -> Path:
+    """The folder the test DAGs write their images (and forged files) under."""
+    return tmp_path_factory.mktemp("gallery-images")
+
+
+@pytest.fixture(scope="module")
+def runs(airflow_db, imagen_emulator_server: EmulatorServer, images_dir: Path) -> dict[str, str]:
     """Run the DAGs against the emulator once: dag_id -> run_id."""
     from airflow_provider_imagen.emulator.server import EmulatorClient
 
-    tmp = tmp_path_factory.mktemp("gallery-images")
+    tmp = images_dir
     EmulatorClient(imagen_emulator_server.url).reset()  # faults another test left queued are not ours
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", imagen_emulator_server.connection_json())
@@ -169,13 +225,51 @@ def runs(airflow_db, imagen_emulator_server: EmulatorServer, tmp_path_factory) -
 # -- the app and its users -----------------------------------------------------------------------------
 
 
+LOOPBACK_S3 = json.dumps(
+    {
+        "conn_type": "aws",
+        "login": "key",
+        "password": "secret",
+        "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"},
+    }
+)
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost"}
+
+
+@pytest.fixture(autouse=True)
+def name_look_ups_off_loopback(monkeypatch) -> Iterator[list[Any]]:
+    """Refuse, and count, every name look-up of a host other than this machine (a storage read gone astray)."""
+    import socket
+
+    attempts: list[Any] = []
+    real = socket.getaddrinfo
+
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host is not None and host not in LOOPBACK_HOSTS:
+            attempts.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, f"the gallery tests look up no {host!r}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    yield attempts
+    assert attempts == [], "a test tried to reach a host other than 127.0.0.1"
+
+
 @pytest.fixture(scope="module")
-def api(runs) -> Iterator[TestClient]:
-    """Airflow's api-server app (plugins mounted from their entry points), with the limiting auth manager."""
+def api(runs, images_dir: Path) -> Iterator[TestClient]:
+    """
+    Airflow's api-server app (plugins mounted from their entry points), with the limiting auth manager, and
+    ``[imagen] gallery_roots`` set to the folders the DAGs write to.
+    """
     from airflow.api_fastapi.app import create_app, purge_cached_app
     from fastapi.testclient import TestClient
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__IMAGEN__GALLERY_ROOTS", gallery_roots(images_dir))
+        # The forged s3:// XComs must be refused before any connection; if one ever were not, it reaches a
+        # closed port on 127.0.0.1, never AWS.
+        for conn_id in ("AWS_DEFAULT", "OTHER_CONN"):
+            patch.setenv(f"AIRFLOW_CONN_{conn_id}", LOOPBACK_S3)
         patch.setenv("AIRFLOW__CORE__AUTH_MANAGER", f"{__name__}.GalleryTestAuthManager")
         patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
         purge_cached_app()
@@ -311,7 +405,8 @@ def test_run_gallery_shows_every_generated_image_with_its_details(api, runs):
     html = response.text
     cards = [card for card in figures(html) if "forged" not in card]
     assert len(cards) == 1 + len(PROMPTS["mapped"]) + len(PROMPTS["batch"])
-    assert f"DAG {DAG_ID}" in html and "16 images" in html  # 6 generated + 10 forged entries
+    assert f"DAG {DAG_ID}" in html and "26 images" in html  # 6 generated + 20 forged entries
+    assert 'id="no-gallery-roots"' not in html  # roots are set: no notice
 
     single = next(card for card in cards if 'data-task-id="single"' in card)
     assert PROMPTS["single"] in single
@@ -358,8 +453,109 @@ def test_a_stored_uri_the_gallery_will_not_read_says_why_instead_of_a_broken_ima
     assert "not shown: chained or malformed storage URI" in cards[7]
     assert "not shown: a relative path names no stored image" in cards[8]
     assert "<img" not in cards[4] + cards[7] + cards[8]
-    # A local path is tried, and refused when read because it is no image (tested below).
-    assert 'src="thumbnails/forged/-1/0"' in cards[0]
+    # A local file outside [imagen] gallery_roots is not even tried.
+    assert "not shown: not under [imagen] gallery_roots" in cards[0]
+    # One inside a root is tried, and refused when read because it is no image (tested below).
+    assert f'src="thumbnails/forged/-1/{INSIDE["not an image"]}"' in cards[INSIDE["not an image"]]
+
+
+@pytest.mark.parametrize(("case", "position"), OUTSIDE.items(), ids=list(OUTSIDE))
+def test_a_card_whose_uri_is_outside_the_gallery_roots_says_so(case, position, api, runs):
+    card = figures(api.get(f"{run_path(runs)}/gallery?task_id=forged", headers=bearer()).text)[position]
+    if case == "a symlink out of a root":  # only reading shows where a link leads: it is tried, and refused
+        assert f'src="thumbnails/forged/-1/{position}"' in card
+    else:
+        assert "not shown: not under [imagen] gallery_roots" in card and "<img" not in card
+
+
+def test_the_confused_deputy_an_operator_shaped_xcom_naming_a_png_elsewhere_is_not_served(
+    api, runs, images_dir, storage_reads
+):
+    """A task pushes an ``image``-shaped XCom naming a real PNG of another folder: the gallery must not serve it."""
+    secret = (images_dir / "elsewhere" / "secret.png").read_bytes()
+    for position in OUTSIDE.values():
+        for kind in ("thumbnails", "images"):
+            response = api.get(f"{run_path(runs)}/{kind}/forged/-1/{position}", headers=bearer())
+            assert response.status_code == 404, (kind, position)
+            assert response.content != secret and "image" not in response.headers["content-type"]
+
+
+@pytest.fixture
+def locked_file_unreadable(monkeypatch):
+    """``locked.png`` has mode 0, which does not stop root: make opening it a PermissionError whoever runs."""
+    from airflow.sdk import ObjectStoragePath
+
+    real = ObjectStoragePath.open
+
+    def open_(self, *args, **kwargs):
+        if str(self).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ObjectStoragePath, "open", open_)
+
+
+@pytest.mark.parametrize("kind", ["thumbnails", "images"])
+def test_the_browser_cannot_tell_missing_unreadable_oversized_or_outside_apart(
+    kind, api, runs, locked_file_unreadable, caplog
+):
+    answers = {}
+    with caplog.at_level("WARNING", logger="airflow_provider_imagen.plugins.app"):
+        for case, position in {**OUTSIDE, **INSIDE}.items():
+            response = api.get(f"{run_path(runs)}/{kind}/forged/-1/{position}", headers=bearer())
+            answers[case] = (response.status_code, response.text)
+    assert set(answers.values()) == {(404, '{"detail":"This image is not available"}')}, answers
+    # The precise reason is the api-server's to log.
+    logged = caplog.text
+    assert "FileNotFoundError" in logged and "PermissionError" in logged
+    assert "not a PNG, JPEG or WebP image" in logged and "over the gallery's 20,971,520" in logged
+    assert "not under [imagen] gallery_roots" in logged
+
+
+def test_with_no_gallery_roots_nothing_stored_is_served_and_the_page_says_how_to_set_them(
+    api, runs, monkeypatch, storage_reads
+):
+    monkeypatch.setenv("AIRFLOW__IMAGEN__GALLERY_ROOTS", "")
+    html = api.get(f"{run_path(runs)}/gallery?task_id=single", headers=bearer()).text
+    assert "not shown: not under [imagen] gallery_roots" in figures(html)[0]
+    notice = html[html.index('id="no-gallery-roots"') : html.index("</p>", html.index('id="no-gallery-roots"'))]
+    assert "[imagen] gallery_roots" in notice and "AIRFLOW__IMAGEN__GALLERY_ROOTS=" in notice
+    for kind in ("thumbnails", "images"):
+        response = api.get(f"{run_path(runs)}/{kind}/single/-1/0", headers=bearer())
+        assert (response.status_code, response.json()) == (404, {"detail": "This image is not available"})
+
+
+def test_the_run_gallerys_task_list_separates_its_entries(api, runs):
+    from html.parser import HTMLParser
+
+    class TaskList(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_nav, self.items = False, []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "nav" and ("class", "tasks") in attrs:
+                self.in_nav = True
+            elif tag == "li" and self.in_nav:
+                self.items.append("")
+
+        def handle_endtag(self, tag):
+            if tag == "nav":
+                self.in_nav = False
+
+        def handle_data(self, data):
+            if self.in_nav and self.items:
+                self.items[-1] += data
+
+    parser = TaskList()
+    parser.feed(api.get(routes(runs)["run gallery"], headers=bearer()).text)
+    # Not "batch (2)forged (20)...": each task is an item of its own list.
+    assert [" ".join(item.split()) for item in parser.items] == [
+        "batch (2)",
+        "forged (20)",
+        "mapped (3)",
+        "single (1)",
+    ]
 
 
 def test_a_batchs_failed_prompts_are_listed_with_their_reason(api, runs):
@@ -479,9 +675,9 @@ def test_an_image_kept_only_at_cloudflare_is_not_fetched_by_the_api_server(kind,
 
 
 @pytest.mark.parametrize("kind", ["thumbnails", "images"])
-@pytest.mark.parametrize("position", range(10))
+@pytest.mark.parametrize("position", range(20))
 def test_what_an_xcom_names_is_served_only_if_it_is_a_stored_image(
-    kind, position, api, runs, imagen_emulator_server, storage_reads
+    kind, position, api, runs, imagen_emulator_server, storage_reads, locked_file_unreadable
 ):
     """Forged XComs: no web fetch, no chain, no relative path, and no bytes of anything but an image."""
     from airflow_provider_imagen.emulator.server import EmulatorClient
@@ -655,3 +851,223 @@ def test_the_thumbnail_cache_stays_within_its_bytes_and_drops_the_least_recently
     assert all(cache.get((name, "v1")) for name in "acd")
     cache.put(("too big", "v1"), b"x" * 301)
     assert cache.get(("too big", "v1")) is None and cache.get(("d", "v1")) is not None
+
+
+# -- [imagen] gallery_roots ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("roots", "uri", "admitted"),
+    [
+        ("/data/images", "/data/images/x.png", True),
+        ("/data/images/", "/data/images/a/b/x.png", True),
+        ("/data/images", "file:///data/images/x.png", True),
+        ("file:///data/images/", "/data/images/x.png", True),
+        ("/data/images", "/data/images-other/x.png", False),
+        ("/data/images", "/data/images/../secret/x.png", False),
+        ("/data/images", "/data/x.png", False),
+        ("/data/images", "file://host/data/images/x.png", False),
+        ("/data/images, s3://aws_default@bucket/prefix/", "/data/other/x.png", False),
+        ("s3://aws_default@bucket/prefix/", "s3://aws_default@bucket/prefix/x.png", True),
+        ("s3://aws_default@bucket/prefix", "s3://aws_default@bucket/prefix/sub/x.png", True),
+        ("s3://aws_default@bucket/", "s3://aws_default@bucket/any/x.png", True),
+        ("s3://aws_default@bucket/prefix/", "S3://aws_default@bucket/prefix/x.png", True),
+        ("s3://aws_default@bucket/prefix/", "s3://other_conn@bucket/prefix/x.png", False),
+        ("s3://aws_default@bucket/prefix/", "s3://bucket/prefix/x.png", False),
+        ("s3://aws_default@bucket/prefix/", "s3://aws_default@bucket2/prefix/x.png", False),
+        ("s3://aws_default@bucket/prefix", "s3://aws_default@bucket/prefix-other/x.png", False),
+        ("s3://aws_default@bucket/prefix/", "gs://aws_default@bucket/prefix/x.png", False),
+        ("s3://aws_default@bucket/prefix/", "s3://aws_default@bucket/prefix/../other/x.png", False),
+        ("s3://aws_default@bucket/prefix/", "s3://aws_default@bucket/prefix//x.png", False),
+        ("s3://aws_default@bucket/prefix/", "s3://aws_default@bucket/prefix/x.png?versionId=1", False),
+        ("s3://aws_default@bucket/prefix/", "s3://aws_default:pw@bucket/prefix/x.png", False),
+        ("s3://aws_default@bucket/prefix/", "s3://aws_default@bucket:9000/prefix/x.png", False),
+        ("s3://aws_default@bucket/prefix/", "/prefix/x.png", False),
+        ("", "/data/images/x.png", False),
+        ("images/, https://example.com/, ftp://h/x/", "/data/images/x.png", False),  # none is a root
+        ("/", "/anything/x.png", True),
+    ],
+)
+def test_gallery_roots_admit_only_what_is_under_them(roots, uri, admitted, monkeypatch):
+    from airflow_provider_imagen.plugins.store import refusal
+
+    monkeypatch.setenv("AIRFLOW__IMAGEN__GALLERY_ROOTS", roots)
+    assert (refusal(uri) is None) is admitted
+
+
+def test_a_uri_outside_the_roots_is_refused_before_any_storage_is_touched(monkeypatch):
+    """No ObjectStoragePath, hence no connection look-up nor request, for a URI outside every root."""
+    import airflow.sdk
+
+    from airflow_provider_imagen.plugins.store import NotServable, storage_path
+
+    def no_storage(*args, **kwargs):
+        raise AssertionError("the gallery touched storage for a refused URI")
+
+    monkeypatch.setenv("AIRFLOW__IMAGEN__GALLERY_ROOTS", "s3://aws_default@bucket/prefix/")
+    monkeypatch.setattr(airflow.sdk, "ObjectStoragePath", no_storage)
+    for uri in ("s3://other_conn@bucket/prefix/x.png", "s3://aws_default@bucket2/prefix/x.png", "/etc/passwd"):
+        with pytest.raises(NotServable, match=r"not under \[imagen\] gallery_roots"):
+            storage_path(uri)
+
+
+def test_symlinks_are_followed_only_within_the_roots(tmp_path, monkeypatch):
+    from airflow_provider_imagen.plugins.store import NotServable, open_image
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "x.png").write_bytes(png())
+    (root / "sub" / "y.png").write_bytes(png())
+    (root / "out.png").symlink_to(outside / "x.png")
+    (root / "outdir").symlink_to(outside, target_is_directory=True)
+    (root / "in.png").symlink_to(root / "sub" / "y.png")
+    (tmp_path / "root-link").symlink_to(root, target_is_directory=True)
+    monkeypatch.setenv("AIRFLOW__IMAGEN__GALLERY_ROOTS", str(root))
+
+    for refused in (root / "out.png", root / "outdir" / "x.png"):
+        with pytest.raises(NotServable, match=r"resolves to .*outside.*not under"):
+            open_image(str(refused))
+    assert open_image(str(root / "in.png"))[0] == "image/png"
+    # A root that is itself a link admits what lies in the folder it names.
+    monkeypatch.setenv("AIRFLOW__IMAGEN__GALLERY_ROOTS", str(tmp_path / "root-link"))
+    assert open_image(str(tmp_path / "root-link" / "sub" / "y.png"))[0] == "image/png"
+
+
+# -- bounds on what a request reads and decodes --------------------------------------------------------
+
+
+def test_a_30_mb_object_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from airflow_provider_imagen.plugins.store import NotServable, open_image, thumbnail
+
+    big = tmp_path / "big.png"
+    with open(big, "wb") as out:
+        out.write(png())
+        out.truncate(30 * 1024 * 1024)
+    monkeypatch.setenv("AIRFLOW__IMAGEN__GALLERY_ROOTS", str(tmp_path))
+    for serve in (open_image, thumbnail):
+        with pytest.raises(NotServable, match="over the gallery's"):
+            serve(str(big))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds a few bytes of garbage pixels: decoding it would fail."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"garbage") + chunk(b"IEND", b"")
+
+
+def test_a_20_mp_png_is_refused_on_its_header_before_any_pixel_is_decoded(monkeypatch):
+    from PIL import Image, ImageFile
+
+    from airflow_provider_imagen.plugins.store import NotServable, make_thumbnail
+
+    loads: list[object] = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self) or real_load(self))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # even with Pillow's own guard switched off
+    with pytest.raises(NotServable, match=r"too many pixels to thumbnail \(5000x4000\)"):
+        make_thumbnail(png_header(5000, 4000))
+    assert loads == []
+
+
+def test_thumbnails_touch_no_process_global_warning_filter_nor_pillows_limit():
+    """Requests run on many threads: ``warnings.catch_warnings`` is not thread-safe, nor is changing a global."""
+    import warnings
+
+    from PIL import Image
+
+    from airflow_provider_imagen.plugins.store import NotServable, make_thumbnail
+
+    entered: list[object] = []
+    real = warnings.catch_warnings
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        entered.append(args)
+        return real(*args, **kwargs)
+
+    limit = Image.MAX_IMAGE_PIXELS
+    warnings.catch_warnings = spy  # type: ignore[misc,assignment]  # restored before pytest reports anything
+    try:
+        thumb = make_thumbnail(png())
+        with pytest.raises(NotServable, match="too many pixels") as refused:
+            make_thumbnail(png_header(8000, 8000))
+    finally:
+        warnings.catch_warnings = real  # type: ignore[misc]
+    assert thumb.startswith(b"\xff\xd8\xff") and refused.value is not None
+    assert entered == []
+    assert limit == Image.MAX_IMAGE_PIXELS
+
+
+def test_at_most_two_thumbnails_are_made_at_once_and_a_third_request_is_told_to_come_back(tmp_path, monkeypatch):
+    """Structural, not timed: two decodes are held inside; a third finds no free decoder and is refused."""
+    import threading
+
+    from airflow_provider_imagen.plugins import store
+
+    monkeypatch.setenv("AIRFLOW__IMAGEN__GALLERY_ROOTS", str(tmp_path))
+    monkeypatch.setattr(store, "DECODES", threading.BoundedSemaphore(store.MAX_CONCURRENT_DECODES))
+    monkeypatch.setattr(store, "DECODE_WAIT_SECONDS", 0)  # the third does not wait for a free decoder
+    store.THUMBNAILS.clear()
+    inside, most, release = [0], [0], threading.Event()
+    changed = threading.Condition()
+    real = store.make_thumbnail
+
+    def held(data: bytes, longest: int = store.THUMBNAIL_PIXELS) -> bytes:
+        with changed:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            changed.notify_all()
+        release.wait(60)
+        with changed:
+            inside[0] -= 1
+        return real(data, longest)
+
+    monkeypatch.setattr(store, "make_thumbnail", held)
+    uris = []
+    for name in "abc":
+        (tmp_path / f"{name}.png").write_bytes(png())
+        uris.append(str(tmp_path / f"{name}.png"))
+    results: dict[str, object] = {}
+
+    def request(uri: str) -> None:
+        try:
+            results[uri] = store.thumbnail(uri)
+        except Exception as err:  # recorded for the assertions
+            results[uri] = err
+
+    threads = [threading.Thread(target=request, args=(uri,)) for uri in uris[:2]]
+    for thread in threads:
+        thread.start()
+    with changed:
+        assert changed.wait_for(lambda: inside[0] == 2, timeout=60)
+    with pytest.raises(store.GalleryBusy):
+        store.thumbnail(uris[2])
+    release.set()
+    for thread in threads:
+        thread.join(60)
+    assert most[0] == 2
+    assert all(isinstance(results[uri], bytes) for uri in uris[:2])
+    assert isinstance(store.thumbnail(uris[2]), bytes)  # decoders free again: served
+    store.THUMBNAILS.clear()
+
+
+def test_a_thumbnail_request_that_finds_every_decoder_busy_gets_a_503(api, runs, monkeypatch):
+    import threading
+
+    from airflow_provider_imagen.plugins import store
+
+    busy = threading.BoundedSemaphore(store.MAX_CONCURRENT_DECODES)
+    for _ in range(store.MAX_CONCURRENT_DECODES):
+        busy.acquire()
+    monkeypatch.setattr(store, "DECODES", busy)
+    monkeypatch.setattr(store, "DECODE_WAIT_SECONDS", 0)
+    store.THUMBNAILS.clear()
+    response = api.get(f"{run_path(runs)}/thumbnails/single/-1/0", headers=bearer())
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert "try again" in response.json()["detail"]

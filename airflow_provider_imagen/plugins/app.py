@@ -4,11 +4,13 @@ The gallery's FastAPI app, mounted on the api-server under ``/imagen``.
 Every route is declared with Airflow's own ``requires_access_dag`` on the ``dag_id`` in its path: Airflow does
 not protect plugin routes by itself. The user is the one the UI is logged in as (its ``_token`` cookie reaches
 the iframe, which the UI loads same-origin) or a ``Bearer`` token. Images are named by task, map index and
-position, never by a path: the stored URI is read from the run's own XCom.
+position, never by a path: the stored URI is read from the run's own XCom, and the object it names is read
+only under ``[imagen] gallery_roots`` (see :mod:`airflow_provider_imagen.plugins.roots`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter
@@ -24,10 +26,13 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from airflow_provider_imagen.plugins.images import GalleryImage, find_image, read_gallery, run_exists
-from airflow_provider_imagen.plugins.store import NotServable, open_image, refusal, thumbnail
+from airflow_provider_imagen.plugins.roots import CONFIG_OPTION, CONFIG_SECTION, ENV_VAR, gallery_roots
+from airflow_provider_imagen.plugins.store import GalleryBusy, NotServable, open_image, refusal, thumbnail
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 48
 MAX_PAGE_SIZE = 200
@@ -44,6 +49,8 @@ IMAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; sandbox",
     "Cache-Control": "private, max-age=3600",
 }
+# Missing, unreadable, outside the roots, too large, not an image: the browser cannot tell which (the log can).
+NOT_AVAILABLE = "This image is not available"
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 
 # Reading the images of a run is reading its XComs: the same permission the REST API's XCom routes ask for.
@@ -153,6 +160,9 @@ def gallery(
         page=page,
         pages=pages,
         page_link=page_link,
+        no_roots=any(image.stored_uri for image in images) and not gallery_roots(),
+        roots_option=f"[{CONFIG_SECTION}] {CONFIG_OPTION}",
+        roots_env=ENV_VAR,
     )
     return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
 
@@ -175,7 +185,10 @@ def image_thumbnail(
     try:
         data = thumbnail(uri)
     except NotServable as err:
-        raise HTTPException(404, f"No thumbnail: {err}") from None
+        raise _not_available(dag_id, run_id, task_id, map_index, position, uri, err) from None
+    except GalleryBusy as err:
+        log.warning("Imagen gallery: no thumbnail for %s/%s/%s: %s", dag_id, run_id, task_id, err)
+        raise HTTPException(503, "Too many thumbnails are being made: try again", {"Retry-After": "5"}) from None
     return Response(data, media_type="image/jpeg", headers=IMAGE_HEADERS)
 
 
@@ -197,10 +210,19 @@ def full_image(
     try:
         media_type, size, chunks = open_image(uri)
     except NotServable as err:
-        raise HTTPException(404, f"No image: {err}") from None
+        raise _not_available(dag_id, run_id, task_id, map_index, position, uri, err) from None
     name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{dag_id}-{task_id}-{map_index}-{position}") + _EXTENSIONS[media_type]
     headers = {**IMAGE_HEADERS, "Content-Length": str(size), "Content-Disposition": f'inline; filename="{name}"'}
     return StreamingResponse(chunks, media_type=media_type, headers=headers)
+
+
+def _not_available(
+    dag_id: str, run_id: str, task_id: str, map_index: int, position: int, uri: str, err: NotServable
+) -> HTTPException:
+    """Log why a stored image is not served, and return the one answer the browser gets whatever the reason."""
+    where = f"DAG {dag_id!r} run {run_id!r} task {task_id!r} [{map_index}] image {position}"
+    log.warning("Imagen gallery: not serving %r (%s): %s", uri, where, err)
+    return HTTPException(404, NOT_AVAILABLE)
 
 
 def _require_run(session: Session, dag_id: str, run_id: str) -> None:

@@ -1,43 +1,71 @@
 """
-Reading a stored image for the gallery: only where a run's XCom says it is, only if it is an image.
+Reading a stored image for the gallery: only under ``[imagen] gallery_roots``, only if it is an image.
 
 The api-server reads with the same Airflow connections the worker wrote with (``ObjectStoragePath``). What it
-will not do: fetch a web URL (that would let an XCom make the api-server call any host), follow an fsspec
-chain (``zip::s3://...``), or serve bytes that are not a PNG, JPEG or WebP image (so a path that names a
-config file or an HTML page yields nothing, and nothing is ever served as a page on Airflow's origin).
+will not do: read outside the roots the admin listed (an XCom is written by any task of the DAG, or through
+the REST API: without roots, it could name any file or bucket the api-server can reach), fetch a web URL
+(that would let an XCom make the api-server call any host), follow an fsspec chain (``zip::s3://...``), or
+serve bytes that are not a PNG, JPEG or WebP image (so nothing is ever served as a page on Airflow's origin).
+
+Every request is bounded: at most ``MAX_SOURCE_BYTES`` read, at most ``MAX_SOURCE_PIXELS`` decoded (checked
+on the header, before any pixel is), and at most ``MAX_CONCURRENT_DECODES`` thumbnails made at once; a
+request that cannot start one within ``DECODE_WAIT_SECONDS`` gets :class:`GalleryBusy` instead of queueing.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import posixpath
 import threading
-import warnings
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
+from airflow_provider_imagen.plugins.roots import (
+    NOT_UNDER_ROOTS,
+    STORAGE_SCHEMES,
+    LocalRoot,
+    ObjectRoot,
+    gallery_roots,
+    parse_object,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from airflow.sdk import ObjectStoragePath
 
-#: Object stores a worker can write with ``output_path``; web (SSRF), ftp, sftp and any other scheme are refused.
-STORAGE_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "wasb", "wasbs"})
+__all__ = ["STORAGE_SCHEMES", "GalleryBusy", "NotServable", "open_image", "refusal", "storage_path", "thumbnail"]
+
 THUMBNAIL_PIXELS = 320  # the longer side of a thumbnail
-MAX_SOURCE_PIXELS = 50_000_000  # Imagen's largest images are ~2 MP; this stops a decompression bomb early
+# Imagen's images are ~2 MP and 1-3 MB: these bounds leave room for any model's output, and no more.
+MAX_SOURCE_BYTES = 20 * 1024 * 1024
+MAX_SOURCE_PIXELS = 16_000_000
+# Each decode holds up to ~64 MB (16 MP RGBA) in the api-server's threadpool: a few at a time, not 40.
+MAX_CONCURRENT_DECODES = 2
+DECODE_WAIT_SECONDS = 5.0
+DECODES = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 CHUNK = 256 * 1024
 
 _SIGNATURES: tuple[tuple[bytes, str], ...] = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 
 
 class NotServable(Exception):
-    """The stored object may not or cannot be served; the message says why, without its contents."""
+    """
+    The stored object may not or cannot be served.
+
+    The message says why, for the api-server's log only: the browser gets one generic answer, so that it
+    cannot tell a missing file from an unreadable, oversized or non-image one.
+    """
+
+
+class GalleryBusy(Exception):
+    """Every thumbnail decoder stayed busy for ``DECODE_WAIT_SECONDS``: try again later (HTTP 503)."""
 
 
 def media_type_of(head: bytes) -> str | None:
-    """PNG, JPEG or WebP from the first bytes, else ``None``: the name and the stored type are not trusted."""
+    """Return PNG, JPEG or WebP from the first bytes, else ``None``: the name and the stored type are not trusted."""
     for signature, media_type in _SIGNATURES:
         if head.startswith(signature):
             return media_type
@@ -46,51 +74,93 @@ def media_type_of(head: bytes) -> str | None:
     return None
 
 
+def _local_path(uri: str) -> str | None:
+    """Return the local path a URI names (a plain absolute path or ``file:///...``), or ``None`` for another store."""
+    parts = urlsplit(uri)
+    if not parts.scheme:
+        return uri
+    if parts.scheme.lower() == "file" and not parts.netloc:
+        return parts.path
+    return None
+
+
 def refusal(uri: str) -> str | None:
     """
-    Why the gallery will not read a stored URI, decided from the URI alone; ``None`` when it will try.
+    Return why the gallery will not read a stored URI, decided without any I/O; ``None`` when it will try.
 
-    :param uri: the ``stored_uri`` the operator pushed: an absolute local path or ``scheme://...``.
+    :param uri: the ``stored_uri`` an XCom names: an absolute local path or ``scheme://...``.
     """
     if "::" in uri or "\x00" in uri:
         return "chained or malformed storage URI"
     scheme = urlsplit(uri).scheme.lower()
-    if not scheme:
-        return None if uri.startswith("/") else "a relative path names no stored image"
-    return None if scheme in STORAGE_SCHEMES else f"the gallery does not read {scheme!r} URIs"
+    if not scheme and not uri.startswith("/"):
+        return "a relative path names no stored image"
+    if scheme and scheme not in STORAGE_SCHEMES:
+        return f"the gallery does not read {scheme!r} URIs"
+    local = _local_path(uri)
+    roots = gallery_roots()
+    if local is not None:
+        if not local.startswith("/"):
+            return "chained or malformed storage URI"
+        normal = posixpath.normpath(local)
+        admitted = any(isinstance(root, LocalRoot) and root.admits(normal) for root in roots)
+    else:
+        try:
+            parsed = parse_object(uri)
+        except ValueError:
+            return "chained or malformed storage URI"
+        admitted = any(isinstance(root, ObjectRoot) and root.admits(parsed) for root in roots)
+    return None if admitted else NOT_UNDER_ROOTS
 
 
 def storage_path(uri: str) -> ObjectStoragePath:
     """
-    The ``ObjectStoragePath`` of a stored URI from XCom, if it names an object store the gallery reads.
+    Return the ``ObjectStoragePath`` to read for a stored URI, if it lies under ``[imagen] gallery_roots``.
 
-    :param uri: the ``stored_uri`` the operator pushed.
-    :raises NotServable: for web URLs, other schemes, fsspec chains and relative paths.
+    A local path is read at its resolved location, once that is checked to be under a root's own resolved
+    folder: a symlink inside a root that points outside it is refused.
+
+    :param uri: the ``stored_uri`` an XCom names.
+    :raises NotServable: for web URLs, other schemes, fsspec chains, relative paths and anything outside the roots.
     """
     from airflow.sdk import ObjectStoragePath
 
     reason = refusal(uri)
     if reason is not None:
         raise NotServable(reason)
-    return ObjectStoragePath(uri)
+    local = _local_path(uri)
+    if local is not None:
+        resolved = os.path.realpath(local)
+        if not any(isinstance(root, LocalRoot) and root.admits_resolved(resolved) for root in gallery_roots()):
+            raise NotServable(f"resolves to {resolved!r}, {NOT_UNDER_ROOTS}")
+        path = ObjectStoragePath(resolved)
+        if path.path != resolved:  # never read anything but what was checked
+            raise NotServable("chained or malformed storage URI")
+        return path
+    parsed = parse_object(uri)
+    path = ObjectStoragePath(uri)
+    if (path.protocol, path.conn_id, path.path) != (parsed.scheme, parsed.conn_id, f"{parsed.bucket}/{parsed.key}"):
+        raise NotServable("chained or malformed storage URI")
+    return path
 
 
 def open_image(uri: str) -> tuple[str, int, Iterator[bytes]]:
     """
     Open a stored image to stream it: its media type (from its bytes), its size, and its chunks.
 
+    The chunks stop at the size ``stat`` gave, so an object that grows meanwhile is never read past it.
+
     :param uri: the stored URI from XCom.
-    :raises NotServable: when the URI is refused, the object is missing or too large, or is not an image.
+    :raises NotServable: when the URI is refused, the object is missing, too large, or not an image.
     """
     path = storage_path(uri)
     try:
         size = int(path.stat().st_size)
+        if size > MAX_SOURCE_BYTES:
+            raise NotServable(f"the stored object is {size:,} bytes, over the gallery's {MAX_SOURCE_BYTES:,}")
         handle = path.open("rb")
     except (OSError, ValueError) as err:  # missing, no permission, unknown bucket, bad connection
-        raise NotServable(f"cannot read the stored image ({type(err).__name__})") from None
-    if size > MAX_IMAGE_BYTES:
-        handle.close()
-        raise NotServable("the stored object is larger than any image the provider stores")
+        raise NotServable(f"cannot read the stored image ({type(err).__name__}: {err})") from None
     head = handle.read(16)
     media_type = media_type_of(head)
     if media_type is None:
@@ -98,9 +168,11 @@ def open_image(uri: str) -> tuple[str, int, Iterator[bytes]]:
         raise NotServable("the stored object is not a PNG, JPEG or WebP image")
 
     def chunks() -> Iterator[bytes]:
+        left = size - len(head)
         try:
             yield head
-            while chunk := handle.read(CHUNK):
+            while left > 0 and (chunk := handle.read(min(CHUNK, left))):
+                left -= len(chunk)
                 yield chunk
         finally:
             handle.close()
@@ -110,44 +182,40 @@ def open_image(uri: str) -> tuple[str, int, Iterator[bytes]]:
 
 def read_image(uri: str) -> bytes:
     """
-    A stored image's bytes, checked to be an image, at most ``MAX_IMAGE_BYTES``.
+    Return a stored image's bytes, checked to be an image, at most ``MAX_SOURCE_BYTES``.
 
     :param uri: the stored URI from XCom.
     :raises NotServable: as :func:`open_image`.
     """
     _, _, chunks = open_image(uri)
-    data = b"".join(chunks)
-    if len(data) > MAX_IMAGE_BYTES:  # grew since stat()
-        raise NotServable("the stored object is larger than any image the provider stores")
-    return data
+    return b"".join(chunks)
 
 
 def make_thumbnail(data: bytes, longest: int = THUMBNAIL_PIXELS) -> bytes:
     """
-    A JPEG no larger than ``longest`` pixels on its longer side, transparency flattened on white.
+    Return a JPEG no larger than ``longest`` pixels on its longer side, transparency flattened on white.
+
+    The pixel bound is checked on the size the header declares, before any pixel is decoded. Nothing
+    process-global is touched (no ``warnings.catch_warnings``, no change to ``Image.MAX_IMAGE_PIXELS``):
+    requests run on many threads at once. Pillow's own guard still refuses a header over twice its limit.
 
     :param data: PNG, JPEG or WebP bytes.
     :param longest: the longer side's bound, in pixels.
-    :raises NotServable: when Pillow cannot decode the image, or it is implausibly large.
+    :raises NotServable: when Pillow cannot decode the image, or it has more than ``MAX_SOURCE_PIXELS``.
     """
     from PIL import Image, UnidentifiedImageError
 
-    too_many_pixels = NotServable("the image has too many pixels to thumbnail")
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns about a bomb below twice its limit: refuse it instead of logging it.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.format not in {"PNG", "JPEG", "WEBP"}:
-                    raise NotServable("not a PNG, JPEG or WebP image")
-                if image.width * image.height > MAX_SOURCE_PIXELS:
-                    raise too_many_pixels
-                image.draft("RGB", (longest, longest))  # JPEG decodes at a smaller scale: much faster
-                image.thumbnail((longest, longest))
-                rgba = image.convert("RGBA")
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise too_many_pixels from None
-    except (UnidentifiedImageError, OSError) as err:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP")) as image:
+            width, height = image.size
+            if width * height > MAX_SOURCE_PIXELS:
+                raise NotServable(f"the image has too many pixels to thumbnail ({width}x{height})")
+            image.draft("RGB", (longest, longest))  # JPEG decodes at a smaller scale: much faster
+            image.thumbnail((longest, longest))
+            rgba = image.convert("RGBA")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning, if a filter raises it
+        raise NotServable("the image has too many pixels to thumbnail (Pillow's bound)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise NotServable(f"cannot decode the image ({type(err).__name__})") from None
     flat = Image.new("RGB", rgba.size, "white")
     flat.paste(rgba, mask=rgba.getchannel("A"))
@@ -202,10 +270,11 @@ THUMBNAILS = ThumbnailCache()
 
 def thumbnail(uri: str) -> bytes:
     """
-    The cached thumbnail of a stored image, made on first request.
+    Return the cached thumbnail of a stored image, made on first request.
 
     :param uri: the stored URI from XCom.
     :raises NotServable: as :func:`open_image` and :func:`make_thumbnail`.
+    :raises GalleryBusy: when no decoder became free within ``DECODE_WAIT_SECONDS``.
     """
     path = storage_path(uri)
     try:
@@ -215,6 +284,12 @@ def thumbnail(uri: str) -> bytes:
     key = (uri, f"{info.st_size}:{info.st_mtime}")
     cached = THUMBNAILS.get(key)
     if cached is None:
-        cached = make_thumbnail(read_image(uri))
+        # Reading and decoding both hold the image in memory: both count against the decode bound.
+        if not DECODES.acquire(timeout=DECODE_WAIT_SECONDS):
+            raise GalleryBusy(f"{MAX_CONCURRENT_DECODES} thumbnails were being made for {DECODE_WAIT_SECONDS} s")
+        try:
+            cached = make_thumbnail(read_image(uri))
+        finally:
+            DECODES.release()
         THUMBNAILS.put(key, cached)
     return cached

@@ -81,6 +81,8 @@ class AirflowServices:
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT": connection_json,
                 "AIRFLOW_VAR_IMAGEN_OUTPUT_DIR": str(output_dir),
+                # The Images view reads stored images only under these prefixes: the folder the DAGs write to.
+                "AIRFLOW__IMAGEN__GALLERY_ROOTS": str(output_dir),
                 "NO_PROXY": "127.0.0.1,localhost",
             }
         )
