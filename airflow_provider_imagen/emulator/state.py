@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_provider_imagen.emulator.faults import TRANSIENT_PRESETS, Fault, TokenBucket, make_fault
+from airflow_provider_imagen.emulator.schemas import MODELS
 
 DEFAULT_TOKEN = "emulator-token"
 # The emulator states Cloudflare's schema itself rather than importing the provider's models, so that the
@@ -28,8 +29,10 @@ PERSON_GENERATION = ("dont_allow", "allow_adult", "allow_all")
 FLUX = "@cf/black-forest-labs/flux-1-schnell"
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 #: Third-party models answer in the proxied ``state`` shape; ``@cf/`` models in the v4 envelope.
-PROXIED_MODELS = {"google/imagen-4"}
+PROXIED_MODELS = {model.id for model in MODELS.values() if model.proxied}
 MAX_BODY_BYTES = 1_000_000
+#: Multipart forms carry reference images: Cloudflare accepts bodies up to 10 MB.
+MAX_FORM_BYTES = 10_000_000
 MAX_LATENCY_SECONDS = 120.0
 MAX_REMEMBERED_IMAGES = 100_000
 MAX_RECORDED_REQUESTS = 1_000
@@ -100,7 +103,8 @@ class EmulatorState:
             self.faults: deque[Fault] = deque()
             self.image_faults: deque[Fault] = deque()
             self.counts: Counter[str] = Counter()
-            self.images: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
+            # image id -> what render() takes: (prompt, width, height, Pillow format)
+            self.images: OrderedDict[str, tuple[str, int, int, str]] = OrderedDict()
             self.recent: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDED_REQUESTS)
             # AI Gateway's cache: key -> (expiry on the loop clock, the answer's body)
             self.cache: dict[str, tuple[float, bytes]] = {}
@@ -145,9 +149,9 @@ class EmulatorState:
                 return make_fault(self.rng.choice(TRANSIENT_PRESETS))
         return None
 
-    def remember_image(self, image_id: str, prompt: str, width: int, height: int) -> None:
+    def remember_image(self, image_id: str, prompt: str, width: int, height: int, fmt: str = "PNG") -> None:
         with self.lock:
-            self.images[image_id] = (prompt, width, height)
+            self.images[image_id] = (prompt, width, height, fmt)
             self.images.move_to_end(image_id)
             while len(self.images) > MAX_REMEMBERED_IMAGES:
                 self.images.popitem(last=False)
@@ -165,5 +169,6 @@ class EmulatorState:
                 "faults_served": self.counts["faults_served"],
                 "faults_pending": len(self.faults) + len(self.image_faults),
                 "by_model": {k[6:]: v for k, v in self.counts.items() if k.startswith("model:")},
+                "generations_by_model": {k[10:]: v for k, v in self.counts.items() if k.startswith("generated:")},
                 "recent": list(self.recent),
             }
