@@ -199,6 +199,13 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             )
         if multipart and not spec.multipart:
             return envelope_error(400, 5004, "Invalid data: this model takes a JSON body, not multipart/form-data")
+        extra = schemas.unlisted(spec, inputs)
+        if extra and not spec.proxied and not state.config.strict_inputs:
+            # Lenient, as the emulator always was for Cloudflare's own models: ignored, and counted.
+            inputs = {name: value for name, value in inputs.items() if name not in extra}
+            with state.lock:
+                for name in extra:
+                    state.counts[f"ignored:{model}:{name}"] += 1
         problem = input_problem(spec, inputs)
         if problem:
             return envelope_error(400, 5004, f"Invalid input: {problem}")

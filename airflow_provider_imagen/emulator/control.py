@@ -95,7 +95,7 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
     async def configure(request: Request) -> Response:
         changes = await request.json()
         allowed = {"latency", "failure_rate", "token_status", "token_kind", "workers_ai_access", "public_url", "seed"}
-        allowed |= {"rate_limit_per_minute", "rate_limit_burst"}
+        allowed |= {"rate_limit_per_minute", "rate_limit_burst", "strict_inputs"}
         unknown = set(changes) - allowed
         if unknown:
             return json_response({"error": f"unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}"}, 422)

@@ -77,6 +77,11 @@ def _load() -> dict[str, Model]:
 MODELS: dict[str, Model] = _load()
 
 
+def unlisted(model: Model, payload: Any) -> list[str]:
+    """The inputs of ``payload`` that ``model``'s schema does not list, sorted."""
+    return sorted(set(payload) - set(model.fields)) if isinstance(payload, dict) else []
+
+
 def input_problem(model: Model, payload: Any) -> str | None:
     """What Cloudflare would say is wrong with ``payload`` as ``model``'s input, or ``None``."""
     if not isinstance(payload, dict):

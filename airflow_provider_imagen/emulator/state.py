@@ -60,6 +60,10 @@ class EmulatorConfig:
     :param rate_limit_per_minute: the account's rate limit (a token bucket); requests over it get 429, code
         3040 and ``Retry-After``, and are not billed. ``None``: no limit.
     :param rate_limit_burst: requests the limit accepts at once; one second's worth if unset.
+    :param strict_inputs: refuse an input a Cloudflare model's schema does not list (400, code 5004), as
+        Cloudflare does for a schema that forbids additional properties (FLUX.1 schnell's). Off by default:
+        such an input is then ignored and counted (``ignored_inputs`` in the stats), as the emulator always
+        did for ``@cf/`` models; third-party models (Imagen 4, Nano Banana) refuse it either way.
     """
 
     token: str = field(default=DEFAULT_TOKEN, repr=False)
@@ -72,6 +76,7 @@ class EmulatorConfig:
     seed: int | None = None
     rate_limit_per_minute: float | None = None
     rate_limit_burst: float | None = None
+    strict_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.rate_limit_per_minute is not None and not 0 < self.rate_limit_per_minute <= 1_000_000:
@@ -156,6 +161,15 @@ class EmulatorState:
             while len(self.images) > MAX_REMEMBERED_IMAGES:
                 self.images.popitem(last=False)
 
+    def _ignored_inputs(self) -> dict[str, dict[str, int]]:
+        """``{model: {input: times}}`` of the inputs a lenient emulator ignored (called with the lock held)."""
+        ignored: dict[str, dict[str, int]] = {}
+        for key, times in self.counts.items():
+            if key.startswith("ignored:"):
+                model, _, name = key[8:].rpartition(":")
+                ignored.setdefault(model, {})[name] = times
+        return ignored
+
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {
@@ -170,5 +184,6 @@ class EmulatorState:
                 "faults_pending": len(self.faults) + len(self.image_faults),
                 "by_model": {k[6:]: v for k, v in self.counts.items() if k.startswith("model:")},
                 "generations_by_model": {k[10:]: v for k, v in self.counts.items() if k.startswith("generated:")},
+                "ignored_inputs": self._ignored_inputs(),
                 "recent": list(self.recent),
             }
