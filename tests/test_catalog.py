@@ -222,6 +222,29 @@ def test_alternatives_for_a_model_no_longer_served():
     retired = alternatives("google/imagen-3")
     assert retired[0].startswith("google/") and IMAGEN in retired
     assert alternatives("@cf/acme/gone") == list(catalog.DEFAULT_ALTERNATIVES)
+    assert len({*TEXT_TO_IMAGE_MODELS.values()}) == len(TEXT_TO_IMAGE_MODELS)  # hashable, by id
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message", "unserved"),
+    [
+        (400, 5007, "No such model @cf/acme/x", True),
+        (404, 3042, "Invalid model ID", True),
+        (404, 7003, "Model not found", True),
+        (400, 7003, "Input error", False),  # the same code on a 400 is a bad input, not a missing model
+        (400, 5004, "Invalid input", False),
+        (429, 3040, "Capacity temporarily exceeded", False),
+    ],
+)
+def test_cloudflares_ways_of_saying_a_model_is_not_served(status, code, message, unserved):
+    assert catalog.is_unserved(status, code, message) is unserved
+    assert catalog.is_unserved(status, str(code), message) is unserved  # a proxied error's code is a string
+
+
+def test_a_model_no_longer_served_is_explained_in_plain_words_with_alternatives():
+    text = catalog.unserved_message(IMAGEN, "No such model google/imagen-4")
+    assert text.startswith("Cloudflare does not serve the model 'google/imagen-4', or no longer does (Google lists")
+    assert "google/nano-banana-2" in text and text.endswith("Cloudflare said: No such model google/imagen-4")
 
 
 def test_flux_2_takes_a_multipart_form_that_httpx_encodes():

@@ -193,6 +193,10 @@ class TextToImageModel:
     status: str = ""
     notes: str = ""
 
+    def __hash__(self) -> int:
+        # The generated hash would fail on the fields mapping; a model is known by its id.
+        return hash(self.id)
+
     @property
     def takes_size(self) -> bool:
         """Whether the model takes ``width`` and ``height`` in pixels."""
@@ -480,6 +484,42 @@ def alternatives(model: str) -> list[str]:
     same_vendor = [other for other in TEXT_TO_IMAGE_MODELS if vendor and other.startswith(vendor)]
     suggested = [other for other in (*same_vendor, *DEFAULT_ALTERNATIVES) if other != model]
     return list(dict.fromkeys(suggested))[:_MAX_ALTERNATIVES]
+
+
+#: Cloudflare's codes for a model it does not serve: 5007 "No such model" (400), 3042 "Invalid model ID" (404).
+#: 7003 means "Model not found" on a 404 only: on a 400 it is an input error.
+_UNSERVED_CODES = frozenset({"5007", "3042"})
+
+
+def is_unserved(status: int | None, code: int | str | None, message: str = "") -> bool:
+    """
+    Return whether Cloudflare's error says the model does not exist or is no longer served (never retried;
+    see :func:`unserved_message`).
+
+    :param status: the HTTP status.
+    :param code: Cloudflare's error code.
+    :param message: Cloudflare's message.
+    """
+    # A proxied model's failed state carries its code as a string.
+    if str(code) in _UNSERVED_CODES or (str(code) == "7003" and status == 404):
+        return True
+    return status in (400, 404) and "no such model" in message.lower()
+
+
+def unserved_message(model: str, cloudflare_message: str) -> str:
+    """
+    Return the plain-words error for a model Cloudflare does not serve, with the models to try instead.
+
+    :param model: the model id Cloudflare refused.
+    :param cloudflare_message: what Cloudflare said, kept at the end.
+    """
+    spec = TEXT_TO_IMAGE_MODELS.get(model)
+    known = f" ({spec.status})" if spec is not None and spec.status else ""
+    instead = ", ".join(alternatives(model))
+    return (
+        f"Cloudflare does not serve the model {model!r}, or no longer does{known}. "
+        f"Pass another model, e.g. one of: {instead}. Cloudflare said: {cloudflare_message}"
+    )
 
 
 # --- The body --------------------------------------------------------------------------------------------
