@@ -259,7 +259,7 @@ def _free_port() -> int:
 def test_cli_serves_on_loopback_with_its_flags():
     port = _free_port()
     command = [sys.executable, "-m", "airflow_provider_imagen.emulator.cli", "--port", str(port)]
-    command += ["--token", "cli-token", "--fault", "capacity", "--log-level", "warning"]
+    command += ["--token", "cli-token", "--fault", "capacity", "--log-level", "warning", "--strict-inputs"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         url = f"http://127.0.0.1:{port}/client/v4/accounts/a/ai/run"
@@ -275,6 +275,9 @@ def test_cli_serves_on_loopback_with_its_flags():
         assert first.status_code == 429  # the --fault queued at start
         second = httpx.post(url, json=body, headers={"Authorization": "Bearer cli-token"})
         assert second.json()["state"] == "Completed"
+        seeded = {"model": "@cf/black-forest-labs/flux-1-schnell", "input": {"prompt": "cli", "seed": 1}}
+        strict = httpx.post(url, json=seeded, headers={"Authorization": "Bearer cli-token"})
+        assert strict.status_code == 400 and "seed" in strict.json()["errors"][0]["message"]
     finally:
         process.terminate()
         process.wait(10)
