@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from airflow_provider_imagen.exceptions import (
     CloudflareServerError,
     GenerationOutcomeUnknownError,
     ImageGenerationFailedError,
+    InvalidInputError,
 )
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 
@@ -257,7 +259,7 @@ def _free_port() -> int:
 def test_cli_serves_on_loopback_with_its_flags():
     port = _free_port()
     command = [sys.executable, "-m", "airflow_provider_imagen.emulator.cli", "--port", str(port)]
-    command += ["--token", "cli-token", "--fault", "capacity", "--log-level", "warning"]
+    command += ["--token", "cli-token", "--fault", "capacity", "--log-level", "warning", "--strict-inputs"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         url = f"http://127.0.0.1:{port}/client/v4/accounts/a/ai/run"
@@ -273,6 +275,9 @@ def test_cli_serves_on_loopback_with_its_flags():
         assert first.status_code == 429  # the --fault queued at start
         second = httpx.post(url, json=body, headers={"Authorization": "Bearer cli-token"})
         assert second.json()["state"] == "Completed"
+        seeded = {"model": "@cf/black-forest-labs/flux-1-schnell", "input": {"prompt": "cli", "seed": 1}}
+        strict = httpx.post(url, json=seeded, headers={"Authorization": "Bearer cli-token"})
+        assert strict.status_code == 400 and "seed" in strict.json()["errors"][0]["message"]
     finally:
         process.terminate()
         process.wait(10)
@@ -319,3 +324,200 @@ def test_the_test_button_against_each_kind_of_token(imagen_emulator, settings, o
     assert (result, words in message) == (ok, True), message
     assert imagen_emulator.token not in message
     assert imagen_emulator.stats()["generations"] == 0  # free calls only
+
+
+# --- Every catalog model, with its schema ------------------------------------------------------------------
+
+_SIGNATURES = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff", "WEBP": b"RIFF"}
+
+
+def _sniff(data: bytes) -> str | None:
+    return next((name for name, head in _SIGNATURES.items() if data.startswith(head)), None)
+
+
+def _run(api, model: str, body: dict):
+    """POST ``body`` to ``model`` the way the catalog says it takes it: in the body, in the path, or as a form."""
+    from airflow_provider_imagen._cloudflare import catalog
+
+    spec = catalog.TEXT_TO_IMAGE_MODELS[model]
+    if spec.body == "multipart":
+        return api.post(f"/ai/run/{model}", files=catalog.multipart_fields(model, body))
+    if spec.route == "proxied":
+        return api.post("/ai/run", json={"model": model, "input": body})
+    return api.post(f"/ai/run/{model}", json=body)
+
+
+def _image(response, output: str) -> bytes:
+    if output == "url":
+        assert response.json()["state"] == "Completed"
+        return httpx.get(response.json()["result"]["image"]).content
+    if output == "base64":
+        assert response.json()["success"] is True
+        return base64.b64decode(response.json()["result"]["image"])
+    return response.content
+
+
+# model -> (inputs beyond the prompt, expected size, expected format sniffed from the bytes)
+_ANSWERS = {
+    "google/imagen-4": ({"aspect_ratio": "9:16", "person_generation": "allow_adult"}, (768, 1408), "PNG"),
+    "google/nano-banana": ({"aspect_ratio": "16:9", "output_format": "jpg"}, (1408, 768), "JPEG"),
+    "google/nano-banana-2": ({"aspect_ratio": "21:9", "google_search": True}, (1536, 640), "PNG"),
+    "google/nano-banana-2-lite": ({"output_format": "png"}, (1024, 1024), "PNG"),
+    "google/nano-banana-pro": ({"aspect_ratio": "1:1", "output_format": "webp"}, (1024, 1024), "WEBP"),
+    "@cf/black-forest-labs/flux-1-schnell": ({"steps": 4}, (1024, 1024), "JPEG"),
+    "@cf/black-forest-labs/flux-2-dev": ({"width": 512, "height": 384, "steps": 8, "seed": 1}, (512, 384), "PNG"),
+    "@cf/black-forest-labs/flux-2-klein-4b": ({"width": 640, "height": 256}, (640, 256), "PNG"),
+    "@cf/black-forest-labs/flux-2-klein-9b": ({}, (1024, 1024), "PNG"),
+    "@cf/leonardo/lucid-origin": ({"guidance": 5, "seed": 3}, (1120, 1120), "PNG"),
+    "@cf/leonardo/phoenix-1.0": ({"width": 768, "height": 512, "negative_prompt": "blur"}, (768, 512), "JPEG"),
+    "@cf/stabilityai/stable-diffusion-xl-base-1.0": ({"width": 512, "height": 512, "num_steps": 10}, (512, 512), "PNG"),
+    "@cf/bytedance/stable-diffusion-xl-lightning": ({"height": 768, "width": 256}, (256, 768), "JPEG"),
+}
+
+
+def test_every_catalog_model_is_served():
+    from airflow_provider_imagen._cloudflare.catalog import TEXT_TO_IMAGE_MODELS
+
+    assert set(_ANSWERS) == set(TEXT_TO_IMAGE_MODELS)
+
+
+@pytest.mark.parametrize("model", list(_ANSWERS))
+def test_each_model_answers_in_its_own_form_size_and_format(imagen_emulator, api, model):
+    from PIL import Image
+
+    from airflow_provider_imagen._cloudflare.catalog import TEXT_TO_IMAGE_MODELS
+
+    inputs, size, fmt = _ANSWERS[model]
+    response = _run(api, model, {"prompt": "a red fox", **inputs})
+    assert response.status_code == 200, response.text
+    data = _image(response, TEXT_TO_IMAGE_MODELS[model].output)
+    assert _sniff(data) == fmt
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == size
+    stats = imagen_emulator.stats()
+    assert stats["generations_by_model"] == {model: 1}  # billed once, to this model
+
+
+def test_raw_bytes_come_with_the_content_type_cloudflare_sends_not_the_images(api):
+    lightning = api.post("/ai/run/@cf/bytedance/stable-diffusion-xl-lightning", json={"prompt": "x"})
+    assert lightning.headers["content-type"] == "image/png" and _sniff(lightning.content) == "JPEG"
+    phoenix = api.post("/ai/run/@cf/leonardo/phoenix-1.0", json={"prompt": "x"})
+    assert phoenix.headers["content-type"] == "image/jpeg" and _sniff(phoenix.content) == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "words"),
+    [
+        ("@cf/black-forest-labs/flux-1-schnell", {"steps": 9}, "'/steps' must be <= 8"),
+        ("@cf/black-forest-labs/flux-1-schnell", {"seed": 1}, "additional properties not allowed at '/': seed"),
+        ("@cf/black-forest-labs/flux-1-schnell", {"prompt": "x" * 2049}, "'/prompt' must NOT have more than 2048"),
+        ("@cf/leonardo/phoenix-1.0", {"guidance": "high"}, "Type mismatch of '/guidance', 'number' expected"),
+        ("@cf/leonardo/lucid-origin", {"width": 2501}, "'/width' must be <= 2500"),
+        ("@cf/stabilityai/stable-diffusion-xl-base-1.0", {"height": 128}, "'/height' must be >= 256"),
+        ("@cf/black-forest-labs/flux-2-dev", {"steps": "many"}, "Type mismatch of '/steps', 'integer' expected"),
+        ("@cf/black-forest-labs/flux-2-dev", {"height": 2000}, "'/height' must be <= 1920"),
+        ("@cf/black-forest-labs/flux-2-klein-9b", {"steps": 8}, "additional properties not allowed at '/': steps"),
+        ("google/nano-banana", {"image_size": "8K"}, "'/image_size' must be one of 1K, 2K, 4K"),
+        ("google/imagen-4", {"seed": 1}, "additional properties not allowed at '/': seed"),
+    ],
+)
+def test_each_model_refuses_what_its_schema_refuses(imagen_emulator, api, model, inputs, words):
+    imagen_emulator.configure(strict_inputs=True)
+    response = _run(api, model, {"prompt": "fox", **inputs})
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["code"] == 5004 and words in error["message"], error
+    assert imagen_emulator.stats()["generations"] == 0
+
+
+def test_unlisted_inputs_of_cloudflares_own_models_are_ignored_and_counted_unless_strict(imagen_emulator, api):
+    # Lenient by default, as the emulator always was for @cf/ models: a test can see what a model ignored.
+    body = {"prompt": "fox", "aspect_ratio": "16:9", "steps": 4}
+    assert api.post("/ai/run/@cf/black-forest-labs/flux-1-schnell", json=body).status_code == 200
+    assert imagen_emulator.stats()["ignored_inputs"] == {"@cf/black-forest-labs/flux-1-schnell": {"aspect_ratio": 1}}
+    imagen_emulator.configure(strict_inputs=True)
+    refused = api.post("/ai/run/@cf/black-forest-labs/flux-1-schnell", json=body)
+    assert refused.status_code == 400 and "aspect_ratio" in refused.json()["errors"][0]["message"]
+    assert imagen_emulator.stats()["generations"] == 1
+
+
+def test_flux_2_takes_a_multipart_form_only(imagen_emulator, api):
+    as_json = api.post("/ai/run/@cf/black-forest-labs/flux-2-dev", json={"prompt": "fox"})
+    assert as_json.status_code == 400 and "'multipart'" in as_json.json()["errors"][0]["message"]
+    in_body = api.post("/ai/run", json={"model": "@cf/black-forest-labs/flux-2-dev", "input": {"prompt": "fox"}})
+    assert in_body.status_code == 400 and "multipart" in in_body.json()["errors"][0]["message"]
+    form_to_json_model = api.post("/ai/run/@cf/black-forest-labs/flux-1-schnell", files={"prompt": (None, b"fox")})
+    assert form_to_json_model.status_code == 400
+    reference = images.render("ref", 64, 64)
+    with_image = api.post(
+        "/ai/run/@cf/black-forest-labs/flux-2-dev",
+        files={"prompt": (None, b"fox"), "input_image_0": ("ref.png", reference, "image/png")},
+    )
+    assert with_image.status_code == 200
+    recorded = imagen_emulator.stats()["recent"][-1]["input"]
+    assert recorded == {"prompt": "fox", "input_image_0": f"<{len(reference)} bytes>"}
+    assert imagen_emulator.stats()["generations"] == 1
+
+
+@pytest.mark.parametrize("route", ["path", "body"])
+def test_an_unknown_model_gets_cloudflares_no_such_model_error(imagen_emulator, api, route):
+    if route == "path":
+        response = api.post("/ai/run/@cf/acme/retired-model", json={"prompt": "x"})
+    else:
+        response = api.post("/ai/run", json={"model": "google/imagen-3", "input": {"prompt": "x"}})
+    assert response.status_code == 400
+    assert response.json()["success"] is False
+    error = response.json()["errors"][0]
+    assert error["code"] == 5007 and "No such model" in error["message"]
+    assert imagen_emulator.stats()["generations"] == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs"),
+    [
+        ("@cf/black-forest-labs/flux-1-schnell", {"steps": 8}),
+        ("@cf/black-forest-labs/flux-1-schnell", {"steps": 9}),
+        ("@cf/black-forest-labs/flux-1-schnell", {"seed": 1}),
+        ("@cf/leonardo/phoenix-1.0", {"guidance": 2, "num_steps": 50}),
+        ("@cf/leonardo/phoenix-1.0", {"guidance": 1.9}),
+        ("@cf/stabilityai/stable-diffusion-xl-base-1.0", {"width": 2048, "height": 256}),
+        ("@cf/stabilityai/stable-diffusion-xl-base-1.0", {"width": 2049}),
+        ("@cf/black-forest-labs/flux-2-dev", {"seed": 5, "guidance": 4.5}),
+        ("@cf/black-forest-labs/flux-2-dev", {"width": 255}),
+        ("google/nano-banana-2", {"resolution": "2K"}),
+        ("google/nano-banana-2", {"image_size": "2K"}),
+        ("google/imagen-4", {}),
+        ("google/imagen-4", {"negative_prompt": "x"}),
+    ],
+)
+def test_the_catalog_and_the_emulator_agree_on_what_a_model_takes(imagen_emulator, api, model, inputs):
+    # Two readings of the same published schema, by separate code: each checks the other.
+    from airflow_provider_imagen._cloudflare.catalog import check_model_inputs
+
+    imagen_emulator.configure(strict_inputs=True)
+    try:
+        check_model_inputs(model, inputs)
+        accepted = True
+    except InvalidInputError:
+        accepted = False
+    response = _run(api, model, {"prompt": "fox", **inputs})
+    assert (response.status_code == 200) == accepted, response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"faults": ["capacity"]}, "faults[0] is 'capacity', not an object"),
+        ({"faults": "capacity"}, "faults must be a non-empty list"),
+        ({"faults": []}, "faults must be a non-empty list"),
+        (["capacity"], "faults[0] is 'capacity', not an object"),
+    ],
+)
+def test_a_malformed_fault_list_is_a_422_naming_the_expected_shape(imagen_emulator, body, words):
+    response = httpx.post(f"{imagen_emulator.url}/__emulator__/faults", json=body)
+    assert response.status_code == 422
+    message = response.json()["error"]
+    assert words in message and '{"faults": [{"preset": "capacity"}' in message
+    not_json = httpx.post(f"{imagen_emulator.url}/__emulator__/faults", content=b"capacity")
+    assert not_json.status_code == 422 and "not JSON" in not_json.json()["error"]
+    assert imagen_emulator.stats()["faults_pending"] == 0

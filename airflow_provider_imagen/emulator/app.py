@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_imagen.emulator import images
+from airflow_provider_imagen.emulator import images, schemas
 from airflow_provider_imagen.emulator.bodies import (
     DroppedResponse,
     envelope_error,
@@ -29,6 +29,7 @@ from airflow_provider_imagen.emulator.bodies import (
 )
 from airflow_provider_imagen.emulator.control import add_control_routes
 from airflow_provider_imagen.emulator.faults import rate_limited_fault
+from airflow_provider_imagen.emulator.schemas import MODELS, input_problem
 from airflow_provider_imagen.emulator.state import (
     DEFAULT_CACHE_TTL,
     DEFAULT_TOKEN,
@@ -36,12 +37,22 @@ from airflow_provider_imagen.emulator.state import (
     IMAGEN_SIZES,
     LOST_AFTER_GENERATION,
     MAX_BODY_BYTES,
+    MAX_FORM_BYTES,
     PERSON_GENERATION,
     PROXIED_MODELS,
     SDXL,
     EmulatorConfig,
     EmulatorState,
 )
+
+#: The file extension of each format's image URL.
+IMAGE_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+#: The content type of models that answer with raw bytes, where it is not the image's own: SDXL promises none,
+#: and SDXL-Lightning says PNG while sending JPEG (cloudflare/cloudflare-docs#21022).
+BINARY_CONTENT_TYPES = {
+    SDXL: "application/octet-stream",
+    "@cf/bytedance/stable-diffusion-xl-lightning": "image/png",
+}
 
 # Names that lived here before the split, still importable from here.
 __all__ = [
@@ -88,7 +99,10 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 {
                     "path": request.url.path,
                     "model": model,
-                    "input": body,
+                    # Files of a multipart form are shown by their size: the stats are JSON.
+                    "input": {k: f"<{len(v)} bytes>" if isinstance(v, bytes) else v for k, v in body.items()}
+                    if isinstance(body, dict)
+                    else body,
                     "gateway_headers": {k: v for k, v in request.headers.items() if k.startswith("cf-aig-")},
                 }
             )
@@ -112,7 +126,24 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             return None
         return key
 
-    async def generate(request: Request, model: str, inputs: Any, proxied: bool) -> Response:
+    async def read_form(request: Request, model: str) -> tuple[Any, Response | None]:
+        raw = await request.body()
+        if len(raw) > MAX_FORM_BYTES:
+            return None, envelope_error(413, 3006, "Request is too large")
+        try:
+            form = await request.form()
+        except Exception:  # any unreadable form is Cloudflare's 400, not the emulator's 500
+            return None, envelope_error(400, 5004, "Invalid data: the body is not a readable multipart form")
+        fields: dict[str, str | bytes] = {}
+        for name, value in form.multi_items():
+            fields[name] = value if isinstance(value, str) else await value.read()
+        spec = MODELS.get(model)
+        if spec is None:
+            return fields, None  # generate() answers the unknown model
+        payload, problem = schemas.form_to_input(spec, fields)
+        return payload, envelope_error(400, 5004, f"Invalid input: {problem}") if problem else None
+
+    async def generate(request: Request, model: str, inputs: Any, proxied: bool, multipart: bool) -> Response:
         loop = asyncio.get_running_loop()
         wait = state.over_limit()  # the account's limit refuses before anything runs: nothing is billed
         if wait is not None:
@@ -139,10 +170,11 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         if state.config.latency:
             await asyncio.sleep(state.config.latency)
         # Like Cloudflare, a generation that completes is billed whether or not the client still waits.
-        answer = await run_model(request, model, inputs, proxied)
+        answer = await run_model(request, model, inputs, proxied, multipart)
         if answer.status_code == 200:
             with state.lock:
                 state.counts["generations"] += 1
+                state.counts[f"generated:{model}"] += 1
                 prompt = inputs.get("prompt") if isinstance(inputs, dict) else None
                 state.counts[f"prompt:{prompt}"] += 1
                 if key is not None and isinstance(answer.body, bytes) and answer.media_type == "application/json":
@@ -156,32 +188,43 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             return await fault_response(fault) or answer
         return answer
 
-    async def run_model(request: Request, model: str, inputs: Any, proxied: bool) -> Response:
-        if model in PROXIED_MODELS:
-            problem = imagen_input_problem(inputs)
-            if problem:
-                return envelope_error(400, 5004, f"Invalid input: {problem}")
-            width, height = IMAGEN_SIZES[inputs.get("aspect_ratio") or "1:1"]
+    async def run_model(request: Request, model: str, inputs: Any, proxied: bool, multipart: bool) -> Response:
+        spec = MODELS.get(model)
+        if spec is None:
+            return envelope_error(400, 5007, f"No such model {model}")
+        if spec.multipart and not multipart:
+            # Its schema is {"multipart": {"body", "contentType"}}: a JSON input lacks it, even with a prompt.
+            return envelope_error(
+                400, 5004, "Invalid input: required properties at '/' are 'multipart' (send multipart/form-data)"
+            )
+        if multipart and not spec.multipart:
+            return envelope_error(400, 5004, "Invalid data: this model takes a JSON body, not multipart/form-data")
+        extra = schemas.unlisted(spec, inputs)
+        if extra and not spec.proxied and not state.config.strict_inputs:
+            # Lenient, as the emulator always was for Cloudflare's own models: ignored, and counted.
+            inputs = {name: value for name, value in inputs.items() if name not in extra}
+            with state.lock:
+                for name in extra:
+                    state.counts[f"ignored:{model}:{name}"] += 1
+        problem = input_problem(spec, inputs)
+        if problem:
+            return envelope_error(400, 5004, f"Invalid input: {problem}")
+        width, height = schemas.image_size(spec, inputs)
+        fmt = schemas.image_format(spec, inputs)
+        if spec.output == "url":
             image_id = images.image_id(model, inputs)
-            state.remember_image(image_id, inputs["prompt"], width, height)
+            state.remember_image(image_id, inputs["prompt"], width, height, fmt)
             base = state.config.public_url or str(request.base_url).rstrip("/")
-            result = {"image": f"{base}/images/{image_id}.png"}
+            result = {"image": f"{base}/images/{image_id}.{IMAGE_EXTENSIONS[fmt]}"}
             if proxied:
                 body = {"gatewayMetadata": {"keySource": "Unified"}, "result": result, "state": "Completed"}
                 return json_response(body)
             return envelope_ok(result)
-
-        if model in (FLUX, SDXL):
-            prompt = inputs.get("prompt") if isinstance(inputs, dict) else None
-            if not isinstance(prompt, str) or not prompt.strip():
-                return envelope_error(400, 5004, "Invalid input: required properties at '/' are 'prompt'")
-            if model == FLUX:
-                jpeg = await run_in_threadpool(images.render, prompt, 1024, 1024, "JPEG")
-                return envelope_ok({"image": base64.b64encode(jpeg).decode("ascii")})
-            png = await run_in_threadpool(images.render, prompt, 1024, 1024, "PNG")
-            # SDXL sends raw bytes, and (like the real one) does not promise an accurate content type.
-            return Response(png, media_type="application/octet-stream")
-        return envelope_error(400, 5007, f"No such model {model}")
+        data = await run_in_threadpool(images.render, inputs["prompt"], width, height, fmt)
+        if spec.output == "base64":
+            return envelope_ok({"image": base64.b64encode(data).decode("ascii")})
+        # Raw bytes, with the content type Cloudflare sends, which need not be the image's (SDXL-Lightning).
+        return Response(data, media_type=BINARY_CONTENT_TYPES.get(model, f"image/{fmt.lower()}"))
 
     @app.post("/client/v4/accounts/{account_id}/ai/run")
     async def run_model_in_body(account_id: str, request: Request) -> Response:
@@ -199,18 +242,19 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             return envelope_error(400, 3003, "Incomplete request: 'model' is required")
         if "input" not in body:
             return envelope_error(400, 3003, "Incomplete request: 'input' is required")
-        return await generate(request, model, body["input"], proxied=model in PROXIED_MODELS)
+        return await generate(request, model, body["input"], proxied=model in PROXIED_MODELS, multipart=False)
 
     @app.post("/client/v4/accounts/{account_id}/ai/run/{model:path}")
     async def run_model_in_path(account_id: str, model: str, request: Request) -> Response:
         denied = authorized(request)
-        body, problem = await read_json(request)
+        multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+        body, problem = await (read_form(request, model) if multipart else read_json(request))
         record(request, model, body)
         if denied is not None:
             return denied
         if problem is not None:
             return problem
-        return await generate(request, model, body, proxied=False)
+        return await generate(request, model, body, proxied=False, multipart=multipart)
 
     async def verify(request: Request, kind: str) -> Response:
         with state.lock:
@@ -251,12 +295,26 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             return denied
         if not state.config.workers_ai_access:
             return envelope_error(401, 10000, "Authentication error")
-        models = [{"name": name, "task": {"name": "Text-to-Image"}} for name in (*sorted(PROXIED_MODELS), FLUX, SDXL)]
+        models = [{"name": name, "task": {"name": "Text-to-Image"}} for name in MODELS]
         per_page = int_or(request.query_params.get("per_page"), len(models))
         return envelope_ok(models[: max(1, per_page)])
 
     @app.get("/images/{image_id}.png")
     async def image(image_id: str) -> Response:
+        """A generated image (PNG)."""
+        return await serve_image(image_id)
+
+    @app.get("/images/{image_id}.jpg")
+    async def jpeg_image(image_id: str) -> Response:
+        """A generated image (JPEG: a model asked for ``output_format: jpg``)."""
+        return await serve_image(image_id)
+
+    @app.get("/images/{image_id}.webp")
+    async def webp_image(image_id: str) -> Response:
+        """A generated image (WebP: a model asked for ``output_format: webp``)."""
+        return await serve_image(image_id)
+
+    async def serve_image(image_id: str) -> Response:
         with state.lock:
             state.counts["image"] += 1
             known = state.images.get(image_id)
@@ -267,8 +325,9 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             answer = await image_fault_response(fault)
             if answer is not None:
                 return answer
-        png = await run_in_threadpool(images.render, *known)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+        data = await run_in_threadpool(images.render, *known)
+        media_type = f"image/{known[3].lower()}"
+        return Response(data, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 
     add_control_routes(app, state)
 

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PRESET",
         help=f"queue a fault for the next API request (repeatable); one of: {', '.join(sorted(PRESETS))}",
     )
+    parser.add_argument(
+        "--strict-inputs",
+        action="store_true",
+        help="refuse inputs a Cloudflare model's schema does not list (default: ignore and count them)",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     return parser
 
@@ -65,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             rate_limit_per_minute=args.rate_limit_per_minute,
             rate_limit_burst=args.rate_limit_burst,
+            strict_inputs=args.strict_inputs,
         )
         faults = [make_fault(name) for name in args.fault]
     except ValueError as exc:

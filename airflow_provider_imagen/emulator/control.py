@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
     from airflow_provider_imagen.emulator.state import EmulatorState
 
+_FAULTS_SHAPE = (
+    'a fault\'s fields ({"preset": "capacity"} or {"status": 503, ...}), or {"faults": [{"preset": "capacity"}, ...]}, '
+    'either with "times"'
+)
+
 
 def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
     """Add the control routes to ``app``, acting on ``state``."""
@@ -45,11 +50,22 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
     @app.post("/__emulator__/faults")
     async def queue_faults(request: Request) -> Response:
         """Queue faults: a fault's fields (or ``preset``), ``{"faults": [...]}``, or either with ``times``."""
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response({"error": f"the body is not JSON; expected {_FAULTS_SHAPE}"}, 422)
         items = body.get("faults", [body]) if isinstance(body, dict) else body
         times = body.get("times", 1) if isinstance(body, dict) else 1
         if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= 10_000:
             return json_response({"error": f"times must be a whole number from 1 to 10000, got {times!r}"}, 422)
+        # A malformed list is the caller's mistake (422 naming the shape), never the emulator's 500.
+        if not isinstance(items, list) or not items:
+            return json_response({"error": f"faults must be a non-empty list; expected {_FAULTS_SHAPE}"}, 422)
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                return json_response(
+                    {"error": f"faults[{index}] is {item!r}, not an object; expected {_FAULTS_SHAPE}"}, 422
+                )
         try:
             faults = [
                 make_fault(**{k: v for k, v in item.items() if k != "times"}) for item in items for _ in range(times)
@@ -79,7 +95,7 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
     async def configure(request: Request) -> Response:
         changes = await request.json()
         allowed = {"latency", "failure_rate", "token_status", "token_kind", "workers_ai_access", "public_url", "seed"}
-        allowed |= {"rate_limit_per_minute", "rate_limit_burst"}
+        allowed |= {"rate_limit_per_minute", "rate_limit_burst", "strict_inputs"}
         unknown = set(changes) - allowed
         if unknown:
             return json_response({"error": f"unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}"}, 422)

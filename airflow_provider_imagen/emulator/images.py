@@ -36,7 +36,7 @@ def render(prompt: str, width: int, height: int, fmt: str = "PNG") -> bytes:
     except ImportError:
         if fmt != "PNG":
             raise RuntimeError(
-                "the emulator needs Pillow for JPEG images: pip install 'airflow-provider-imagen[emulator]'"
+                "the emulator needs Pillow for JPEG and WebP images: pip install 'airflow-provider-imagen[emulator]'"
             ) from None
         return plain_png(width, height, _colour(prompt))
 
@@ -59,6 +59,8 @@ def render(prompt: str, width: int, height: int, fmt: str = "PNG") -> bytes:
     out = io.BytesIO()
     if fmt == "JPEG":
         image.save(out, format="JPEG", quality=85)
+    elif fmt == "WEBP":
+        image.save(out, format="WEBP", quality=80)
     else:
         image.save(out, format="PNG", compress_level=1)
     return out.getvalue()

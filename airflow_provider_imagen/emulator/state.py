@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_provider_imagen.emulator.faults import TRANSIENT_PRESETS, Fault, TokenBucket, make_fault
+from airflow_provider_imagen.emulator.schemas import MODELS
 
 DEFAULT_TOKEN = "emulator-token"
 # The emulator states Cloudflare's schema itself rather than importing the provider's models, so that the
@@ -28,8 +29,10 @@ PERSON_GENERATION = ("dont_allow", "allow_adult", "allow_all")
 FLUX = "@cf/black-forest-labs/flux-1-schnell"
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 #: Third-party models answer in the proxied ``state`` shape; ``@cf/`` models in the v4 envelope.
-PROXIED_MODELS = {"google/imagen-4"}
+PROXIED_MODELS = {model.id for model in MODELS.values() if model.proxied}
 MAX_BODY_BYTES = 1_000_000
+#: Multipart forms carry reference images: Cloudflare accepts bodies up to 10 MB.
+MAX_FORM_BYTES = 10_000_000
 MAX_LATENCY_SECONDS = 120.0
 MAX_REMEMBERED_IMAGES = 100_000
 MAX_RECORDED_REQUESTS = 1_000
@@ -57,6 +60,10 @@ class EmulatorConfig:
     :param rate_limit_per_minute: the account's rate limit (a token bucket); requests over it get 429, code
         3040 and ``Retry-After``, and are not billed. ``None``: no limit.
     :param rate_limit_burst: requests the limit accepts at once; one second's worth if unset.
+    :param strict_inputs: refuse an input a Cloudflare model's schema does not list (400, code 5004), as
+        Cloudflare does for a schema that forbids additional properties (FLUX.1 schnell's). Off by default:
+        such an input is then ignored and counted (``ignored_inputs`` in the stats), as the emulator always
+        did for ``@cf/`` models; third-party models (Imagen 4, Nano Banana) refuse it either way.
     """
 
     token: str = field(default=DEFAULT_TOKEN, repr=False)
@@ -69,6 +76,7 @@ class EmulatorConfig:
     seed: int | None = None
     rate_limit_per_minute: float | None = None
     rate_limit_burst: float | None = None
+    strict_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.rate_limit_per_minute is not None and not 0 < self.rate_limit_per_minute <= 1_000_000:
@@ -100,7 +108,8 @@ class EmulatorState:
             self.faults: deque[Fault] = deque()
             self.image_faults: deque[Fault] = deque()
             self.counts: Counter[str] = Counter()
-            self.images: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
+            # image id -> what render() takes: (prompt, width, height, Pillow format)
+            self.images: OrderedDict[str, tuple[str, int, int, str]] = OrderedDict()
             self.recent: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDED_REQUESTS)
             # AI Gateway's cache: key -> (expiry on the loop clock, the answer's body)
             self.cache: dict[str, tuple[float, bytes]] = {}
@@ -145,12 +154,21 @@ class EmulatorState:
                 return make_fault(self.rng.choice(TRANSIENT_PRESETS))
         return None
 
-    def remember_image(self, image_id: str, prompt: str, width: int, height: int) -> None:
+    def remember_image(self, image_id: str, prompt: str, width: int, height: int, fmt: str = "PNG") -> None:
         with self.lock:
-            self.images[image_id] = (prompt, width, height)
+            self.images[image_id] = (prompt, width, height, fmt)
             self.images.move_to_end(image_id)
             while len(self.images) > MAX_REMEMBERED_IMAGES:
                 self.images.popitem(last=False)
+
+    def _ignored_inputs(self) -> dict[str, dict[str, int]]:
+        """``{model: {input: times}}`` of the inputs a lenient emulator ignored (called with the lock held)."""
+        ignored: dict[str, dict[str, int]] = {}
+        for key, times in self.counts.items():
+            if key.startswith("ignored:"):
+                model, _, name = key[8:].rpartition(":")
+                ignored.setdefault(model, {})[name] = times
+        return ignored
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -165,5 +183,7 @@ class EmulatorState:
                 "faults_served": self.counts["faults_served"],
                 "faults_pending": len(self.faults) + len(self.image_faults),
                 "by_model": {k[6:]: v for k, v in self.counts.items() if k.startswith("model:")},
+                "generations_by_model": {k[10:]: v for k, v in self.counts.items() if k.startswith("generated:")},
+                "ignored_inputs": self._ignored_inputs(),
                 "recent": list(self.recent),
             }
