@@ -105,6 +105,8 @@ export AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT="{\"conn_type\": \"cloudflare_
 "$bin/airflow" dags test my_first_image >"$work/dags-test.log" 2>&1 || { tail -40 "$work/dags-test.log" >&2; fail "airflow dags test failed"; }
 url="$(grep -o "Generated a default-ratio image with google/imagen-4 [^:]*: http://127.0.0.1:$port/images/[0-9a-f]*\.png" "$work/dags-test.log" | grep -o 'http://.*' | tail -1 || true)"
 [ -n "$url" ] || { tail -40 "$work/dags-test.log" >&2; fail "the task logged no generated image"; }
+# The connection the docs give (account id emulator-account) is long enough for Airflow's secret masker.
+if grep -q "Skipping masking" "$work/dags-test.log"; then fail "the task logged Airflow's 'Skipping masking' warning"; fi
 "$bin/python" - "$url" "$stats" <<'PY' || fail "the image or the emulator's count is wrong"
 import sys, httpx
 image = httpx.get(sys.argv[1], timeout=30)
