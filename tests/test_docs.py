@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 MARKER = re.compile(r"<!--\s*docs-test:\s*(?P<mode>[\w-]+)(?P<rest>[^>]*?)\s*-->")
-FENCE = re.compile(r"^```python\s*$")
+FENCE = re.compile(r"^(?P<indent>\s*)```python\s*$")
 MODES = {"run", "run-dag", "in-dag", "pytest", "skip"}
 
 
@@ -54,15 +54,17 @@ def _samples() -> list[Sample]:
         lines = path.read_text(encoding="utf-8").splitlines()
         index = 0
         while index < len(lines):
-            if not FENCE.match(lines[index]):
+            fence = FENCE.match(lines[index])
+            if not fence:
                 index += 1
                 continue
-            start = index
-            end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```"))
+            start, indent = index, len(fence["indent"])  # a block in a list item is indented
+            end = next(i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("```"))
             before = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].strip()), "")
             found = MARKER.search(before)
             mode, option = (found["mode"], found["rest"].strip()) if found else ("run", "")
-            samples.append(Sample(path, start + 1, mode, option, "\n".join(lines[start + 1 : end]) + "\n"))
+            code = "\n".join(line[indent:] for line in lines[start + 1 : end]) + "\n"
+            samples.append(Sample(path, start + 1, mode, option, code))
             index = end + 1
     return samples
 
