@@ -66,6 +66,7 @@ case "$where" in
   "$work/venv/"*) ;;
   *) fail "airflow_provider_imagen imported from $where, not from the wheel" ;;
 esac
+"$bin/python" -c 'import dags' 2>/dev/null && fail "a dags package is importable: the repository leaks onto the path"
 version="$("$bin/python" -c 'import importlib.metadata as m; print(m.version("airflow-provider-imagen"))')"
 module_version="$("$bin/python" -c 'import airflow_provider_imagen as p; print(p.__version__)')"
 [ "$version" = "$module_version" ] || fail "metadata version $version differs from __version__ $module_version"
