@@ -22,6 +22,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from airflow_provider_imagen.exceptions import ImagenError
 from airflow_provider_imagen.plugins.roots import (
     NOT_UNDER_ROOTS,
     STORAGE_SCHEMES,
@@ -51,7 +52,7 @@ CHUNK = 256 * 1024
 _SIGNATURES: tuple[tuple[bytes, str], ...] = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 
 
-class NotServable(Exception):
+class NotServable(ImagenError):
     """
     The stored object may not or cannot be served.
 
@@ -60,7 +61,7 @@ class NotServable(Exception):
     """
 
 
-class GalleryBusy(Exception):
+class GalleryBusy(ImagenError):
     """Every thumbnail decoder stayed busy for ``DECODE_WAIT_SECONDS``: try again later (HTTP 503)."""
 
 
