@@ -50,7 +50,28 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "s3://aws_default@my-bucket/imagen-durable/",
                         "default": None,
-                    }
+                    },
+                    "gallery_roots": {
+                        "description": (
+                            "Comma-separated storage prefixes (local folders, or scheme://conn_id@bucket/prefix/) "
+                            "the Images view may read stored images from. Empty: it reads none."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "s3://aws_default@team-a-images/, /data/images/",
+                        "default": "",
+                    },
+                    "allowed_image_hosts": {
+                        "description": (
+                            "Comma-separated host names a generated image may be downloaded from even when they "
+                            "resolve to a loopback, link-local or private address (a private image proxy). Empty: "
+                            "only public addresses, and the API's own host when the API itself is private."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "images.internal.example.com",
+                        "default": "",
+                    },
                 },
             }
         },

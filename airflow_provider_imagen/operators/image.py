@@ -39,8 +39,6 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         )
 
     :param prompt: what to draw (templated).
-    :param aspect_ratio: ``1:1``, ``3:4``, ``4:3``, ``9:16`` or ``16:9`` (templated).
-    :param person_generation: ``dont_allow``, ``allow_adult`` or ``allow_all`` (templated).
     :param deferrable: wait for Cloudflare in the triggerer instead of a worker slot; defaults to
         ``[operators] default_deferrable``.
     :param kwargs: the parameters every Imagen operator takes (:class:`ImagenBaseOperator`): the connection,
