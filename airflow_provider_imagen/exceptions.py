@@ -7,18 +7,21 @@ The exceptions this provider raises: one root, and the tree a caller can branch 
     ├── InvalidInputError                (+ AirflowFailException, ValueError) refused before any request
     ├── ConnectionConfigError            (+ AirflowFailException, ValueError) the connection cannot be used
     └── CloudflareWorkersAIError         a call, a download or a store failed; carries code, status, attempts
-        ├── CloudflareAuthenticationError    401, 403, codes 10000, 2009: fix the connection
-        ├── CloudflareRateLimitError         429, 3040, 3036, 2021 wholesale; ``retryable`` tells which
-        ├── CloudflareBadRequestError        400, 404, 413, unknown model, billing mode: never retried
+        ├── CloudflareAuthenticationError    (+ AirflowFailException) 401, 403, codes 10000, 2009
+        ├── CloudflareRateLimitError         429, 3040, 2021 wholesale; ``retryable`` tells which
+        │   └── CloudflareQuotaExceededError     (+ AirflowFailException) 3036, the daily allocation
+        ├── CloudflareBadRequestError        (+ AirflowFailException) 400, 404, 413, unknown model, billing mode
         ├── CloudflareServerError            408, 5xx, a dropped connection, a malformed body
         │   └── GenerationOutcomeUnknownError    the image may exist and be billed: never re-sent blindly
         ├── ImageGenerationFailedError       the model answered without an image
+        │   └── ContentPolicyError               (+ AirflowFailException) the safety filters refused the prompt
         ├── ImageDownloadError               the image could not be fetched from its URL
         ├── StorageError                     the image could not be stored; the message says what was kept
+        ├── ImagesRefusedError               (+ AirflowFailException) a batch's failures all final
         └── SpendLimitError                  (+ AirflowFailException) ``max_images`` would be exceeded
 
 Errors derived from ``AirflowFailException`` fail a task at once instead of burning its retries: the same
-input would be refused again. Which of the others are retried is decided in
+input would be refused (and a refused generation may be billed) again. Which of the others are retried is decided in
 :mod:`~airflow_provider_imagen._cloudflare.retry`; which Cloudflare answer becomes which exception, in
 :mod:`~airflow_provider_imagen._cloudflare.response`.
 
@@ -39,14 +42,17 @@ if TYPE_CHECKING:
 __all__ = [
     "CloudflareAuthenticationError",
     "CloudflareBadRequestError",
+    "CloudflareQuotaExceededError",
     "CloudflareRateLimitError",
     "CloudflareServerError",
     "CloudflareWorkersAIError",
     "ConnectionConfigError",
+    "ContentPolicyError",
     "GenerationOutcomeUnknownError",
     "ImageDownloadError",
     "ImageGenerationFailedError",
     "ImagenError",
+    "ImagesRefusedError",
     "InvalidInputError",
     "SpendLimitError",
     "StorageError",
@@ -137,9 +143,11 @@ class CloudflareWorkersAIError(ImagenError):
         """
         Return a copy of this error with some fields changed, raised from the same cause with the same traceback.
 
-        :param changes: fields as :class:`CloudflareWorkersAIError` takes them, e.g. ``model``, ``attempts``.
+        :param changes: fields as :class:`CloudflareWorkersAIError` takes them, e.g. ``model``, ``attempts``, and
+            ``message``.
         """
-        copy = type(self)(self.message, **{**self.fields(), **changes})
+        message = changes.pop("message", self.message)
+        copy = type(self)(message, **{**self.fields(), **changes})
         copy.__cause__, copy.__suppress_context__ = self.__cause__, True
         copy.__traceback__ = self.__traceback__
         return copy
@@ -180,16 +188,32 @@ def _rebuild(cls: type[CloudflareWorkersAIError], message: str, fields: dict[str
     return cls(message, **fields)
 
 
-class CloudflareAuthenticationError(CloudflareWorkersAIError):
-    """The token was refused (401, 403, codes 10000 and 2009): fix the connection."""
+class CloudflareAuthenticationError(AirflowFailException, CloudflareWorkersAIError):
+    """
+    The token was refused (401, 403, codes 10000 and 2009): fix the connection named in the message.
+
+    Fails a task at once: no retry can succeed with the same token.
+    """
 
 
 class CloudflareRateLimitError(CloudflareWorkersAIError):
-    """Throttled or out of capacity (429, 3040, 3036, 2021 wholesale); ``retryable`` tells which."""
+    """Throttled or out of capacity (429, 3040, 2021 wholesale); ``retryable`` tells which."""
 
 
-class CloudflareBadRequestError(CloudflareWorkersAIError):
-    """Cloudflare refused the request itself (400, 404, 413, unknown model, billing mode): never retried."""
+class CloudflareQuotaExceededError(AirflowFailException, CloudflareRateLimitError):
+    """
+    The account's daily allocation is used up (429, code 3036).
+
+    Fails a task at once: a retry today would be refused again.
+    """
+
+
+class CloudflareBadRequestError(AirflowFailException, CloudflareWorkersAIError):
+    """
+    Cloudflare refused the request itself (400, 404, 413, unknown model, billing mode).
+
+    Never retried, and fails a task at once: the same request would be refused again.
+    """
 
 
 class CloudflareServerError(CloudflareWorkersAIError):
@@ -198,6 +222,22 @@ class CloudflareServerError(CloudflareWorkersAIError):
 
 class ImageGenerationFailedError(CloudflareWorkersAIError):
     """The model answered but produced no image (``state: "Failed"``, an unknown state, no image)."""
+
+
+class ContentPolicyError(AirflowFailException, ImageGenerationFailedError):
+    """
+    The model's safety filters refused the prompt.
+
+    Fails a task at once: the same prompt would be refused (and billed) again.
+    """
+
+
+class ImagesRefusedError(AirflowFailException, CloudflareWorkersAIError):
+    """
+    Every prompt of a batch that failed was refused in a way no retry can change (input, policy, quota).
+
+    Fails a task at once; the message lists each prompt and its reason.
+    """
 
 
 class ImageDownloadError(CloudflareWorkersAIError):

@@ -40,6 +40,7 @@ def _describe(exc: ValidationError, what: str) -> str:
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field"
+        message = message.removeprefix("Value error, ")
         lines.append(f"{field}: {message} (got {shown(err.get('input'))})")
     return f"Invalid {what}: " + "; ".join(lines)
 
@@ -157,6 +158,14 @@ class GatewayOptions(BaseModel):
     metadata: dict[str, str | int | float | bool] | None = Field(default=None, max_length=5)
     request_timeout: int | None = Field(default=None, gt=0, le=3_600_000)
     collect_log: bool | None = None
+
+    @field_validator("cache_key")
+    @classmethod
+    def _header_safe(cls, value: str | None) -> str | None:
+        # It travels as an HTTP header: a non-ASCII letter fails to encode, a newline would split the header.
+        if value is not None and not all("!" <= ch <= "~" for ch in value):
+            raise ValueError("must be printable ASCII without spaces (letters, digits, punctuation): sent as a header")
+        return value
 
     @field_validator("cache_ttl", "request_timeout", "skip_cache", "collect_log", mode="before")
     @classmethod

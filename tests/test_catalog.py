@@ -22,7 +22,7 @@ from airflow_provider_imagen._cloudflare.catalog import (
     size_for,
 )
 from airflow_provider_imagen.constants import IMAGE_SIZES
-from airflow_provider_imagen.errors import InvalidInputError
+from airflow_provider_imagen.exceptions import InvalidInputError
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 IMAGEN = "google/imagen-4"

@@ -5,21 +5,24 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_provider_imagen._cloudflare.response import classify, parse_retry_after
 from airflow_provider_imagen.exceptions import (
     CloudflareAuthenticationError,
     CloudflareBadRequestError,
+    CloudflareQuotaExceededError,
     CloudflareRateLimitError,
     CloudflareServerError,
     CloudflareWorkersAIError,
+    ContentPolicyError,
     ImageGenerationFailedError,
 )
 
 # The retry table of Cloudflare's documentation, row by row: (status, code, message) -> (type, retry?)
 TABLE = [
     (429, 3040, "Capacity temporarily exceeded, please try again.", CloudflareRateLimitError, True),
-    (429, 3036, "daily free allocation used up", CloudflareRateLimitError, False),
+    (429, 3036, "daily free allocation used up", CloudflareQuotaExceededError, False),
     (429, 2021, "Wholesale rate limit exceeded", CloudflareRateLimitError, True),
     (402, 2021, "Wholesale rate limit exceeded", CloudflareRateLimitError, True),
     (200, 2021, "Wholesale rate limit exceeded", CloudflareRateLimitError, True),
@@ -41,7 +44,7 @@ TABLE = [
     (504, None, "Gateway Timeout", CloudflareServerError, True),
     (429, None, "Too Many Requests", CloudflareRateLimitError, True),
     (200, "provider_unavailable", "upstream down", ImageGenerationFailedError, True),
-    (200, "content_policy_violation", "blocked", ImageGenerationFailedError, False),
+    (200, "content_policy_violation", "blocked", ContentPolicyError, False),
 ]
 
 
@@ -52,6 +55,24 @@ def test_every_documented_answer_gets_its_type_and_retry_decision(status, code, 
     assert error.retryable is retryable
     assert isinstance(error, CloudflareWorkersAIError)
     assert (error.status_code, error.code, error.message) == (status, code, message)
+
+
+#: Answers a task retry cannot change: they fail the task at once, on every supported Airflow, instead of
+#: burning its retries (and paying for each refused generation again).
+FINAL_TYPES = (
+    CloudflareAuthenticationError,
+    CloudflareBadRequestError,
+    CloudflareQuotaExceededError,
+    ContentPolicyError,
+)
+
+
+@pytest.mark.parametrize(("status", "code", "message", "error_type", "retryable"), TABLE)
+def test_answers_that_cannot_succeed_fail_the_task_without_retries(status, code, message, error_type, retryable):
+    error = classify(status, code, message)
+    assert isinstance(error, AirflowFailException) is (error_type in FINAL_TYPES)
+    if isinstance(error, AirflowFailException):
+        assert not retryable
 
 
 def test_message_names_status_code_and_cloudflare_message():

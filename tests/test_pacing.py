@@ -13,7 +13,6 @@ import threading
 
 import pytest
 
-from airflow_provider_imagen._cloudflare import pacing
 from airflow_provider_imagen._cloudflare.pacing import RAMP_DOUBLING, RAMP_SECONDS, RAMP_START, Pacer, Turn, pacer_for
 from airflow_provider_imagen._cloudflare.settings import ConnectionSettings
 from airflow_provider_imagen.emulator.faults import TokenBucket
@@ -248,10 +247,11 @@ def test_one_pacer_per_account_shared_by_every_thread_and_event_loop():
     assert pacer_for(settings(account="other")) is not seen[0]
 
 
-def test_a_known_limit_comes_from_the_hook_or_the_connection_and_stays():
+def test_a_known_limit_comes_from_the_hook_or_the_connection_and_paces_only_its_own_calls():
     pacer = pacer_for(settings(rpm=120))
     assert pacer.rate == 2.0
-    assert pacer_for(settings(), requests_per_minute=60).rate == 1.0  # the hook's argument wins
-    assert pacer_for(settings()).rate == 1.0  # a hook that names no limit does not lift it
-    pacing.reset()
+    assert pacer_for(settings(rpm=120), requests_per_minute=60).rate == 1.0  # the hook's argument wins
+    # One DAG's low limit does not slow the calls of a DAG that names none (or another): each has its own pace.
     assert pacer_for(settings()).rate is None
+    assert pacer_for(settings(), requests_per_minute=30) is not pacer_for(settings(), requests_per_minute=60)
+    assert pacer_for(settings(), requests_per_minute=60) is pacer_for(settings(rpm=60))

@@ -614,7 +614,7 @@ def models_table() -> str:
 
 def _invalid(message: str) -> Exception:
     # Imported here: errors.py imports Airflow, and this module must stay cheap to import.
-    from airflow_provider_imagen.errors import InvalidInputError
+    from airflow_provider_imagen.exceptions import InvalidInputError
 
     return InvalidInputError(message)
 

@@ -21,9 +21,12 @@ from airflow_provider_imagen.constants import IMAGE_SIZES, IMAGEN_4
 from airflow_provider_imagen.exceptions import (
     CloudflareAuthenticationError,
     CloudflareBadRequestError,
+    CloudflareQuotaExceededError,
     CloudflareRateLimitError,
     CloudflareServerError,
     CloudflareWorkersAIError,
+    ConnectionConfigError,
+    ContentPolicyError,
     GenerationOutcomeUnknownError,
     ImageGenerationFailedError,
 )
@@ -44,6 +47,8 @@ _DAILY_LIMIT = {3036}
 _AUTH = {10000, 10001, 2009, 1000}  # 1000: "Invalid API Token"
 _BAD_REQUEST = {5004, 3003, 5007, 7003, 3042, 3006}
 _TRANSIENT = {3007, 3008}
+#: A failed state's code that names the model's safety filters (Google's refusals say "safety" or "policy").
+_POLICY_WORDS = ("content_policy", "safety", "policy_violation")
 
 
 def classify(
@@ -71,7 +76,7 @@ def classify(
         # "not available via unified billing": the account must bring its own provider key.
         return error(CloudflareBadRequestError, False)
     if numeric in _DAILY_LIMIT:
-        return error(CloudflareRateLimitError, False)
+        return error(CloudflareQuotaExceededError, False)
     if numeric in CAPACITY_CODES:
         return error(CloudflareRateLimitError, True)
     if numeric in _AUTH or status_code in (401, 403):
@@ -84,6 +89,8 @@ def classify(
         return error(CloudflareRateLimitError, True)
     if code == "provider_unavailable":
         return error(ImageGenerationFailedError, True)
+    if isinstance(code, str) and any(word in code.lower() for word in _POLICY_WORDS):
+        return error(ContentPolicyError, False)
     if status_code is not None and status_code >= 500:
         return error(CloudflareServerError, True)
     if status_code is not None and 200 <= status_code < 300:
@@ -147,6 +154,8 @@ def parse_response(response: httpx.Response, model: str) -> RunResult:
 
     if 200 <= status < 300 and sniff_image_type(body):
         return RunResult(model=model, content=body)
+    if 300 <= status < 400:
+        raise _redirected(response)
 
     try:
         payload: Any = json.loads(body) if body else None
@@ -229,6 +238,17 @@ def _unreadable(response: httpx.Response, retry_after: float | None) -> Cloudfla
     if not body:
         return _malformed(status, "an empty body")
     return _malformed(status, f"a body that is not valid JSON ({_summarise(body)})")
+
+
+def _redirected(response: httpx.Response) -> ConnectionConfigError:
+    # Cloudflare's API does not redirect its /ai/run route: a redirect means a base URL that is not the API's (an
+    # http URL an edge upgrades, a missing /client/v4). Not followed (the token would go along), never retried.
+    location = httpx.URL(response.headers.get("location", ""))
+    where = f" to {location.scheme}://{location.host}{location.path}" if location.host else ""
+    return ConnectionConfigError(
+        f"the API answered HTTP {response.status_code}, redirecting{where}: check the connection's API base URL "
+        "(host field), such as https://api.cloudflare.com/client/v4"
+    )
 
 
 def _has_request(response: httpx.Response) -> bool:

@@ -29,6 +29,7 @@ from tenacity import RetryCallState, retry_if_exception, wait_exponential, wait_
 
 from airflow_provider_imagen._cloudflare.response import CAPACITY_CODES, code_number
 from airflow_provider_imagen.exceptions import (
+    CloudflareAuthenticationError,
     CloudflareBadRequestError,
     CloudflareRateLimitError,
     CloudflareServerError,
@@ -77,9 +78,26 @@ class CallRecord:
     maybe_billed: bool = False
 
 
-def annotate(err: CloudflareWorkersAIError, model: str, attempts: int, call: CallRecord) -> CloudflareWorkersAIError:
-    """Return ``err`` with the model called, the requests sent (rate-limit refusals included), and what they met."""
-    return err.replace(model=model, attempts=max(attempts, 1), maybe_billed=err.maybe_billed or call.maybe_billed)
+def annotate(
+    err: CloudflareWorkersAIError, model: str, attempts: int, call: CallRecord, conn_id: str
+) -> CloudflareWorkersAIError:
+    """
+    Return ``err`` with the model called, the requests sent (rate-limit refusals included), and what they met.
+
+    :param err: the call's last error.
+    :param model: the model called.
+    :param attempts: the requests sent.
+    :param call: what the attempts met.
+    :param conn_id: the connection whose token was used: a refused token's error names it, so it can be fixed.
+    """
+    changes: dict[str, object] = {}
+    if isinstance(err, CloudflareAuthenticationError):
+        changes["message"] = (
+            f"{err.message}: the token of connection {conn_id!r} was refused; check that it is current and has the "
+            "Workers AI and AI Gateway permissions"
+        )
+    maybe_billed = err.maybe_billed or call.maybe_billed
+    return err.replace(model=model, attempts=max(attempts, 1), maybe_billed=maybe_billed, **changes)
 
 
 def is_idempotent(request: httpx.Request, cloudflare_model: bool) -> bool:
@@ -121,7 +139,8 @@ def retry_policy(
 
     :param attempts: attempts in all, the first included.
     :param backoff: seconds before the first retry; doubles each time, with jitter.
-    :param max_wait: the longest single wait. A ``Retry-After`` longer than this ends the retries instead.
+    :param max_wait: the longest single wait. A ``Retry-After`` longer than this ends the retries instead, except a
+        rate limit's, which is honoured while ``rate_limit_wait`` lasts.
     :param rate_limit_wait: seconds, from a call's first refusal by a rate limit, during which refusals are
         re-sent without counting as attempts.
     :param idempotent: whether the request carries a cache key that makes a re-send of a completed
@@ -173,8 +192,14 @@ def retry_policy(
             return idempotent and exc.answer_started
         if not isinstance(exc, CloudflareWorkersAIError) or not exc.retryable:
             return False
-        # A server asking for a longer pause than we allow: stop now rather than hold the slot.
-        return exc.retry_after is None or exc.retry_after <= max_wait
+        if exc.retry_after is None:
+            return True
+        # A server asking for a longer pause than we allow: stop now rather than hold the slot. A rate limit's
+        # pause is allowed for as long as the call's rate-limit budget lasts too.
+        if paced(exc):
+            spent = time.monotonic() - refused[0] if refused else 0.0
+            return exc.retry_after <= max(max_wait, rate_limit_wait - spent)
+        return exc.retry_after <= max_wait
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -209,7 +209,7 @@ class CloudflareWorkersAIHook(BaseHook):
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
-            raise annotate(err, model, attempt_number, call)  # noqa: B904 - raised from err's own cause
+            raise annotate(err, model, attempt_number, call, self.cloudflare_conn_id)  # noqa: B904 - raised from err's own cause
         return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
     async def arun(
@@ -236,7 +236,7 @@ class CloudflareWorkersAIHook(BaseHook):
                         raise transport_error(exc, settings.host) from exc
                     result = parse_response(response, model)
         except CloudflareWorkersAIError as err:
-            raise annotate(err, model, attempt_number, call)  # noqa: B904 - raised from err's own cause
+            raise annotate(err, model, attempt_number, call, self.cloudflare_conn_id)  # noqa: B904 - raised from err's own cause
         return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
 
     def generate_image(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import AirflowFailException
+
 from airflow_provider_imagen._cloudflare.rules import check_literal_inputs, check_max_images, unset_if_empty
-from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, ImagesRefusedError
 from airflow_provider_imagen.operators.base import ImagenBaseOperator
 
 if TYPE_CHECKING:
@@ -93,9 +95,11 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
         self.log.info("%s", job.describe())
         if failures and self.fail_on_error:
             lines = "\n".join(f"  [{f['index']}] {f['prompt']!r}: {f['reason']}" for f in failures)
-            raise CloudflareWorkersAIError(
+            # When no failure can succeed on a retry (input, policy, quota), a task retry would only pay again.
+            final = all(isinstance(o.error, AirflowFailException) for o in outcomes if o.error is not None)
+            raise (ImagesRefusedError if final else CloudflareWorkersAIError)(
                 f"{len(failures)} of {len(prompts)} images failed (the others succeeded"
-                f"{', and a retry reuses them' if job.ledger.where else ''}):\n{lines}"
+                f"{', and a retry reuses them' if job.ledger.where and not final else ''}):\n{lines}"
             )
         job.ledger.clear()  # success: the next run of this task instance is a new request
         return returned
