@@ -39,8 +39,8 @@ def test_the_emulator_refuses_requests_over_its_limit_with_429_3040_and_retry_af
 
 
 def test_the_emulator_limit_is_set_from_the_cli_and_checked(imagen_emulator):
-    from airflow_provider_imagen.emulator.app import EmulatorConfig
     from airflow_provider_imagen.emulator.cli import build_parser
+    from airflow_provider_imagen.emulator.state import EmulatorConfig
 
     args = build_parser().parse_args(["--rate-limit-per-minute", "600", "--rate-limit-burst", "20"])
     assert (args.rate_limit_per_minute, args.rate_limit_burst) == (600, 20)

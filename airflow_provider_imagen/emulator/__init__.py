@@ -12,13 +12,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_provider_imagen.emulator.app import DEFAULT_TOKEN, EmulatorConfig, create_app
+    from airflow_provider_imagen.emulator.app import create_app
     from airflow_provider_imagen.emulator.faults import PRESETS, Fault, make_fault
     from airflow_provider_imagen.emulator.server import EmulatorClient, EmulatorServer
+    from airflow_provider_imagen.emulator.state import DEFAULT_TOKEN, EmulatorConfig
 
 _HOMES = {
-    "DEFAULT_TOKEN": "app",
-    "EmulatorConfig": "app",
+    "DEFAULT_TOKEN": "state",
+    "EmulatorConfig": "state",
     "create_app": "app",
     "PRESETS": "faults",
     "Fault": "faults",

@@ -1,8 +1,8 @@
 """
-The emulator's HTTP application: Cloudflare's Workers AI routes under ``/client/v4`` and the generated
-images. The configuration and state it serves from are in :mod:`.state`, the bodies it answers with in
-:mod:`.bodies`, and the control routes under ``/__emulator__`` (fault injection, request counts) in
-:mod:`.control`.
+The emulator's HTTP application: Cloudflare's Workers AI routes under ``/client/v4`` and the generated images.
+
+The configuration and state it serves from are in :mod:`.state`, the bodies it answers with in :mod:`.bodies`,
+and the control routes under ``/__emulator__`` (fault injection, request counts) in :mod:`.control`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_imagen.emulator import images, schemas
 from airflow_provider_imagen.emulator.bodies import (
-    DroppedResponse,
     envelope_error,
     envelope_ok,
     fault_response,
     image_fault_response,
-    imagen_input_problem,
     int_or,
     json_response,
 )
@@ -32,13 +30,9 @@ from airflow_provider_imagen.emulator.faults import rate_limited_fault
 from airflow_provider_imagen.emulator.schemas import MODELS, input_problem
 from airflow_provider_imagen.emulator.state import (
     DEFAULT_CACHE_TTL,
-    DEFAULT_TOKEN,
-    FLUX,
-    IMAGEN_SIZES,
     LOST_AFTER_GENERATION,
     MAX_BODY_BYTES,
     MAX_FORM_BYTES,
-    PERSON_GENERATION,
     PROXIED_MODELS,
     SDXL,
     EmulatorConfig,
@@ -53,24 +47,6 @@ BINARY_CONTENT_TYPES = {
     SDXL: "application/octet-stream",
     "@cf/bytedance/stable-diffusion-xl-lightning": "image/png",
 }
-
-# Names that lived here before the split, still importable from here.
-__all__ = [
-    "DEFAULT_TOKEN",
-    "FLUX",
-    "IMAGEN_SIZES",
-    "PERSON_GENERATION",
-    "PROXIED_MODELS",
-    "SDXL",
-    "DroppedResponse",
-    "EmulatorConfig",
-    "EmulatorState",
-    "create_app",
-    "envelope_error",
-    "fault_response",
-    "image_fault_response",
-    "imagen_input_problem",
-]
 
 
 def create_app(config: EmulatorConfig | None = None) -> FastAPI:
@@ -301,17 +277,17 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
 
     @app.get("/images/{image_id}.png")
     async def image(image_id: str) -> Response:
-        """A generated image (PNG)."""
+        """Serve a generated image (PNG)."""
         return await serve_image(image_id)
 
     @app.get("/images/{image_id}.jpg")
     async def jpeg_image(image_id: str) -> Response:
-        """A generated image (JPEG: a model asked for ``output_format: jpg``)."""
+        """Serve a generated image (JPEG: a model asked for ``output_format: jpg``)."""
         return await serve_image(image_id)
 
     @app.get("/images/{image_id}.webp")
     async def webp_image(image_id: str) -> Response:
-        """A generated image (WebP: a model asked for ``output_format: webp``)."""
+        """Serve a generated image (WebP: a model asked for ``output_format: webp``)."""
         return await serve_image(image_id)
 
     async def serve_image(image_id: str) -> Response:

@@ -1,7 +1,8 @@
 """
-The bodies the emulator answers with, in Cloudflare's shapes: the v4 envelope, the edge's HTML error page,
-the answers of each fault (dropped connections and oversized images among them), and the input checks
-Cloudflare makes on the Imagen 4 schema.
+The bodies the emulator answers with, in Cloudflare's shapes.
+
+The v4 envelope, the edge's HTML error page, the answers of each fault (dropped connections and oversized
+images among them), and the input checks Cloudflare makes on the Imagen 4 schema.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ if TYPE_CHECKING:
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """
+    Return ``payload`` as compact JSON.
+
+    :param payload: the body, serialisable by :func:`json.dumps`.
+    :param status: the HTTP status.
+    :param headers: extra response headers.
+    """
     return Response(
         json.dumps(payload, separators=(",", ":")), status_code=status, headers=headers, media_type="application/json"
     )
@@ -31,11 +39,24 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 def envelope_error(
     status: int, code: int | str | None, message: str, headers: dict[str, str] | None = None
 ) -> Response:
+    """
+    Return Cloudflare's v4 envelope of a failure: ``success: false`` and one error.
+
+    :param status: the HTTP status.
+    :param code: Cloudflare's error code (``None`` where Cloudflare sends none).
+    :param message: the error's message.
+    :param headers: extra response headers (``Retry-After``).
+    """
     body = {"success": False, "errors": [{"code": code, "message": message}], "messages": [], "result": None}
     return json_response(body, status, headers)
 
 
 def envelope_ok(result: Any) -> Response:
+    """
+    Return Cloudflare's v4 envelope of a success.
+
+    :param result: the envelope's ``result``.
+    """
     return json_response({"success": True, "errors": [], "messages": [], "result": result})
 
 
@@ -47,7 +68,13 @@ _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unav
 
 
 class DroppedResponse(Response):
-    """Starts a response, sends part of it, and lets the connection close: what a dying edge does."""
+    """
+    Start a response, send part of it, and let the connection close: what a dying edge does.
+
+    :param head: the bytes sent before the connection closes.
+    :param length: the ``Content-Length`` it promises, longer than ``head``.
+    :param media_type: the ``Content-Type`` it sends.
+    """
 
     def __init__(
         self, head: bytes = b'{"state": "Comp', length: int = 4096, media_type: bytes = b"application/json"
@@ -56,13 +83,14 @@ class DroppedResponse(Response):
         self.head, self.length, self.content_type = head, length, media_type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the head and stop, without ending the body."""
         headers = [(b"content-type", self.content_type), (b"content-length", str(self.length).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": self.head, "more_body": True})
 
 
 async def fault_response(fault: Fault) -> Response | None:
-    """The answer for ``fault``; ``None`` for a ``slow`` fault, whose normal answer follows its delay."""
+    """Return the answer for ``fault``, or ``None`` for a ``slow`` fault, whose normal answer follows its delay."""
     if fault.delay:
         await asyncio.sleep(fault.delay)
     status = fault.status or 200
@@ -90,7 +118,7 @@ async def fault_response(fault: Fault) -> Response | None:
 
 
 async def image_fault_response(fault: Fault) -> Response | None:
-    """A broken image download; ``None`` for ``slow``, whose image follows its delay."""
+    """Return a broken image download for ``fault``, or ``None`` for ``slow``, whose image follows its delay."""
     if fault.delay:
         await asyncio.sleep(fault.delay)
     if fault.kind == "slow":
@@ -118,6 +146,7 @@ async def _huge_png(size: int) -> AsyncIterator[bytes]:
 
 
 def int_or(value: str | None, default: int) -> int:
+    """Return ``value`` (a query parameter) as an integer, or ``default`` if it is missing or not one."""
     try:
         return int(value) if value is not None else default
     except ValueError:
@@ -128,6 +157,7 @@ def int_or(value: str | None, default: int) -> int:
 
 
 def imagen_input_problem(payload: Any) -> str | None:
+    """Return what Cloudflare would say is wrong with ``payload`` as Imagen 4's input, or ``None``."""
     if not isinstance(payload, dict):
         return "Type mismatch of '/', 'object' expected"
     prompt = payload.get("prompt")

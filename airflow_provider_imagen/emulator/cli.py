@@ -7,14 +7,16 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from airflow_provider_imagen.emulator.app import DEFAULT_TOKEN, EmulatorConfig, create_app
+from airflow_provider_imagen.emulator.app import create_app
 from airflow_provider_imagen.emulator.faults import PRESETS, make_fault
+from airflow_provider_imagen.emulator.state import DEFAULT_TOKEN, EmulatorConfig
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of ``imagen-emulator``'s command line."""
     parser = argparse.ArgumentParser(
         prog="imagen-emulator",
         description="An offline emulator of the Cloudflare Workers AI API (Imagen 4, flux, SDXL).",
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the emulator in the foreground until interrupted, and return the exit status.
+
+    :param argv: the arguments (``sys.argv[1:]`` if ``None``).
+    """
     args = build_parser().parse_args(argv)
     import uvicorn
 

@@ -1,6 +1,8 @@
 """
-The emulator's control routes under ``/__emulator__``: an offline page of every route, fault injection,
-request counts, reset, and changes to the configuration while it runs.
+The emulator's control routes under ``/__emulator__``.
+
+An offline page of every route, fault injection, request counts, reset, and changes to the configuration
+while it runs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
 
     @app.get("/__emulator__/docs")
     async def docs() -> Response:
-        """A plain page of every route, readable offline."""
+        """Serve a plain page of every route, readable offline."""
         rows = "".join(
             f"<tr><td>{', '.join(sorted(route.methods or []))}</td><td><code>{route.path}</code></td>"
             f"<td>{(route.endpoint.__doc__ or '').strip()}</td></tr>"

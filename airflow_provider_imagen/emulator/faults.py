@@ -1,6 +1,7 @@
 """
-Faults the emulator can serve instead of a normal answer: every row of Cloudflare's error table,
-and the things edges do that no document promises.
+Faults the emulator can serve instead of a normal answer.
+
+Every row of Cloudflare's error table, and the things edges do that no document promises.
 """
 
 from __future__ import annotations
@@ -133,7 +134,13 @@ TRANSIENT_PRESETS = ("capacity", "internal", "bad_gateway", "unavailable", "time
 
 
 def make_fault(preset: str | None = None, **overrides: Any) -> Fault:
-    """A :class:`Fault` from a preset name (see :data:`PRESETS`) and/or explicit fields."""
+    """
+    Return a :class:`Fault` from a preset name and/or explicit fields.
+
+    :param preset: a name from :data:`PRESETS`.
+    :param overrides: fault fields that replace the preset's; ``None`` values are ignored.
+    :raises ValueError: if ``preset`` is unknown.
+    """
     values: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -145,8 +152,10 @@ def make_fault(preset: str | None = None, **overrides: Any) -> Fault:
 
 class TokenBucket:
     """
-    The account's rate limit: ``per_minute`` requests a minute, up to ``burst`` at once (a bucket that holds
-    ``burst`` tokens and refills continuously). A request that finds it empty is refused before it runs.
+    The account's rate limit: ``per_minute`` requests a minute, up to ``burst`` at once.
+
+    A bucket that holds ``burst`` tokens and refills continuously. A request that finds it empty is refused
+    before it runs.
 
     :param per_minute: the sustained rate.
     :param burst: the most requests accepted at once (the bucket's size); one second's worth if unset.
@@ -174,5 +183,9 @@ class TokenBucket:
 
 
 def rate_limited_fault(wait: float) -> Fault:
-    """The refusal of a request over the limit: 429, code 3040, and ``Retry-After`` in whole seconds (>= 1)."""
+    """
+    Return the refusal of a request over the limit: 429, code 3040, and ``Retry-After`` in whole seconds (>= 1).
+
+    :param wait: the seconds until the limit would let the request through.
+    """
     return make_fault("capacity", retry_after=str(max(1, math.ceil(wait))))

@@ -1,23 +1,22 @@
 """
-Deterministic placeholder images: the size the real model would return, a colour taken from the
-input, and the prompt written on it so a person can tell images apart.
+Deterministic placeholder images, rendered with Pillow.
 
-Rendering uses Pillow (the ``emulator`` extra). Without it, PNGs are still served, as plain
-colour fields of the right size, written with zlib alone.
+Each has the size the real model would return, a colour taken from the input, and the prompt written on it
+so a person can tell images apart.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import struct
 import textwrap
-import zlib
 from functools import lru_cache
+
+from PIL import Image, ImageDraw, ImageFont
 
 
 def image_id(model: str, inputs: dict[str, object]) -> str:
-    """The same input always names the same image."""
+    """Return the id of the image ``model`` makes for ``inputs``: the same input always names the same image."""
     canonical = repr((model, sorted((k, str(v)) for k, v in inputs.items())))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -30,16 +29,14 @@ def _colour(seed: str) -> tuple[int, int, int]:
 
 @lru_cache(maxsize=64)
 def render(prompt: str, width: int, height: int, fmt: str = "PNG") -> bytes:
-    """Encode one image; cached, since a pipeline usually downloads what it just generated."""
-    try:
-        from PIL import Image, ImageDraw, ImageFont
-    except ImportError:
-        if fmt != "PNG":
-            raise RuntimeError(
-                "the emulator needs Pillow for JPEG and WebP images: pip install 'airflow-provider-imagen[emulator]'"
-            ) from None
-        return plain_png(width, height, _colour(prompt))
+    """
+    Encode one image; cached, since a pipeline usually downloads what it just generated.
 
+    :param prompt: the text written on the image, which also picks its colour.
+    :param width: the image's width in pixels.
+    :param height: the image's height in pixels.
+    :param fmt: the Pillow format: ``PNG``, ``JPEG`` or ``WEBP``.
+    """
     image = Image.new("RGB", (width, height), _colour(prompt))
     draw = ImageDraw.Draw(image)
     size = max(16, width // 24)
@@ -64,15 +61,3 @@ def render(prompt: str, width: int, height: int, fmt: str = "PNG") -> bytes:
     else:
         image.save(out, format="PNG", compress_level=1)
     return out.getvalue()
-
-
-def plain_png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
-    """A valid single-colour RGB PNG, without Pillow."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    row = b"\x00" + bytes(colour) * width
-    raw = zlib.compress(row * height, 6)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")

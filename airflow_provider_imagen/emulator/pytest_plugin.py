@@ -41,7 +41,7 @@ def imagen_emulator_server() -> Iterator[EmulatorServer]:
 def imagen_emulator(
     imagen_emulator_server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[EmulatorFixture]:
-    """The session's emulator, reset, with ``cloudflare_workers_ai_default`` pointing at it."""
+    """Yield the session's emulator, reset, with ``cloudflare_workers_ai_default`` pointing at it."""
     from airflow_provider_imagen._cloudflare import pacing
     from airflow_provider_imagen.emulator.server import EmulatorFixture
 

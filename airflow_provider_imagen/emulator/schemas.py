@@ -1,12 +1,12 @@
 """
-Cloudflare's input schema of each text-to-image model, enforced as Cloudflare enforces it, and the form and size
-of each model's answer.
+Cloudflare's input schema of each text-to-image model, and the form and size of each model's answer.
 
-The schemas are read from the same data file as the provider's catalog (``_cloudflare/text_to_image_models.json``:
-Cloudflare's published schemas, with their sources) but checked here by code of the emulator's own, in the
-words of Cloudflare's JSON-schema errors, so that the provider's checks are tested against an independent
-reading of the same statement. Stricter than Cloudflare may be in one way: a field the schema does not list is
-refused (Cloudflare may ignore it), so a test catches an input that a model would silently drop.
+The schemas are enforced as Cloudflare enforces them. They are read from the same data file as the provider's
+catalog (``_cloudflare/text_to_image_models.json``: Cloudflare's published schemas, with their sources) but
+checked here by code of the emulator's own, in the words of Cloudflare's JSON-schema errors, so that the
+provider's checks are tested against an independent reading of the same statement. Stricter than Cloudflare
+may be in one way: a field the schema does not list is refused (Cloudflare may ignore it), so a test catches
+an input that a model would silently drop.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ class Model:
 
     @property
     def proxied(self) -> bool:
+        """Whether Cloudflare runs the model through AI Gateway (a third-party model)."""
         return self.route == "proxied"
 
     @property
     def multipart(self) -> bool:
+        """Whether the model takes its input as a multipart form rather than JSON."""
         return self.body == "multipart"
 
 
@@ -78,12 +80,12 @@ MODELS: dict[str, Model] = _load()
 
 
 def unlisted(model: Model, payload: Any) -> list[str]:
-    """The inputs of ``payload`` that ``model``'s schema does not list, sorted."""
+    """Return the inputs of ``payload`` that ``model``'s schema does not list, sorted."""
     return sorted(set(payload) - set(model.fields)) if isinstance(payload, dict) else []
 
 
 def input_problem(model: Model, payload: Any) -> str | None:
-    """What Cloudflare would say is wrong with ``payload`` as ``model``'s input, or ``None``."""
+    """Return what Cloudflare would say is wrong with ``payload`` as ``model``'s input, or ``None``."""
     if not isinstance(payload, dict):
         return "Type mismatch of '/', 'object' expected"
     missing = [name for name in model.required if name not in payload]
@@ -136,7 +138,7 @@ def _value_problem(path: str, schema: dict[str, Any], value: Any) -> str | None:
 
 
 def type_name(value: Any) -> str:
-    """The JSON-schema type of ``value`` (for items a schema leaves open)."""
+    """Return the JSON-schema type of ``value`` (for items a schema leaves open)."""
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
@@ -148,8 +150,10 @@ def type_name(value: Any) -> str:
 
 def form_to_input(model: Model, form: dict[str, str | bytes]) -> tuple[dict[str, Any], str | None]:
     """
-    Read a multipart form as ``model``'s input: text fields typed by the schema (forms carry only text),
-    files as bytes. The second item is Cloudflare's words for a field that cannot be read.
+    Read a multipart form as ``model``'s input.
+
+    Text fields are typed by the schema (forms carry only text), files are bytes. The second item is
+    Cloudflare's words for a field that cannot be read.
     """
     payload: dict[str, Any] = {}
     for name, raw in form.items():
@@ -177,7 +181,7 @@ def form_to_input(model: Model, form: dict[str, str | bytes]) -> tuple[dict[str,
 
 
 def image_size(model: Model, payload: dict[str, Any]) -> tuple[int, int]:
-    """The ``(width, height)`` of the image ``model`` makes for ``payload``."""
+    """Return the ``(width, height)`` of the image ``model`` makes for ``payload``."""
     if model.fixed_size is not None:
         return model.fixed_size
     if model.sizes == "width_height":
@@ -198,7 +202,7 @@ def image_size(model: Model, payload: dict[str, Any]) -> tuple[int, int]:
 
 
 def image_format(model: Model, payload: dict[str, Any]) -> str:
-    """The Pillow format of ``model``'s image: ``output_format`` where the model takes it, else its own."""
+    """Return the Pillow format of ``model``'s image: ``output_format`` where the model takes it, else its own."""
     chosen = payload.get("output_format")
     if chosen:
         return {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[chosen]

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from airflow_provider_imagen.emulator.app import EmulatorConfig, create_app
+from airflow_provider_imagen.emulator.app import create_app
 from airflow_provider_imagen.emulator.faults import make_fault
+from airflow_provider_imagen.emulator.state import EmulatorConfig
 
 if TYPE_CHECKING:
     import uvicorn
@@ -46,9 +47,11 @@ class EmulatorClient:
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """
-        Change ``latency``, ``failure_rate``, ``token_status``, ``token_kind``, ``workers_ai_access``,
-        ``public_url``, ``seed``, ``rate_limit_per_minute`` or ``rate_limit_burst`` while running (a changed
-        rate limit starts with a full bucket).
+        Change the emulator's configuration while it runs, and return the configuration now in force.
+
+        :param settings: any of ``latency``, ``failure_rate``, ``token_status``, ``token_kind``,
+            ``workers_ai_access``, ``public_url``, ``seed``, ``rate_limit_per_minute`` or ``rate_limit_burst``
+            (a changed rate limit starts with a full bucket).
         """
         response = self._http.patch("/__emulator__/config", json=settings)
         response.raise_for_status()
@@ -73,7 +76,12 @@ class EmulatorClient:
         return int(self.stats()["generations"])
 
     def wait_for_generations(self, count: int, timeout: float = 10.0) -> int:
-        """The generation count once it reaches ``count`` (a slow generation outlives its client) or ``timeout``."""
+        """
+        Return the generation count once it reaches ``count`` (a slow generation outlives its client).
+
+        :param count: the generations to wait for.
+        :param timeout: the seconds to wait at most; then the count so far is returned.
+        """
         deadline = time.monotonic() + timeout
         while (seen := self.generations) < count and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -84,6 +92,7 @@ class EmulatorClient:
         self._post("/__emulator__/reset", None)
 
     def close(self) -> None:
+        """Close the client's connections."""
         self._http.close()
 
     def _post(self, path: str, payload: Any) -> None:
@@ -122,19 +131,28 @@ class EmulatorServer:
 
     @property
     def url(self) -> str:
+        """The emulator's base URL, ``http://HOST:PORT``."""
         return f"http://{self.host}:{self.port}"
 
     @property
     def api_base(self) -> str:
+        """What a connection's host should be: the emulator's ``/client/v4``."""
         return f"{self.url}/client/v4"
 
     @property
     def client(self) -> EmulatorClient:
+        """A client of the emulator's control routes, made on first use."""
         if self._client is None:
             self._client = EmulatorClient(self.url)
         return self._client
 
     def start(self, timeout: float = 10.0) -> EmulatorServer:
+        """
+        Start serving in a daemon thread, and return the server once it accepts connections.
+
+        :param timeout: the seconds to wait for it to start.
+        :raises RuntimeError: if it did not start in time.
+        """
         import uvicorn
 
         # Bind first, so the port is known (and ours) before uvicorn starts.
@@ -165,6 +183,11 @@ class EmulatorServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """
+        Stop serving at once, without waiting for answers in flight.
+
+        :param timeout: the seconds to wait for the server's thread to end.
+        """
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -187,7 +210,12 @@ class EmulatorServer:
         self.stop()
 
     def connection_json(self, conn_type: str = "cloudflare_workers_ai", account_id: str = "emulator-account") -> str:
-        """An ``AIRFLOW_CONN_...`` value pointing a connection at this emulator."""
+        """
+        Return an ``AIRFLOW_CONN_...`` value pointing a connection at this emulator.
+
+        :param conn_type: the connection's type.
+        :param account_id: the Cloudflare account id the connection names.
+        """
         return json.dumps(
             {
                 "conn_type": conn_type,

@@ -1,7 +1,8 @@
 """
-What the emulator is configured to do and what it remembers: the limits and Cloudflare's model names it
-states, :class:`EmulatorConfig`, and :class:`EmulatorState` (counters, queued faults, AI Gateway's cache,
-the images it promised, and the stats it reports).
+What the emulator is configured to do and what it remembers.
+
+The limits and Cloudflare's model names it states, :class:`EmulatorConfig`, and :class:`EmulatorState`
+(counters, queued faults, AI Gateway's cache, the images it promised, and the stats it reports).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class EmulatorState:
         self.reset()
 
     def reset(self) -> None:
+        """Forget faults, counters, images, the cache and configuration changes."""
         with self.lock:
             self.config = EmulatorConfig(**asdict(self.initial))
             self.rng = random.Random(self.config.seed)
@@ -116,7 +118,7 @@ class EmulatorState:
             self.limit_changed()
 
     def limit_changed(self) -> None:
-        """A full bucket for the configured rate limit (called with the lock held)."""
+        """Start a full bucket for the configured rate limit (called with the lock held)."""
         per_minute = self.config.rate_limit_per_minute
         self.bucket = TokenBucket(per_minute, self.config.rate_limit_burst) if per_minute else None
 
@@ -129,6 +131,7 @@ class EmulatorState:
             return wait
 
     def next_image_fault(self) -> Fault | None:
+        """Return the first queued fault for an image download, or ``None``."""
         with self.lock:
             if self.image_faults:
                 self.counts["faults_served"] += 1
@@ -136,13 +139,19 @@ class EmulatorState:
         return None
 
     def queue(self, faults: list[Fault]) -> int:
+        """Queue ``faults`` (each for API calls or image downloads, by its target), and return how many are pending."""
         with self.lock:
             for fault in faults:
                 (self.image_faults if fault.target == "image" else self.faults).append(fault)
             return len(self.faults) + len(self.image_faults)
 
     def next_fault(self, model: str | None = None) -> Fault | None:
-        """The first queued fault for a call to ``model`` (faults for other models wait for theirs)."""
+        """
+        Return the fault for a call to ``model``, or ``None``.
+
+        The first queued fault for it (faults for other models wait for theirs), else a random transient one
+        at the configured failure rate.
+        """
         with self.lock:
             for fault in self.faults:
                 if fault.model is None or fault.model == model:
@@ -155,6 +164,15 @@ class EmulatorState:
         return None
 
     def remember_image(self, image_id: str, prompt: str, width: int, height: int, fmt: str = "PNG") -> None:
+        """
+        Remember what to render for ``image_id``, forgetting the oldest image past the limit.
+
+        :param image_id: the id in the image's URL.
+        :param prompt: the text written on the image.
+        :param width: the image's width in pixels.
+        :param height: the image's height in pixels.
+        :param fmt: the Pillow format.
+        """
         with self.lock:
             self.images[image_id] = (prompt, width, height, fmt)
             self.images.move_to_end(image_id)
@@ -171,6 +189,7 @@ class EmulatorState:
         return ignored
 
     def stats(self) -> dict[str, Any]:
+        """Return the counters, pending faults and most recent requests, as ``/__emulator__/stats`` reports them."""
         with self.lock:
             return {
                 "api_requests": self.counts["api"],

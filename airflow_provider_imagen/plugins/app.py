@@ -79,7 +79,11 @@ _TEMPLATES = _environment()
 
 
 def _map_index(value: str | None) -> int | None:
-    """The UI leaves ``{MAP_INDEX}`` unreplaced on a task that is not mapped: then show the whole task."""
+    """
+    Return the map index a gallery link names, or ``None`` for the whole task.
+
+    The UI leaves ``{MAP_INDEX}`` unreplaced on a task that is not mapped: then the whole task is shown.
+    """
     try:
         return int(value) if value is not None else None
     except ValueError:
@@ -118,7 +122,7 @@ def gallery(
     per_page: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
 ) -> HTMLResponse:
     """
-    The images of a run, or of one task instance, as a page of cards.
+    Serve the images of a run, or of one task instance, as a page of cards.
 
     :param dag_id: the DAG (authorised against).
     :param run_id: the run.
@@ -172,7 +176,7 @@ def image_thumbnail(
     dag_id: str, run_id: str, task_id: str, map_index: int, position: int, session: SessionDep
 ) -> Response:
     """
-    A JPEG thumbnail (at most 320 px) of a stored image, made with Pillow and cached.
+    Serve a JPEG thumbnail (at most 320 px) of a stored image, made with Pillow and cached.
 
     :param dag_id: the DAG (authorised against).
     :param run_id: the run.
@@ -197,7 +201,7 @@ def full_image(
     dag_id: str, run_id: str, task_id: str, map_index: int, position: int, session: SessionDep
 ) -> StreamingResponse:
     """
-    The stored image itself, streamed from its storage with the same Airflow connections the worker used.
+    Stream the stored image itself from its storage, with the same Airflow connections the worker used.
 
     :param dag_id: the DAG (authorised against).
     :param run_id: the run.

@@ -19,7 +19,7 @@ URL_PREFIX = "/imagen"
 
 def _ui_root() -> str:
     """
-    The path the api-server is served under (``[api] base_url``'s path, as Airflow reads it), without ``/``.
+    Return the path the api-server is served under (``[api] base_url``'s path, as Airflow reads it), without ``/``.
 
     The UI puts an external view's ``href`` in the iframe as it is, so behind a proxy at ``/airflow`` the
     gallery lives at ``/airflow/imagen/...``.
@@ -46,6 +46,7 @@ class LazyApp:
         self._app: Callable[..., Awaitable[None]] | None = None
 
     def load(self) -> Callable[..., Awaitable[None]]:
+        """Return the real app, importing it on the first call."""
         if self._app is None:
             import importlib
 
@@ -59,6 +60,7 @@ class LazyApp:
         receive: Callable[[], Awaitable[Any]],
         send: Callable[[Any], Awaitable[None]],
     ) -> None:
+        """Hand the request to the real app."""
         await self.load()(scope, receive, send)
 
 

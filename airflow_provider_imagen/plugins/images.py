@@ -76,9 +76,10 @@ def _whole(value: Any) -> int | None:
 
 def parse_summary(task_id: str, map_index: int, position: int, summary: Any) -> GalleryImage | None:
     """
-    A summary the operators pushed, or ``None`` for anything else (a failed batch prompt, another task's XCom).
+    Return the image of a summary the operators pushed, or ``None`` for anything else.
 
-    Every field is type-checked: an XCom can be written by any task of the DAG or through the REST API.
+    Anything else is a failed batch prompt or another task's XCom. Every field is type-checked: an XCom can be
+    written by any task of the DAG or through the REST API.
     """
     if not isinstance(summary, dict):
         return None
@@ -161,7 +162,7 @@ def find_image(
     session: Session, *, dag_id: str, run_id: str, task_id: str, map_index: int, position: int
 ) -> GalleryImage | None:
     """
-    The one image a route names by task, map index and position, or ``None``.
+    Return the one image a route names by task, map index and position, or ``None``.
 
     :param session: a metadata-database session.
     :param dag_id: the DAG.
