@@ -28,3 +28,18 @@ MAX_PROMPT_CHARS = 2000
 
 #: The longest a deferred generation may wait in the triggerer before the task fails.
 DEFER_TIMEOUT_SECONDS = 3600
+
+#: Seconds after a deferral before its trigger may fire, by default: out of an Airflow race (see
+#: :mod:`airflow_provider_imagen.triggers.imagen`); ``[imagen] deferral_min_seconds`` sets another.
+DEFERRAL_MIN_SECONDS = 5.0
+
+
+def deferral_min_seconds() -> float:
+    """Return ``[imagen] deferral_min_seconds``: how long after a deferral its trigger may fire at the earliest."""
+    from airflow.providers.common.compat.sdk import conf
+
+    try:
+        value = float(conf.get("imagen", "deferral_min_seconds", fallback=str(DEFERRAL_MIN_SECONDS)))
+    except ValueError:
+        return DEFERRAL_MIN_SECONDS
+    return min(max(value, 0.0), 60.0)

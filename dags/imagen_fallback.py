@@ -19,7 +19,7 @@ To see the fallback offline, make the emulator's Imagen unavailable for the next
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, task
@@ -29,6 +29,9 @@ from airflow_provider_imagen.operators import ImagenGenerateImageOperator
 FLUX = "@cf/black-forest-labs/flux-1-schnell"
 
 with DAG(
+    # A deferred task whose trigger fires very fast can be failed by a race in Airflow's scheduler
+    # (apache/airflow#66374): a retry then costs nothing, as the image it paid for is reused (durable=True).
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
     dag_id="imagen_fallback",
     schedule=None,
     start_date=datetime(2025, 1, 1),

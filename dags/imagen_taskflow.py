@@ -11,13 +11,16 @@ the same rules, in the same words, as an operator argument: ``{"prompt": ..., "s
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, task
 
 MENU = ["ramen", "tiramisu", "pad thai"]
 
 with DAG(
+    # A deferred task whose trigger fires very fast can be failed by a race in Airflow's scheduler
+    # (apache/airflow#66374): a retry then costs nothing, as the image it paid for is reused (durable=True).
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
     dag_id="imagen_taskflow",
     schedule=None,
     start_date=datetime(2025, 1, 1),

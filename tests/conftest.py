@@ -22,6 +22,9 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
 os.environ.pop("AIRFLOW_CONN_CLOUDFLARE_WORKERS_AI_DEFAULT", None)
+# In-process runs (dag.test()) have no scheduler to race with: no need to hold a trigger's event. The real
+# deployments of tests/e2e set it back to the default.
+os.environ["AIRFLOW__IMAGEN__DEFERRAL_MIN_SECONDS"] = "0"
 
 
 @pytest.fixture(scope="session")

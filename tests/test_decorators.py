@@ -152,8 +152,9 @@ def test_dag_run_returns_and_pushes_what_the_operator_does(airflow_db, imagen_em
     dag_run = register_dag(dag).test()
     assert dag_run.state == "success"
 
-    url, summary, stored = _xcoms(dag_run, "as_text")
-    assert url.startswith(imagen_emulator.url + "/images/") and summary["url"] == url
+    returned, summary, stored = _xcoms(dag_run, "as_text")
+    assert returned == stored  # with output_path, the stored copy is what the task returns
+    assert summary["url"].startswith(imagen_emulator.url + "/images/")
     assert summary["prompt"] == "A lighthouse at dawn, oil painting"
     assert (summary["width"], summary["height"]) == (1024, 1024)
     assert stored == summary["stored_uri"] and Path(stored.removeprefix("file://")).read_bytes()[:4] == b"\x89PNG"

@@ -22,9 +22,12 @@ the next try number and records of the old request are never reused. The task in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import os
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -127,7 +130,7 @@ class _Backend(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def clear(self) -> None: ...
+    def forget_earlier(self) -> None: ...
 
 
 class _TaskStateStore:
@@ -147,9 +150,12 @@ class _TaskStateStore:
     def delete(self, key: str) -> None:
         self._store.delete(key)
 
-    def clear(self) -> None:
-        # Everything of this task instance, as Airflow's own [state_store] clear_on_success does.
-        self._store.clear()
+    def forget_earlier(self) -> None:
+        # Airflow drops a task instance's state when a person clears it, which is what starts a new request: an
+        # earlier request's records are gone already (or ignored: each names its request). Never clear() here:
+        # the store is shared with the task's own code (a @task.imagen callable), and Airflow removes ours when
+        # success is certain ([state_store] clear_on_success) or after its retention.
+        pass
 
 
 class _ObjectStorage:
@@ -170,14 +176,31 @@ class _ObjectStorage:
     def set(self, key: str, value: Any) -> None:
         with contextlib.suppress(Exception):  # buckets have no folders to make
             self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{key}.json").write_text(json.dumps(value))
+        target = self.folder / f"{key}.json"
+        text = json.dumps(value)
+        if target.protocol not in ("file", "local"):
+            target.write_text(text)  # one PUT: an object store never shows half an object
+            return
+        # A local file is written whole under another name, then renamed over the record: a crash mid-write
+        # never leaves truncated JSON, which would read as "no record" and make the retry pay again.
+        final = target.path
+        partial = f"{final}.{uuid.uuid4().hex}.part"
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.folder / f"{key}.json").unlink()
 
-    def clear(self) -> None:
-        # The task instance's folder holds only its records, of this request and of earlier ones.
+    def forget_earlier(self) -> None:
+        # The folder holds only this task instance's records: a new request means the earlier one ended.
         if self.folder.exists():
             self.folder.rmdir(recursive=True)
 
@@ -225,9 +248,9 @@ class _BestEffort:
         except Exception as err:
             self._failed("delete", err)
 
-    def clear(self) -> None:
+    def forget_earlier(self) -> None:
         try:
-            self._backend.clear()
+            self._backend.forget_earlier()
         except Exception as err:
             self._failed("delete", err)
 
@@ -268,8 +291,12 @@ class Ledger:
     @classmethod
     def open(cls, context: Context, *, retries: int | None, durable: bool, log: Any) -> Ledger:
         """Open the ledger of the request ``context`` runs for, or one that keeps nothing when ``durable`` is off."""
-        request = Request.of(context, retries) if durable else None
-        backend = _open_backend(context, request) if request is not None else None
+        request = Request.of(context, retries)
+        if not durable and request is not None:
+            # Nothing is kept across tries, but a request of this try keeps one AI Gateway cache key wherever it
+            # is sent from: a triggerer that restarts a trigger re-sends it under the same key, not a new one.
+            request = dataclasses.replace(request, first_try=request.try_number)
+        backend = _open_backend(context, request) if durable and request is not None else None
         if backend is not None:
             backend = _BestEffort(backend, log)
         elif durable and request is not None:
@@ -294,9 +321,12 @@ class Ledger:
     def _load(self) -> dict[str, Any]:
         if not self._loaded and self.backend is not None and self.request is not None:
             saved = self.backend.get(f"{KEY_PREFIX}_ledger")
-            # A summary of an earlier request (the task was cleared since) is not this request's.
+            # A summary of an earlier request (the task was cleared since) is not this request's: that request
+            # ended, so its records can go (nothing else would remove them before Airflow 3.3).
             if isinstance(saved, dict) and saved.get("first_try") == self.request.first_try:
                 self._summary = saved
+            elif isinstance(saved, dict):
+                self.backend.forget_earlier()
         self._loaded = True
         return self._summary
 
@@ -381,11 +411,3 @@ class Ledger:
                 "kept": kept,
             },
         )
-
-    def clear(self) -> None:
-        """Forget everything: the task succeeded, and the next run of it is a new request."""
-        if self.backend is None or self.request is None:
-            return
-        with self._lock:
-            self.backend.clear()
-            self._summary = {"first_try": self.request.first_try, "billed": 0}

@@ -419,5 +419,5 @@ def batch_results(
             returned.append(None)
             continue
         summaries.append({**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused})
-        returned.append(outcome.image.url or outcome.stored)
+        returned.append(outcome.stored or outcome.image.url)  # the stored copy whenever there is one
     return summaries, failures, returned

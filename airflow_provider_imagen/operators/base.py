@@ -132,6 +132,31 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
             raise InvalidInputError(f"{which} returns the image as bytes, not a URL: set output_path to store it")
         return chain
 
+    def check_mapped_output(self, context: Context) -> None:
+        """
+        Refuse one file ``output_path`` shared by every map index of a mapped task, before any request.
+
+        Each map index would pay for its image and overwrite the others' in that one file. A folder, a path
+        templated with the map index, or a path given per index through ``expand()`` is fine.
+
+        :raises InvalidInputError: naming the path and the fixes.
+        """
+        map_index = getattr(context.get("ti"), "map_index", -1)
+        if self.output_path is None or not isinstance(map_index, int) or map_index < 0:
+            return
+        mapped = getattr(context.get("dag"), "task_dict", {}).get(self.task_id)
+        shared = getattr(mapped, "partial_kwargs", {}).get("output_path")
+        if shared is None or (isinstance(shared, str) and ("{{" in shared or "{%" in shared)):
+            return
+        from airflow_provider_imagen._task.storage import resolve_output_path
+
+        if not resolve_output_path(self.output_path)[1]:
+            raise InvalidInputError(
+                f"Invalid output_path {self.output_path!s} for a mapped task: every map index would write (and pay "
+                "for) an image at this one file, each overwriting the last. Use a folder (end it with '/'), a path "
+                "templated with the map index (e.g. '/data/images/{{ ti.map_index }}.png'), or expand() the paths"
+            )
+
     def emit_asset_events(self, context: Context, stored: list[dict[str, Any]]) -> None:
         """Attach the stored images' summaries to the task's Asset outlets."""
         from airflow.sdk import Asset

@@ -20,9 +20,8 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
     """
     Generate many images in one task, concurrently over one connection pool, results in prompt order.
 
-    Returns the list of image URLs (the stored URIs for models that return bytes). With ``output_path``
-    (a folder) each image is kept there and ``stored_uri`` holds the list of stored URIs. XCom ``images``
-    holds one JSON summary per prompt.
+    Returns one entry per prompt, in order: with ``output_path`` (a folder), the stored copy's URI; without it,
+    Cloudflare's URL. XCom ``stored_uri`` holds the stored URIs, XCom ``images`` one JSON summary per prompt.
 
     Partial failure: by default every prompt that can finish does, then the task fails with one line per
     failed prompt and its reason. With ``fail_on_error=False`` the task succeeds, failed prompts get ``None``
@@ -101,5 +100,4 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
                 f"{len(failures)} of {len(prompts)} images failed (the others succeeded"
                 f"{', and a retry reuses them' if job.ledger.where and not final else ''}):\n{lines}"
             )
-        job.ledger.clear()  # success: the next run of this task instance is a new request
         return returned

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf
 
 from airflow_provider_imagen._cloudflare.rules import check_literal_inputs, model_chain, returns_bytes, unset_if_empty
-from airflow_provider_imagen.constants import DEFER_TIMEOUT_SECONDS
+from airflow_provider_imagen.constants import DEFER_TIMEOUT_SECONDS, deferral_min_seconds
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, InvalidInputError
 from airflow_provider_imagen.operators.base import ImagenBaseOperator
 from airflow_provider_imagen.operators.links import GeneratedImageLink, web_url
@@ -23,10 +24,12 @@ if TYPE_CHECKING:
 
 class ImagenGenerateImageOperator(ImagenBaseOperator):
     """
-    Generate an image with Imagen 4 on Cloudflare Workers AI and return its URL.
+    Generate an image with Imagen 4 on Cloudflare Workers AI and return where it is.
 
-    The URL is the task's XCom ``return_value``; a JSON summary (model, inputs, size, attempts, timing)
-    is pushed under the key ``image``. The returned URL may expire: set ``output_path`` to keep the image.
+    The return value (XCom ``return_value``) is always of one kind for one configuration: with ``output_path``,
+    the stored copy's URI (whichever model of a fallback chain made the image); without it, Cloudflare's URL,
+    which may expire. A JSON summary (model, inputs, size, attempts, timing, ``url``, ``stored_uri``) is pushed
+    under the key ``image``.
 
     .. code-block:: python
 
@@ -80,6 +83,7 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         )
         GatewayOptions.parse(self.gateway_options)
         chain = self.check_output()
+        self.check_mapped_output(context)
         if self.deferrable and returns_bytes(self.model):
             raise InvalidInputError(f"deferrable=True needs a model that returns a URL; {self.model!r} returns bytes")
 
@@ -108,6 +112,7 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
                     max_retry_wait=self.max_retry_wait,
                     requests_per_minute=self.requests_per_minute,
                     max_rate_limit_wait=self.max_rate_limit_wait,
+                    hold_until=time.time() + deferral_min_seconds(),
                 ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=DEFER_TIMEOUT_SECONDS),
@@ -167,6 +172,6 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         for skipped in image.skipped_models:
             self.log.warning("%s was passed over for %s: %s", skipped.model, image.model, skipped.reason)
         self.log.info("%s", job.describe())
-        job.ledger.clear()  # success: the next run of this task instance is a new request
         self.image_link = web_url(stored) or web_url(image.url) or ""
-        return image.url or stored
+        # With output_path, what a pipeline keeps is the stored copy, whichever model made it: always return that.
+        return stored if stored is not None else image.url

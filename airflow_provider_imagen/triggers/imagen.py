@@ -24,10 +24,19 @@ key                           value
 ``max_retry_wait``            float
 ``requests_per_minute``       float or null
 ``max_rate_limit_wait``       float
+``hold_until``                float or null: epoch seconds before which no event is fired
 ============================  ===================================================================
 
 A later version adds keys with defaults and never changes the meaning of one; an unknown ``schema_version`` is
-refused. The trigger fires exactly one event, version 1:
+refused.
+
+``hold_until`` keeps a fast answer out of an Airflow race: when a trigger fires within a second or two of the
+deferral, on a busy machine the scheduler can receive the executor's event for the deferring process after the
+trigger's event re-queued the task, and fail it ("finished with state success, but the task instance's state
+attribute is queued", apache/airflow#66374, #72716). The operator sets it to a few seconds after the deferral
+(``[imagen] deferral_min_seconds``, default 5); a real generation takes longer anyway.
+
+The trigger fires exactly one event, version 1:
 
 - ``{"status": "success", "image": {...}}``: the image as
   :meth:`~airflow_provider_imagen.models.GeneratedImage.to_xcom` describes it (a URL, never bytes);
@@ -38,6 +47,8 @@ refused. The trigger fires exactly one event, version 1:
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -51,6 +62,8 @@ if TYPE_CHECKING:
 
 #: The version of the serialized kwargs and of the event (see the module's docstring).
 SCHEMA_VERSION = 1
+#: The longest a trigger holds its event, whatever ``hold_until`` says (a clock jump must not park a task).
+MAX_HOLD_SECONDS = 60.0
 
 
 class ImagenGenerateImageTrigger(BaseTrigger):
@@ -81,6 +94,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
     :param requests_per_minute: the account's rate limit, if known (the connection's when unset): every trigger
         of the triggerer that calls the account shares one pace (:mod:`~airflow_provider_imagen._cloudflare.pacing`).
     :param max_rate_limit_wait: seconds a call keeps re-sending after a rate limit refused it.
+    :param hold_until: epoch seconds before which the event is not fired (see the module's docstring).
     :param schema_version: the version of the serialized kwargs; only the current one is accepted.
     """
 
@@ -101,6 +115,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         max_retry_wait: float = 60.0,
         requests_per_minute: float | None = None,
         max_rate_limit_wait: float = 600.0,
+        hold_until: float | None = None,
         schema_version: int = SCHEMA_VERSION,
     ) -> None:
         super().__init__()
@@ -133,6 +148,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         self.max_retry_wait = max_retry_wait
         self.requests_per_minute = requests_per_minute
         self.max_rate_limit_wait = max_rate_limit_wait
+        self.hold_until = hold_until
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the class path and the kwargs Airflow persists with the deferral (schema in the module doc)."""
@@ -154,11 +170,18 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 "max_retry_wait": self.max_retry_wait,
                 "requests_per_minute": self.requests_per_minute,
                 "max_rate_limit_wait": self.max_rate_limit_wait,
+                "hold_until": self.hold_until,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Generate the image and yield one event: its image, or the error (never raised into the triggerer)."""
+        event = await self._generate()
+        if self.hold_until is not None and (delay := self.hold_until - time.time()) > 0:
+            await asyncio.sleep(min(delay, MAX_HOLD_SECONDS))
+        yield event
+
+    async def _generate(self) -> TriggerEvent:
         from airflow_provider_imagen.hooks.cloudflare import CloudflareWorkersAIHook
 
         try:
@@ -187,10 +210,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
             # go back too: a task that goes on with models that answer in bytes needs them.
             error = error_to_dict(err, conn_id=self.cloudflare_conn_id)
             inputs = {key: getattr(self, key) for key in ("prompt", "aspect_ratio", "person_generation")}
-            yield TriggerEvent({"status": "error", "error": error, "inputs": inputs})
-            return
+            return TriggerEvent({"status": "error", "error": error, "inputs": inputs})
         if image.url is None:  # a model outside the documented ones, that answered with bytes after all
             message = f"model {image.model!r} returned image bytes; deferrable mode needs a model that returns a URL"
-            yield TriggerEvent({"status": "error", "error": {"type": "InvalidInputError", "message": message}})
-            return
-        yield TriggerEvent({"status": "success", "image": image.to_xcom()})
+            return TriggerEvent({"status": "error", "error": {"type": "InvalidInputError", "message": message}})
+        return TriggerEvent({"status": "success", "image": image.to_xcom()})
