@@ -261,7 +261,8 @@ def test_flux_2_takes_a_multipart_form_that_httpx_encodes():
 
 def test_importing_the_catalog_is_cheap():
     code = (
-        "import sys, airflow_provider_imagen._cloudflare.catalog as c, airflow_provider_imagen._cloudflare.catalog_inputs;"
+        "import sys, airflow_provider_imagen._cloudflare.catalog as c;"
+        "import airflow_provider_imagen._cloudflare.catalog_inputs;"
         "print(len(c.TEXT_TO_IMAGE_MODELS), [m for m in ('httpx', 'pydantic', 'airflow') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
