@@ -50,7 +50,7 @@ def check_model_inputs(
     :return: the inputs to send, a plain ``dict`` of copies.
     :raises InvalidInputError: on an unknown field, a reserved one, a wrong type or a value out of range.
     """
-    inputs = _as_mapping(model_inputs, field)
+    inputs = as_mapping(model_inputs, field)
     spec = TEXT_TO_IMAGE_MODELS.get(model)
     problems: list[str] = []
     checked: dict[str, Any] = {}
@@ -182,7 +182,7 @@ def fit_inputs_for(model: str, model_inputs: Mapping[str, Any] | None) -> tuple[
     :param model_inputs: the call's model inputs.
     :raises InvalidInputError: on a reserved name, or a kept value the model refuses.
     """
-    inputs = _as_mapping(model_inputs, "model_inputs")
+    inputs = as_mapping(model_inputs, "model_inputs")
     spec = TEXT_TO_IMAGE_MODELS.get(model)
     if spec is None:
         return check_model_inputs(model, inputs), []
@@ -231,7 +231,8 @@ def _invalid(message: str) -> Exception:
     return InvalidInputError(message)
 
 
-def _as_mapping(model_inputs: Any, field: str) -> Mapping[str, Any]:
+def as_mapping(model_inputs: Any, field: str) -> Mapping[str, Any]:
+    """Return ``model_inputs`` as a mapping with string keys (``None``: empty), or refuse it naming ``field``."""
     if model_inputs is None:
         return {}
     if not isinstance(model_inputs, Mapping):
