@@ -260,6 +260,7 @@ def prepare_call(
     chain: tuple[str, ...],
     model_inputs: Any,
     log: Any,
+    logged: set[str] | None = None,
 ) -> tuple[ImagenInput, dict[str, dict[str, Any]]]:
     """
     Check one call's input for every model of its chain, and return the body each model is sent.
@@ -267,6 +268,7 @@ def prepare_call(
     The aspect ratio is checked against the chain's models (Nano Banana takes more ratios than Imagen), in the words
     :class:`~airflow_provider_imagen.models.ImagenInput` uses; what each model leaves out is logged.
 
+    :param logged: notes already logged (by the hook, for the other prompts of a batch): not logged again.
     :raises InvalidInputError: before any request, naming each bad field.
     """
     problems = imagen_input_problems(prompt, aspect_ratio, person_generation, chain_aspect_ratios(chain))
@@ -275,11 +277,34 @@ def prepare_call(
     image_input = ImagenInput.parse(prompt=prompt, person_generation=person_generation)
     image_input = image_input.model_copy(update={"aspect_ratio": aspect_ratio})
     bodies = chain_inputs(chain, image_input.prompt, aspect_ratio, person_generation, model_inputs)
-    log_notes(log, chain, aspect_ratio, person_generation, model_inputs)
+    log_notes(log, chain, aspect_ratio, person_generation, model_inputs, logged)
     return image_input, bodies
 
 
-def log_notes(log: Any, chain: tuple[str, ...], aspect_ratio: Any, person_generation: Any, model_inputs: Any) -> None:
-    """Log what each model of ``chain`` leaves out of its request (:func:`chain_notes`)."""
+def log_notes(
+    log: Any,
+    chain: tuple[str, ...],
+    aspect_ratio: Any,
+    person_generation: Any,
+    model_inputs: Any,
+    logged: set[str] | None = None,
+) -> None:
+    """Log what each model of ``chain`` leaves out of its request (:func:`chain_notes`), each note once."""
     for level, note in chain_notes(chain, aspect_ratio, person_generation, model_inputs):
-        (log.warning if level == "warning" else log.info)("%s", note)
+        if logged is None or note not in logged:
+            (log.warning if level == "warning" else log.info)("%s", note)
+            if logged is not None:
+                logged.add(note)
+
+
+def inputs_taken_by(chain: tuple[str, ...], model_inputs: Any) -> Any:
+    """
+    Return the part of ``model_inputs`` some model of ``chain`` takes (all of it if one is outside the catalog).
+
+    For a trigger, which tries the chain's first models only: the rest go to the models the task tries after it.
+    Anything but a mapping is returned as it is, for the checks to refuse.
+    """
+    if not isinstance(model_inputs, dict) or not all(is_cataloged(model) for model in chain):
+        return model_inputs
+    taken = {name for model in chain for name in TEXT_TO_IMAGE_MODELS[model].fields}
+    return {key: value for key, value in model_inputs.items() if key in taken or key in RESERVED_INPUTS} or None

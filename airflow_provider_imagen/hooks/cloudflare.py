@@ -94,6 +94,8 @@ class CloudflareWorkersAIHook(BaseHook):
         #: Models this hook found unavailable lately: its later calls skip them for a while
         #: (:mod:`~airflow_provider_imagen._cloudflare.fallback`).
         self.unavailable_models = UnavailableModels()
+        #: What this hook logged about its calls' model inputs: a batch's prompts do not log it again.
+        self._logged: set[str] = set()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cloudflare_conn_id={self.cloudflare_conn_id!r})"
@@ -276,7 +278,9 @@ class CloudflareWorkersAIHook(BaseHook):
         :raises InvalidInputError: before any request, naming the bad field and what is allowed.
         """
         chain = model_chain(model, fallback_models)
-        image_input, bodies = prepare_call(prompt, aspect_ratio, person_generation, chain, model_inputs, self.log)
+        image_input, bodies = prepare_call(
+            prompt, aspect_ratio, person_generation, chain, model_inputs, self.log, self._logged
+        )
         walk = self._walk(model, fallback_models, gateway_options)
         for candidate, options, last in walk.steps():
             try:
@@ -305,7 +309,9 @@ class CloudflareWorkersAIHook(BaseHook):
             goes on with models that answer in bytes): the last model's capacity is then spent with its retries.
         """
         chain = model_chain(model, fallback_models)
-        image_input, bodies = prepare_call(prompt, aspect_ratio, person_generation, chain, model_inputs, self.log)
+        image_input, bodies = prepare_call(
+            prompt, aspect_ratio, person_generation, chain, model_inputs, self.log, self._logged
+        )
         return await self._agenerate(image_input, bodies, model, fallback_models, gateway_options, fallback_follows)
 
     async def _agenerate(
@@ -361,7 +367,7 @@ class CloudflareWorkersAIHook(BaseHook):
         inputs, options = ImagenInput.parse_batch(prompts, None, person_generation, gateway_options, max_concurrency)
         inputs = [image.model_copy(update={"aspect_ratio": aspect_ratio}) for image in inputs]
         bodies = [chain_inputs(chain, image.prompt, aspect_ratio, person_generation, model_inputs) for image in inputs]
-        log_notes(self.log, chain, aspect_ratio, person_generation, model_inputs)
+        log_notes(self.log, chain, aspect_ratio, person_generation, model_inputs, self._logged)
 
         async def one(index: int) -> GeneratedImage | CloudflareWorkersAIError:
             return await self._agenerate(inputs[index], bodies[index], model, fallback_models, options)

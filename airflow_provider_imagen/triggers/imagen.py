@@ -24,6 +24,8 @@ key                           value
 ``max_retry_wait``            float
 ``requests_per_minute``       float or null
 ``max_rate_limit_wait``       float
+``model_inputs``              dict of the model's own inputs (JSON values, never bytes), or null; added in
+                              version 1 with a default, so a trigger stored without it reads as null
 ============================  ===================================================================
 
 A later version adds keys with defaults and never changes the meaning of one; an unknown ``schema_version`` is
@@ -81,6 +83,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
     :param requests_per_minute: the account's rate limit, if known (the connection's when unset): every trigger
         of the triggerer that calls the account shares one pace (:mod:`~airflow_provider_imagen._cloudflare.pacing`).
     :param max_rate_limit_wait: seconds a call keeps re-sending after a rate limit refused it.
+    :param model_inputs: the model's own inputs, as for the hook; JSON values only (a trigger's kwargs are
+        stored as JSON, so bytes such as FLUX.2's ``input_image_0`` are refused).
     :param schema_version: the version of the serialized kwargs; only the current one is accepted.
     """
 
@@ -101,6 +105,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         max_retry_wait: float = 60.0,
         requests_per_minute: float | None = None,
         max_rate_limit_wait: float = 600.0,
+        model_inputs: dict[str, Any] | None = None,
         schema_version: int = SCHEMA_VERSION,
     ) -> None:
         super().__init__()
@@ -119,6 +124,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 f"Invalid {field} for a trigger: {chain[index]!r} answers with image bytes, which a trigger event "
                 "does not carry; generate it in the task (the operator does so when it follows unavailable models)"
             )
+        refuse_bytes(model_inputs)
+        self.model_inputs = dict(model_inputs) if model_inputs else None
         self.prompt = prompt
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
@@ -154,6 +161,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 "max_retry_wait": self.max_retry_wait,
                 "requests_per_minute": self.requests_per_minute,
                 "max_rate_limit_wait": self.max_rate_limit_wait,
+                "model_inputs": self.model_inputs,
             },
         )
 
@@ -179,6 +187,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                     model=self.model,
                     fallback_models=self.fallback_models,
                     gateway_options=self.gateway_options,
+                    model_inputs=self.model_inputs,
                     fallback_follows=self.fallback_follows,
                 )
         except Exception as err:
@@ -194,3 +203,20 @@ class ImagenGenerateImageTrigger(BaseTrigger):
             yield TriggerEvent({"status": "error", "error": {"type": "InvalidInputError", "message": message}})
             return
         yield TriggerEvent({"status": "success", "image": image.to_xcom()})
+
+
+def refuse_bytes(model_inputs: Any) -> None:
+    """
+    Refuse ``model_inputs`` holding bytes: a trigger's kwargs are stored as JSON, which cannot carry them.
+
+    :raises InvalidInputError: naming the field.
+    """
+    if not isinstance(model_inputs, dict):
+        return  # anything else is refused by the hook's checks, naming the field
+    for key, value in model_inputs.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(item, (bytes, bytearray, memoryview)) for item in items):
+            raise InvalidInputError(
+                f"Invalid model_inputs[{key!r}]: bytes (an image) cannot be stored with a deferred task; "
+                "use deferrable=False for inputs that carry image bytes"
+            )
