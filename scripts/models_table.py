@@ -16,6 +16,63 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "models.md"
 sys.path.insert(0, str(ROOT))
 
+#: How to use ``model_inputs``: a section of its own, after the summary table (its samples run in tests/test_docs.py).
+USAGE = """## Using `model_inputs`
+
+Every model takes `prompt`, `aspect_ratio` and `person_generation` as the provider's own parameters. Anything
+else a model takes (a seed, a step count, a negative prompt, an output format, a reference image) goes in
+`model_inputs`, a dict checked against the model's schema below before any request is sent, and billed:
+
+```python
+from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+
+hook = CloudflareWorkersAIHook()
+image = hook.generate_image(
+    "A lighthouse at dawn, watercolour",
+    aspect_ratio="16:9",  # sent as width and height to models sized in pixels
+    model="@cf/leonardo/phoenix-1.0",
+    model_inputs={"negative_prompt": "text, watermark", "seed": 42},
+)
+print(image.model, image.width, image.height, image.media_type)
+```
+
+The operators, the trigger and `@task.imagen` take the same `model_inputs` (a templated dict on the operators;
+a `@task.imagen` function may also return it in its dict, laid over the decorator's):
+
+<!-- docs-test: in-dag -->
+```python
+from airflow_provider_imagen.operators import ImagenGenerateImageOperator
+
+poster = ImagenGenerateImageOperator(
+    task_id="poster",
+    prompt="A minimalist poster of a lighthouse",
+    aspect_ratio="21:9",  # Nano Banana takes 2:3, 3:2, 4:5, 5:4 and 21:9 besides Imagen's five
+    model="google/nano-banana",
+    fallback_models=["@cf/black-forest-labs/flux-1-schnell"],
+    model_inputs={"image_size": "2K", "output_format": "png", "steps": 4},
+    output_path="/tmp/posters/",
+)
+```
+
+What is checked, and when:
+
+- A literal `model_inputs` is checked when the DAG is parsed; a templated one when the task runs, before any
+  request. The error names the field, the model and what it allows, e.g.
+  `model_inputs['steps']: 99 is out of range for @cf/black-forest-labs/flux-1-schnell: allowed 1-8`.
+- In a fallback chain, each model is sent the inputs it takes; the log says which it left out
+  (`google/nano-banana takes no steps: left out of its request`). A field that no model of the chain takes is
+  refused as a typo would be. A value one fallback model refuses fails the task before the first model is paid.
+- `aspect_ratio` must suit every model of the chain; models of fixed size ignore it, and the log says so.
+- A model id not in this catalog is sent its `model_inputs` as given, unchecked; the log warns once per process.
+- Bytes (FLUX.2's `input_image_0`, a reference image) go as a multipart form. A trigger's arguments are stored as
+  JSON, so bytes cannot be deferred: with `deferrable=True` the triggerer's models are sent only the inputs they
+  take, and bytes among those are refused.
+- The inputs are part of what a retry recognises as "the same image" (durable records): changing a seed makes
+  a new image, retrying with the same seed reuses the one already paid for.
+- When Cloudflare says it does not serve a model (no longer, or never did), the error says so in plain words
+  and names models to try instead; a `fallback_models` chain moves on to the next model, as nothing was billed.
+"""
+
 from airflow_provider_imagen._cloudflare import catalog  # noqa: E402 - after the path is set
 
 
@@ -46,6 +103,7 @@ def models_table() -> str:
             f"| `{model.id}` | {model.vendor} | {model.body} | {model.output} | {model.image_format} | {size} "
             f"| {inputs} |"
         )
+    lines += ["", USAGE.rstrip("\n")]
     for model in catalog.TEXT_TO_IMAGE_MODELS.values():
         lines += ["", f"## {model.label} (`{model.id}`)", ""]
         if model.status:
