@@ -179,11 +179,12 @@ def check_literal_inputs(
     checked against the chain's models once the chain is literal (Nano Banana takes more ratios than Imagen).
     """
     literal = [value if _is_literal(value) else None for value in (prompt, aspect_ratio, person_generation)]
-    chain: tuple[str, ...] | None = None
+    chain: tuple[str, ...] | None = (IMAGEN_4,) if model is None else None  # None: the operators' default
     if _is_literal(model):
         check_model_id(model)
         if not _has_template(fallback_models):
             chain = model_chain(model, fallback_models)
+    # A templated chain: any ratio some model takes, until execute() knows the models.
     ratios = chain_aspect_ratios(chain) if chain is not None else catalog.SIZED_ASPECT_RATIOS
     problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2], ratios)
     if problems:
