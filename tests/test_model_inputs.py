@@ -327,3 +327,21 @@ def test_model_inputs_change_the_durable_fingerprint_and_nothing_else_does():
     one = fingerprint(FLUX2, "A fox", None, None, None, model_inputs={"input_image_0": PNG})
     other = fingerprint(FLUX2, "A fox", None, None, None, model_inputs={"input_image_0": PNG + b"\x00"})
     assert one != other
+
+
+def test_deferred_an_unserved_model_hands_over_to_the_workers_models(imagen_emulator, tmp_path):
+    from tests.test_durable import TaskInstance, run_trigger, single
+
+    imagen_emulator.inject("no_such_model", model=IMAGEN)
+    op = single(prompt="A lighthouse", fallback_models=[SCHNELL], model_inputs={"steps": 2}, output_path=f"{tmp_path}/")
+    op.deferrable = True
+    ti = TaskInstance()
+    with pytest.raises(task_deferred_class()) as deferred:
+        op.execute({"ti": ti})
+    assert deferred.value.trigger.model_inputs is None  # Imagen takes no steps: they stay for FLUX, on the worker
+    event = run_trigger(deferred.value.trigger)
+    assert event["status"] == "error" and "does not serve" in event["error"]["message"]
+
+    op.execute_complete({"ti": ti}, event)
+    assert ti.pushed["image"]["model"] == SCHNELL and sent(imagen_emulator, SCHNELL)[0]["steps"] == 2
+    assert imagen_emulator.generations == 1

@@ -136,12 +136,14 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         return self._finish(context, job, job.resume(job.items([self.prompt])[0], event["image"]))
 
     def _after_triggerer(self, context: Context, error: Exception) -> str | None:
-        from airflow_provider_imagen._cloudflare.fallback import passed_over, split_for_triggerer
+        from airflow_provider_imagen._cloudflare.fallback import is_unserved_error, passed_over, split_for_triggerer
         from airflow_provider_imagen._cloudflare.retry import is_unavailable
         from airflow_provider_imagen._task.job import job_for
 
         on_worker = split_for_triggerer(model_chain(self.model, self.fallback_models))[1]
-        if not on_worker or not isinstance(error, CloudflareWorkersAIError) or not is_unavailable(error):
+        if not on_worker or not isinstance(error, CloudflareWorkersAIError):
+            raise error
+        if not (is_unavailable(error) or is_unserved_error(error)):  # nothing ran: the worker's models may serve
             raise error
         job = job_for(self, context)
         (item,) = job.items([self.prompt])
