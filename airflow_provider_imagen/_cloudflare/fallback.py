@@ -35,7 +35,12 @@ from airflow_provider_imagen._cloudflare.catalog_inputs import (
     request_input,
 )
 from airflow_provider_imagen._cloudflare.retry import is_unavailable
-from airflow_provider_imagen._cloudflare.rules import chain_aspect_ratios, first_bytes_model, imagen_input_problems
+from airflow_provider_imagen._cloudflare.rules import (
+    chain_aspect_ratios,
+    check_aspect_ratio,
+    first_bytes_model,
+    imagen_input_problems,
+)
 from airflow_provider_imagen.exceptions import InvalidInputError
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, ImagenInput, SkippedModel
 
@@ -279,6 +284,28 @@ def prepare_call(
     bodies = chain_inputs(chain, image_input.prompt, aspect_ratio, person_generation, model_inputs)
     log_notes(log, chain, aspect_ratio, person_generation, model_inputs, logged)
     return image_input, bodies
+
+
+def prepare_batch(
+    inputs: list[ImagenInput],
+    aspect_ratio: Any,
+    chain: tuple[str, ...],
+    model_inputs: Any,
+    log: Any,
+    logged: set[str] | None = None,
+) -> tuple[list[ImagenInput], list[dict[str, dict[str, Any]]]]:
+    """
+    Check a batch's input for every model of its chain; return each prompt's input and bodies (:func:`prepare_call`).
+
+    :param inputs: the batch's prompts, parsed without an aspect ratio (checked here, per model).
+    :raises InvalidInputError: before any request, naming each bad field.
+    """
+    check_aspect_ratio(aspect_ratio, chain)  # per model: Nano Banana takes more ratios than Imagen
+    inputs = [image.model_copy(update={"aspect_ratio": aspect_ratio}) for image in inputs]
+    people = inputs[0].person_generation if inputs else None
+    bodies = [chain_inputs(chain, image.prompt, aspect_ratio, people, model_inputs) for image in inputs]
+    log_notes(log, chain, aspect_ratio, people, model_inputs, logged)
+    return inputs, bodies
 
 
 def log_notes(

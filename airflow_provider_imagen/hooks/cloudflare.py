@@ -16,14 +16,13 @@ from airflow_provider_imagen._cloudflare.clients import shared_async_clients
 from airflow_provider_imagen._cloudflare.fallback import (
     ModelWalk,
     UnavailableModels,
-    chain_inputs,
-    log_notes,
+    prepare_batch,
     prepare_call,
 )
 from airflow_provider_imagen._cloudflare.pacing import pacer_for
 from airflow_provider_imagen._cloudflare.response import image_from_result, parse_response
 from airflow_provider_imagen._cloudflare.retry import CallRecord, annotate, is_idempotent, retry_policy
-from airflow_provider_imagen._cloudflare.rules import check_aspect_ratio, model_chain, returns_bytes
+from airflow_provider_imagen._cloudflare.rules import model_chain, returns_bytes
 from airflow_provider_imagen._cloudflare.settings import ConnectionSettings, aread_settings, check_hook_arguments
 from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy, transport_error
 from airflow_provider_imagen._cloudflare.verify import check_connection
@@ -309,10 +308,8 @@ class CloudflareWorkersAIHook(BaseHook):
             goes on with models that answer in bytes): the last model's capacity is then spent with its retries.
         """
         chain = model_chain(model, fallback_models)
-        image_input, bodies = prepare_call(
-            prompt, aspect_ratio, person_generation, chain, model_inputs, self.log, self._logged
-        )
-        return await self._agenerate(image_input, bodies, model, fallback_models, gateway_options, fallback_follows)
+        prepared = prepare_call(prompt, aspect_ratio, person_generation, chain, model_inputs, self.log, self._logged)
+        return await self._agenerate(*prepared, model, fallback_models, gateway_options, fallback_follows)
 
     async def _agenerate(
         self,
@@ -363,11 +360,8 @@ class CloudflareWorkersAIHook(BaseHook):
         :return: a :class:`GeneratedImage` or a :class:`CloudflareWorkersAIError` per prompt, in order.
         """
         chain = model_chain(model, fallback_models)
-        check_aspect_ratio(aspect_ratio, chain)  # per model: Nano Banana takes more ratios than Imagen
         inputs, options = ImagenInput.parse_batch(prompts, None, person_generation, gateway_options, max_concurrency)
-        inputs = [image.model_copy(update={"aspect_ratio": aspect_ratio}) for image in inputs]
-        bodies = [chain_inputs(chain, image.prompt, aspect_ratio, person_generation, model_inputs) for image in inputs]
-        log_notes(self.log, chain, aspect_ratio, person_generation, model_inputs, self._logged)
+        inputs, bodies = prepare_batch(inputs, aspect_ratio, chain, model_inputs, self.log, self._logged)
 
         async def one(index: int) -> GeneratedImage | CloudflareWorkersAIError:
             return await self._agenerate(inputs[index], bodies[index], model, fallback_models, options)
