@@ -337,11 +337,11 @@ def _sniff(data: bytes) -> str | None:
 
 def _run(api, model: str, body: dict):
     """POST ``body`` to ``model`` the way the catalog says it takes it: in the body, in the path, or as a form."""
-    from airflow_provider_imagen._cloudflare import catalog
+    from airflow_provider_imagen._cloudflare import catalog, catalog_inputs
 
     spec = catalog.TEXT_TO_IMAGE_MODELS[model]
     if spec.body == "multipart":
-        return api.post(f"/ai/run/{model}", files=catalog.multipart_fields(model, body))
+        return api.post(f"/ai/run/{model}", files=catalog_inputs.multipart_fields(model, body))
     if spec.route == "proxied":
         return api.post("/ai/run", json={"model": model, "input": body})
     return api.post(f"/ai/run/{model}", json=body)
@@ -492,7 +492,7 @@ def test_an_unknown_model_gets_cloudflares_no_such_model_error(imagen_emulator, 
 )
 def test_the_catalog_and_the_emulator_agree_on_what_a_model_takes(imagen_emulator, api, model, inputs):
     # Two readings of the same published schema, by separate code: each checks the other.
-    from airflow_provider_imagen._cloudflare.catalog import check_model_inputs
+    from airflow_provider_imagen._cloudflare.catalog_inputs import check_model_inputs
 
     imagen_emulator.configure(strict_inputs=True)
     try:

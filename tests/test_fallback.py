@@ -56,12 +56,11 @@ UNAVAILABLE = {
     "unavailable": None,  # a plain 503
 }
 #: Everything else is final: the next model would get the same input and token, or pay for an image again.
+#: (A model Cloudflare does not serve, ``no_such_model`` and ``invalid_model``, moves on: tests/test_model_inputs.py.)
 FINAL = [
     "invalid_data",
     "input_error",
     "too_large",
-    "no_such_model",
-    "invalid_model",
     "auth",
     "provider_auth",
     "daily_limit",

@@ -40,6 +40,7 @@ def test_templated_values_are_left_for_execute():
         "model",
         "fallback_models",
         "gateway_options",
+        "model_inputs",
         "output_path",
     )
     op.render_template_fields({"params": {"p": "a cat", "r": "16:9"}})

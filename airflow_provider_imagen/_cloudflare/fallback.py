@@ -3,7 +3,8 @@ Model fallback: when a model cannot serve now, the next model of the call's chai
 
 A model is passed over only for an error that says it is unavailable once its retries are spent
 (:func:`.retry.is_unavailable`): out of capacity or throttled, ``provider_unavailable``, HTTP 503, or not
-available via unified billing. Any other error fails the call at once: the next model would
+available via unified billing; or once Cloudflare says it does not serve the model (:func:`is_unserved_error`,
+nothing ran). Any other error fails the call at once: the next model would
 get the same input and the same token, and a request whose outcome is unknown may have made a billed image
 that a second model would be paid to make again.
 
@@ -12,6 +13,8 @@ that a second model would be paid to make again.
   limit (we send too fast) are paced as always, and fall back only once that budget is spent.
 - Every model after the first gets its own AI Gateway cache key (the call's key and the model's digest), so no
   model is ever answered with another model's cached image.
+- The models of a chain take different inputs: :func:`chain_inputs` gives each its own request body, every one
+  checked before the first request, and :func:`chain_notes` what to log about the fields each model left out.
 - A hook remembers for :data:`UNAVAILABLE_SECONDS` the models it found unavailable, so the other prompts of a
   batch skip them without a request. The chain's last model is always tried.
 """
@@ -23,12 +26,26 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagen._cloudflare.catalog import RESERVED_INPUTS, TEXT_TO_IMAGE_MODELS, is_cataloged, is_unserved
+from airflow_provider_imagen._cloudflare.catalog_inputs import (
+    as_mapping,
+    check_model_inputs,
+    fit_inputs_for,
+    ignored_parameters,
+    request_input,
+)
 from airflow_provider_imagen._cloudflare.retry import is_unavailable
-from airflow_provider_imagen._cloudflare.rules import first_bytes_model
-from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, SkippedModel
+from airflow_provider_imagen._cloudflare.rules import (
+    chain_aspect_ratios,
+    check_aspect_ratio,
+    first_bytes_model,
+    imagen_input_problems,
+)
+from airflow_provider_imagen.exceptions import InvalidInputError
+from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, ImagenInput, SkippedModel
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
 
@@ -101,18 +118,26 @@ class ModelWalk:
 
         Otherwise re-raise ``err``, listing the models passed over before it.
         """
-        if last or not is_unavailable(err):
+        if last or not (is_unavailable(err) or is_unserved_error(err)):
             raise err.replace(skipped_models=[skipped.model_dump(mode="json") for skipped in self.skipped])
         skipped = skipped_from(model, err)
         self.skipped.append(skipped)
         self.unavailable.note([skipped])
-        self.log.warning(
-            "%s is unavailable after %d attempt(s) (%s): falling back", model, err.attempts, skipped.reason
-        )
+        why = "is not served by Cloudflare" if is_unserved_error(err) else "is unavailable"
+        self.log.warning("%s %s after %d attempt(s) (%s): falling back", model, why, err.attempts, skipped.reason)
 
     def made(self, image: GeneratedImage) -> GeneratedImage:
         """Return the image, noting the models passed over before the one that made it."""
         return image.model_copy(update={"skipped_models": tuple(self.skipped)}) if self.skipped else image
+
+
+def is_unserved_error(err: CloudflareWorkersAIError) -> bool:
+    """
+    Tell whether ``err`` says Cloudflare does not serve the model (no longer, or never did).
+
+    Nothing ran and nothing was billed, so the next model of the chain may serve, as after an unavailable one.
+    """
+    return not err.maybe_billed and is_unserved(err.status_code, err.code, err.message)
 
 
 def cache_key_for(options: GatewayOptions | None, model: str, *, first: bool) -> GatewayOptions | None:
@@ -154,3 +179,159 @@ def with_earlier(earlier: Sequence[SkippedModel], later: Sequence[SkippedModel])
     """``later``, each model that ``earlier`` also passed over told as ``earlier`` saw it (with its attempts)."""
     known = {skipped.model: skipped for skipped in earlier}
     return tuple(known.get(skipped.model, skipped) for skipped in later)
+
+
+#: Models outside the catalog already warned about in this process: the warning is said once.
+_WARNED_UNCATALOGED: set[str] = set()
+
+
+def chain_inputs(
+    chain: Sequence[str],
+    prompt: str,
+    aspect_ratio: str | None,
+    person_generation: str | None,
+    model_inputs: Mapping[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """
+    Return the ``input`` object each model of ``chain`` is sent, every model checked before the first request.
+
+    A field some model of the chain takes is dropped for the others (see :func:`chain_notes`); a field no model
+    of the chain takes is refused, as a typo would be, unless a model outside the catalog (unchecked) may take it.
+
+    :param chain: the models of one call, in order.
+    :param prompt: what to draw.
+    :param aspect_ratio: the call's aspect ratio.
+    :param person_generation: the call's person generation setting.
+    :param model_inputs: the call's model inputs.
+    :raises InvalidInputError: naming the field, the model and what it allows.
+    """
+    inputs = as_mapping(model_inputs, "model_inputs")
+    if all(is_cataloged(model) for model in chain):
+        taken = {name for model in chain for name in TEXT_TO_IMAGE_MODELS[model].fields}
+        unknown = {key: value for key, value in inputs.items() if key not in taken and key not in RESERVED_INPUTS}
+        if unknown:
+            check_model_inputs(chain[0], unknown)  # raises, saying what the first model takes
+    bodies = {}
+    for model in chain:
+        kept, _ = fit_inputs_for(model, inputs)
+        bodies[model] = request_input(model, prompt, aspect_ratio, person_generation, kept)
+    return bodies
+
+
+def chain_notes(
+    chain: Sequence[str],
+    aspect_ratio: str | None,
+    person_generation: str | None,
+    model_inputs: Mapping[str, Any] | None,
+) -> list[tuple[str, str]]:
+    """
+    Return what the caller should log about a chain, as ``(level, message)`` pairs.
+
+    Which fields each model drops, which provider parameters it ignores, and (once per process) that a model is
+    outside the catalog, so its inputs go unchecked.
+
+    :param chain: the models of one call, in order.
+    :param aspect_ratio: the call's aspect ratio.
+    :param person_generation: the call's person generation setting.
+    :param model_inputs: the call's model inputs (already checked by :func:`chain_inputs`).
+    """
+    inputs = as_mapping(model_inputs, "model_inputs")
+    notes: list[tuple[str, str]] = []
+    for model in chain:
+        if not is_cataloged(model):
+            if model not in _WARNED_UNCATALOGED:
+                _WARNED_UNCATALOGED.add(model)
+                notes.append(
+                    (
+                        "warning",
+                        f"{model} is not in the provider's catalog of text-to-image models (docs/models.md, "
+                        f"e.g. {', '.join(list(TEXT_TO_IMAGE_MODELS)[:3])}): its model_inputs are sent unchecked",
+                    )
+                )
+            continue
+        _, dropped = fit_inputs_for(model, inputs)
+        if dropped:
+            notes.append(("info", f"{model} takes no {', '.join(dropped)}: left out of its request"))
+        ignored = ignored_parameters(model, aspect_ratio, person_generation)
+        if ignored:
+            notes.append(("info", f"{model} cannot honour {' or '.join(ignored)}: left out of its request"))
+    return notes
+
+
+def prepare_call(
+    prompt: Any,
+    aspect_ratio: Any,
+    person_generation: Any,
+    chain: tuple[str, ...],
+    model_inputs: Any,
+    log: Any,
+    logged: set[str] | None = None,
+) -> tuple[ImagenInput, dict[str, dict[str, Any]]]:
+    """
+    Check one call's input for every model of its chain, and return the body each model is sent.
+
+    The aspect ratio is checked against the chain's models (Nano Banana takes more ratios than Imagen), in the words
+    :class:`~airflow_provider_imagen.models.ImagenInput` uses; what each model leaves out is logged.
+
+    :param logged: notes already logged (by the hook, for the other prompts of a batch): not logged again.
+    :raises InvalidInputError: before any request, naming each bad field.
+    """
+    problems = imagen_input_problems(prompt, aspect_ratio, person_generation, chain_aspect_ratios(chain))
+    if problems:
+        raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
+    image_input = ImagenInput.parse(prompt=prompt, person_generation=person_generation)
+    image_input = image_input.model_copy(update={"aspect_ratio": aspect_ratio})
+    bodies = chain_inputs(chain, image_input.prompt, aspect_ratio, person_generation, model_inputs)
+    log_notes(log, chain, aspect_ratio, person_generation, model_inputs, logged)
+    return image_input, bodies
+
+
+def prepare_batch(
+    inputs: list[ImagenInput],
+    aspect_ratio: Any,
+    chain: tuple[str, ...],
+    model_inputs: Any,
+    log: Any,
+    logged: set[str] | None = None,
+) -> tuple[list[ImagenInput], list[dict[str, dict[str, Any]]]]:
+    """
+    Check a batch's input for every model of its chain; return each prompt's input and bodies (:func:`prepare_call`).
+
+    :param inputs: the batch's prompts, parsed without an aspect ratio (checked here, per model).
+    :raises InvalidInputError: before any request, naming each bad field.
+    """
+    check_aspect_ratio(aspect_ratio, chain)  # per model: Nano Banana takes more ratios than Imagen
+    inputs = [image.model_copy(update={"aspect_ratio": aspect_ratio}) for image in inputs]
+    people = inputs[0].person_generation if inputs else None
+    bodies = [chain_inputs(chain, image.prompt, aspect_ratio, people, model_inputs) for image in inputs]
+    log_notes(log, chain, aspect_ratio, people, model_inputs, logged)
+    return inputs, bodies
+
+
+def log_notes(
+    log: Any,
+    chain: tuple[str, ...],
+    aspect_ratio: Any,
+    person_generation: Any,
+    model_inputs: Any,
+    logged: set[str] | None = None,
+) -> None:
+    """Log what each model of ``chain`` leaves out of its request (:func:`chain_notes`), each note once."""
+    for level, note in chain_notes(chain, aspect_ratio, person_generation, model_inputs):
+        if logged is None or note not in logged:
+            (log.warning if level == "warning" else log.info)("%s", note)
+            if logged is not None:
+                logged.add(note)
+
+
+def inputs_taken_by(chain: tuple[str, ...], model_inputs: Any) -> Any:
+    """
+    Return the part of ``model_inputs`` some model of ``chain`` takes (all of it if one is outside the catalog).
+
+    For a trigger, which tries the chain's first models only: the rest go to the models the task tries after it.
+    Anything but a mapping is returned as it is, for the checks to refuse.
+    """
+    if not isinstance(model_inputs, dict) or not all(is_cataloged(model) for model in chain):
+        return model_inputs
+    taken = {name for model in chain for name in TEXT_TO_IMAGE_MODELS[model].fields}
+    return {key: value for key, value in model_inputs.items() if key in taken or key in RESERVED_INPUTS} or None

@@ -12,11 +12,12 @@ import email.utils
 import json
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import ValidationError
 
+from airflow_provider_imagen._cloudflare import catalog
 from airflow_provider_imagen.constants import IMAGE_SIZES, IMAGEN_4
 from airflow_provider_imagen.exceptions import (
     CloudflareAuthenticationError,
@@ -38,6 +39,9 @@ from airflow_provider_imagen.models import (
     RunResult,
     V4Envelope,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # --- Error answers -----------------------------------------------------------------------------------
 
@@ -146,8 +150,18 @@ def parse_response(response: httpx.Response, model: str) -> RunResult:
     """
     Turn one HTTP response into a :class:`RunResult`, or raise the matching error.
 
-    ``state`` other than ``Completed`` and ``success: false`` are errors even on HTTP 200.
+    ``state`` other than ``Completed`` and ``success: false`` are errors even on HTTP 200. A model Cloudflare does not
+    serve is said in plain words, with the catalog's alternatives (:func:`.catalog.unserved_message`).
     """
+    try:
+        return _parse_response(response, model)
+    except CloudflareBadRequestError as err:
+        if not catalog.is_unserved(err.status_code, err.code, err.message):
+            raise
+        raise CloudflareBadRequestError(catalog.unserved_message(model, err.message), **err.fields()) from err
+
+
+def _parse_response(response: httpx.Response, model: str) -> RunResult:
     status = response.status_code
     body = response.content
     retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -293,10 +307,16 @@ def _reason(status: int) -> str:
         return f"HTTP {status}"
 
 
-def image_from_result(result: RunResult, image_input: ImagenInput) -> GeneratedImage:
+def image_from_result(
+    result: RunResult, image_input: ImagenInput, sent: Mapping[str, Any] | None = None
+) -> GeneratedImage:
     """
     Return the image a text-to-image call returned: a URL (Imagen), raw bytes (SDXL) or base64 (flux).
 
+    :param result: the parsed answer.
+    :param image_input: the call's provider parameters.
+    :param sent: the ``input`` object the request sent: its ``width`` and ``height``, or the model's fixed size
+        (:mod:`~airflow_provider_imagen._cloudflare.catalog`), are the image's.
     :raises ImageGenerationFailedError: when the answer was a success but held no image.
     """
     url: str | None = None
@@ -311,6 +331,12 @@ def image_from_result(result: RunResult, image_input: ImagenInput) -> GeneratedI
             attempts=max(result.attempts, 1),
         )
     size = IMAGE_SIZES.get(image_input.aspect_ratio or "") if result.model == IMAGEN_4 else None
+    spec = catalog.TEXT_TO_IMAGE_MODELS.get(result.model)
+    width, height = (sent or {}).get("width"), (sent or {}).get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        size = (width, height)
+    elif spec is not None and spec.fixed_size is not None:
+        size = spec.fixed_size
     return GeneratedImage(
         model=result.model,
         prompt=image_input.prompt,

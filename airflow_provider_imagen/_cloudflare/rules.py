@@ -8,8 +8,10 @@ a value gets the same words wherever it is checked. Cheap to import: no pydantic
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from airflow_provider_imagen._cloudflare import catalog
 from airflow_provider_imagen.constants import (
     ASPECT_RATIOS,
     CLOUDFLARE_MODEL_PREFIXES,
@@ -55,11 +57,17 @@ def choice_problem(value: Any, allowed: tuple[str, ...]) -> str | None:
     return f"must be one of {', '.join(allowed)} (got {shown(value)})"
 
 
-def imagen_input_problems(prompt: Any, aspect_ratio: Any, person_generation: Any) -> list[str]:
-    """Every problem of an Imagen input, one ``field: problem`` line each."""
+def imagen_input_problems(
+    prompt: Any, aspect_ratio: Any, person_generation: Any, aspect_ratios: tuple[str, ...] = ASPECT_RATIOS
+) -> list[str]:
+    """
+    Return every problem of an Imagen input, one ``field: problem`` line each.
+
+    :param aspect_ratios: the ratios the call's models take (:func:`chain_aspect_ratios`); Imagen's by default.
+    """
     problems = [
         ("prompt", prompt_problem(prompt)),
-        ("aspect_ratio", choice_problem(aspect_ratio, ASPECT_RATIOS)),
+        ("aspect_ratio", choice_problem(aspect_ratio, aspect_ratios)),
         ("person_generation", choice_problem(person_generation, PERSON_GENERATION)),
     ]
     return [f"{name}: {problem}" for name, problem in problems if problem]
@@ -111,6 +119,28 @@ def model_chain(model: Any, fallback_models: Any) -> tuple[str, ...]:
     return tuple(chain)
 
 
+def chain_aspect_ratios(chain: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    Return the aspect ratios every model of ``chain`` takes, in the first model's order.
+
+    A cataloged model takes its own (:func:`.catalog.aspect_ratios_for`: Nano Banana takes more than Imagen); a model
+    outside the catalog, Imagen's.
+    """
+    allowed = [catalog.aspect_ratios_for(model) or ASPECT_RATIOS for model in chain]
+    return tuple(ratio for ratio in allowed[0] if all(ratio in other for other in allowed[1:]))
+
+
+def check_aspect_ratio(aspect_ratio: Any, chain: tuple[str, ...]) -> None:
+    """
+    Check ``aspect_ratio`` against the models of ``chain`` (``None`` means the model's default).
+
+    :raises InvalidInputError: naming the ratios every model of the chain takes.
+    """
+    problem = choice_problem(aspect_ratio, chain_aspect_ratios(chain))
+    if problem:
+        raise InvalidInputError(f"Invalid Imagen input: aspect_ratio: {problem}")
+
+
 def returns_bytes(model: str) -> bool:
     """Cloudflare's own text-to-image models answer with image bytes or base64, not a URL."""
     return model.startswith(CLOUDFLARE_MODEL_PREFIXES)
@@ -135,27 +165,51 @@ def _is_literal(value: object) -> bool:
 
 
 def check_literal_inputs(
-    prompt: object, aspect_ratio: object, person_generation: object, model: object, fallback_models: object = None
+    prompt: object,
+    aspect_ratio: object,
+    person_generation: object,
+    model: object,
+    fallback_models: object = None,
+    model_inputs: object = None,
 ) -> None:
     """
     Reject plainly wrong literal arguments when the DAG is parsed, long before a run.
 
-    The words are the same as a rendered value gets in ``execute()``.
+    The words are the same as a rendered value gets in ``execute()``. ``aspect_ratio`` and ``model_inputs`` are
+    checked against the chain's models once the chain is literal (Nano Banana takes more ratios than Imagen).
     """
     literal = [value if _is_literal(value) else None for value in (prompt, aspect_ratio, person_generation)]
-    problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2])
-    if problems:
-        raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
+    chain: tuple[str, ...] | None = (IMAGEN_4,) if model is None else None  # None: the operators' default
     if _is_literal(model):
         check_model_id(model)
-        if fallback_models is not None and not _has_template(fallback_models):
-            model_chain(model, fallback_models)
+        if not _has_template(fallback_models):
+            chain = model_chain(model, fallback_models)
+    # A templated chain: any ratio some model takes, until execute() knows the models.
+    ratios = chain_aspect_ratios(chain) if chain is not None else catalog.SIZED_ASPECT_RATIOS
+    problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2], ratios)
+    if problems:
+        raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
+    if chain is not None and _is_literal_mapping(model_inputs):
+        from airflow_provider_imagen._cloudflare.fallback import chain_inputs
+
+        chain_inputs(chain, "-", literal[1], literal[2], model_inputs)  # type: ignore[arg-type]
+
+
+def _is_literal_mapping(value: object) -> bool:
+    """Tell whether ``value`` is a mapping (or ``None``) whose keys and values no template will change."""
+    if value is None:
+        return True
+    if not isinstance(value, Mapping):
+        return not _has_template(value)  # a non-mapping is refused by the check, naming the field
+    return not any(_has_template(key) or _has_template(item) for key, item in value.items())
 
 
 def _has_template(value: object) -> bool:
-    """Whether a template (a string or a list of strings) may still change when rendered."""
+    """Tell whether a template (a string, or a list or mapping holding one) may still change when rendered."""
     if isinstance(value, (list, tuple)):
         return any(_has_template(item) for item in value)
+    if isinstance(value, Mapping):
+        return any(_has_template(key) or _has_template(item) for key, item in value.items())
     return isinstance(value, str) and not _is_literal(value)
 
 

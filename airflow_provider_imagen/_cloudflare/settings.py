@@ -158,10 +158,13 @@ class ConnectionSettings:
 
         Unless ``options`` name a ``cache_key`` or ``skip_cache``, it carries a fresh cache key, the same for every
         attempt of this call, so that a re-send after a lost answer gets the cached answer instead of a second
-        generation.
+        generation. A model that takes a multipart form (:func:`~airflow_provider_imagen._cloudflare.catalog.body_form`)
+        gets ``input`` as form fields, bytes as files; every other model, JSON.
         """
         import uuid
 
+        from airflow_provider_imagen._cloudflare import catalog
+        from airflow_provider_imagen._cloudflare.catalog_inputs import multipart_fields
         from airflow_provider_imagen._cloudflare.rules import returns_bytes
 
         url = self.run_url(model)  # checks the model id
@@ -171,6 +174,9 @@ class ConnectionSettings:
         if options is None or (options.cache_key is None and not options.skip_cache):
             headers["cf-aig-cache-key"] = f"airflow-imagen-{uuid.uuid4().hex}"
             headers.setdefault("cf-aig-cache-ttl", str(RESEND_CACHE_TTL))
+        if catalog.body_form(model) == "multipart":
+            # FLUX.2 takes a form even for a prompt alone; httpx sets the Content-Type with its boundary.
+            return client.build_request("POST", url, files=multipart_fields(model, input), headers=headers)
         body = dict(input) if returns_bytes(model) else {"model": model, "input": dict(input)}
         return client.build_request("POST", url, json=body, headers=headers)
 

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_imagen.models import GatewayOptions, GeneratedImage
@@ -50,13 +52,15 @@ def fingerprint(
     person_generation: str | None,
     gateway_options: GatewayOptions | None,
     fallback_models: tuple[str, ...] = (),
+    model_inputs: Mapping[str, Any] | None = None,
 ) -> str:
     """
     Digest every input that changes the image: a re-rendered template or an edited DAG gets a new one.
 
     Of the gateway options only ``gateway_id`` and ``cache_key`` can change the answer (another gateway, another
     cached answer); TTLs, metadata, timeouts and logging cannot. The fallback models count too (the image may be
-    theirs).
+    theirs), and so do the model's own inputs (a seed, a step count, a reference image's bytes, by digest); none
+    leaves the digest of a request without them as it was.
     """
     options = gateway_options
     payload: dict[str, Any] = {
@@ -68,7 +72,18 @@ def fingerprint(
         "cache_key": options.cache_key if options is not None else None,
         "fallback_models": list(fallback_models),
     }
+    if model_inputs:
+        payload["model_inputs"] = {key: _digestible(value) for key, value in model_inputs.items()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _digestible(value: Any) -> Any:
+    """Return ``value`` as JSON can hold it: bytes (a reference image) by their digest."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "sha256:" + hashlib.sha256(bytes(value)).hexdigest()
+    if isinstance(value, (list, tuple)):
+        return [_digestible(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)

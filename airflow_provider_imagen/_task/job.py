@@ -20,7 +20,7 @@ from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, ImageDo
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, SkippedModel
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from airflow.sdk import Context
 
@@ -70,6 +70,7 @@ class ImageJob:
     :param store: stores one image (the item's index, or ``None`` for a single image) and returns its URI.
     :param log: the operator's logger.
     :param max_images: the most images all tries of this request may generate, or ``None``.
+    :param model_inputs: the model's own inputs (:mod:`~airflow_provider_imagen._cloudflare.catalog_inputs`).
     """
 
     def __init__(
@@ -85,8 +86,10 @@ class ImageJob:
         log: Any,
         max_images: int | None = None,
         fallback_models: tuple[str, ...] = (),
+        model_inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self.ledger = ledger
+        self.model_inputs = model_inputs
         self.model = model
         self.fallback_models = fallback_models
         self.aspect_ratio = aspect_ratio
@@ -108,7 +111,7 @@ class ImageJob:
         items = []
         inputs = (self.aspect_ratio, self.person_generation, self.gateway_options, self.fallback_models)
         for index, prompt in enumerate(prompts):
-            digest = fingerprint(self.model, prompt, *inputs)
+            digest = fingerprint(self.model, prompt, *inputs, model_inputs=self.model_inputs)
             items.append(Item(index, prompt, digest, seen.get(digest, 0)))
             seen[digest] = seen.get(digest, 0) + 1
         return items
@@ -194,6 +197,7 @@ class ImageJob:
             "model": self.model,
             "fallback_models": self.fallback_models,
             "gateway_options": self.options_for(item, regenerations),
+            "model_inputs": self.model_inputs,
         }
 
     def check_budget(self, needed: int, *, reserve: bool = False) -> None:
@@ -399,6 +403,7 @@ def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | No
         store=store,
         log=operator.log,
         max_images=max_images,
+        model_inputs=unset_if_empty(operator.model_inputs),
     )
 
 

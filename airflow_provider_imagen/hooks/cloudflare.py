@@ -13,7 +13,12 @@ from tenacity import AsyncRetrying, Retrying
 from airflow_provider_imagen._cloudflare import settings as connection
 from airflow_provider_imagen._cloudflare.batch import run_each
 from airflow_provider_imagen._cloudflare.clients import shared_async_clients
-from airflow_provider_imagen._cloudflare.fallback import ModelWalk, UnavailableModels
+from airflow_provider_imagen._cloudflare.fallback import (
+    ModelWalk,
+    UnavailableModels,
+    prepare_batch,
+    prepare_call,
+)
 from airflow_provider_imagen._cloudflare.pacing import pacer_for
 from airflow_provider_imagen._cloudflare.response import image_from_result, parse_response
 from airflow_provider_imagen._cloudflare.retry import CallRecord, annotate, is_idempotent, retry_policy
@@ -88,6 +93,8 @@ class CloudflareWorkersAIHook(BaseHook):
         #: Models this hook found unavailable lately: its later calls skip them for a while
         #: (:mod:`~airflow_provider_imagen._cloudflare.fallback`).
         self.unavailable_models = UnavailableModels()
+        #: What this hook logged about its calls' model inputs: a batch's prompts do not log it again.
+        self._logged: set[str] = set()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cloudflare_conn_id={self.cloudflare_conn_id!r})"
@@ -248,28 +255,36 @@ class CloudflareWorkersAIHook(BaseHook):
         model: str = IMAGEN_4,
         fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
+        model_inputs: Mapping[str, Any] | None = None,
     ) -> GeneratedImage:
         """
         Generate one image.
 
         :param prompt: what to draw.
-        :param aspect_ratio: ``1:1``, ``3:4``, ``4:3``, ``9:16`` or ``16:9``.
+        :param aspect_ratio: ``1:1``, ``3:4``, ``4:3``, ``9:16`` or ``16:9``; some models take more (Nano Banana:
+            ``2:3``, ``3:2``, ``4:5``, ``5:4``, ``21:9``; see ``docs/models.md``).
         :param person_generation: ``dont_allow``, ``allow_adult`` or ``allow_all``.
         :param model: the text-to-image model; Imagen 4 unless told otherwise.
         :param fallback_models: models to try in turn when the one before is unavailable once its retries are
             spent (see :mod:`~airflow_provider_imagen._cloudflare.fallback`); never after an input, credentials or
             unknown-outcome error.
         :param gateway_options: AI Gateway options, as for :meth:`run`.
+        :param model_inputs: the model's own inputs, such as ``{"seed": 42, "steps": 4}``, checked against its
+            schema in the catalog (``docs/models.md``) before any request; a fallback model that does not take one
+            is sent the others (the log says which it left out).
         :return: the image: ``.url`` for Imagen, ``.data`` for models that return bytes; ``.model`` names the
             model that made it, ``.skipped_models`` those passed over and why.
         :raises InvalidInputError: before any request, naming the bad field and what is allowed.
         """
-        image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
+        chain = model_chain(model, fallback_models)
+        image_input, bodies = prepare_call(
+            prompt, aspect_ratio, person_generation, chain, model_inputs, self.log, self._logged
+        )
         walk = self._walk(model, fallback_models, gateway_options)
         for candidate, options, last in walk.steps():
             try:
-                result = self._run(candidate, image_input.to_request(), options, not last)
-                return walk.made(image_from_result(result, image_input))
+                result = self._run(candidate, bodies[candidate], options, not last)
+                return walk.made(image_from_result(result, image_input, bodies[candidate]))
             except CloudflareWorkersAIError as err:
                 walk.failed(candidate, err, last)  # re-raises unless the next model may make it
         raise AssertionError("unreachable: the chain's last model re-raises its error")
@@ -283,6 +298,7 @@ class CloudflareWorkersAIHook(BaseHook):
         model: str = IMAGEN_4,
         fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
+        model_inputs: Mapping[str, Any] | None = None,
         fallback_follows: bool = False,
     ) -> GeneratedImage:
         """
@@ -291,12 +307,24 @@ class CloudflareWorkersAIHook(BaseHook):
         :param fallback_follows: the caller tries more models if these are unavailable (a trigger, whose task
             goes on with models that answer in bytes): the last model's capacity is then spent with its retries.
         """
-        image_input = ImagenInput.parse(prompt=prompt, aspect_ratio=aspect_ratio, person_generation=person_generation)
+        chain = model_chain(model, fallback_models)
+        prepared = prepare_call(prompt, aspect_ratio, person_generation, chain, model_inputs, self.log, self._logged)
+        return await self._agenerate(*prepared, model, fallback_models, gateway_options, fallback_follows)
+
+    async def _agenerate(
+        self,
+        image_input: ImagenInput,
+        bodies: Mapping[str, Mapping[str, Any]],
+        model: str,
+        fallback_models: Sequence[str] | None,
+        gateway_options: Any,
+        fallback_follows: bool = False,
+    ) -> GeneratedImage:
         walk = self._walk(model, fallback_models, gateway_options)
         for candidate, options, last in walk.steps():
             try:
-                result = await self._arun(candidate, image_input.to_request(), options, not last or fallback_follows)
-                return walk.made(image_from_result(result, image_input))
+                result = await self._arun(candidate, bodies[candidate], options, not last or fallback_follows)
+                return walk.made(image_from_result(result, image_input, bodies[candidate]))
             except CloudflareWorkersAIError as err:
                 walk.failed(candidate, err, last)
         raise AssertionError("unreachable: the chain's last model re-raises its error")
@@ -311,6 +339,7 @@ class CloudflareWorkersAIHook(BaseHook):
         fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
         max_concurrency: int = 8,
+        model_inputs: Mapping[str, Any] | None = None,
     ) -> list[GeneratedImage | CloudflareWorkersAIError]:
         """
         Generate one image per prompt, at most ``max_concurrency`` at a time, over one connection pool.
@@ -327,19 +356,17 @@ class CloudflareWorkersAIHook(BaseHook):
         :param gateway_options: AI Gateway options, as for :meth:`run`; a ``cache_key`` given here would make
             every prompt share one cached answer, so it is refused.
         :param max_concurrency: how many requests may be in flight at once (1..1000).
+        :param model_inputs: shared by every image, as for :meth:`generate_image`.
         :return: a :class:`GeneratedImage` or a :class:`CloudflareWorkersAIError` per prompt, in order.
         """
-        inputs, options = ImagenInput.parse_batch(
-            prompts, aspect_ratio, person_generation, gateway_options, max_concurrency
-        )
-        model_chain(model, fallback_models)
+        chain = model_chain(model, fallback_models)
+        inputs, options = ImagenInput.parse_batch(prompts, None, person_generation, gateway_options, max_concurrency)
+        inputs, bodies = prepare_batch(inputs, aspect_ratio, chain, model_inputs, self.log, self._logged)
 
-        async def one(image: ImagenInput) -> GeneratedImage | CloudflareWorkersAIError:
-            return await self.agenerate_image(
-                **image.model_dump(), model=model, fallback_models=fallback_models, gateway_options=options
-            )
+        async def one(index: int) -> GeneratedImage | CloudflareWorkersAIError:
+            return await self._agenerate(inputs[index], bodies[index], model, fallback_models, options)
 
-        return await run_each(inputs, one, lambda _, err: err, max_concurrency)
+        return await run_each(list(range(len(inputs))), one, lambda _, err: err, max_concurrency)
 
     def generate_images(
         self,
@@ -351,6 +378,7 @@ class CloudflareWorkersAIHook(BaseHook):
         fallback_models: Sequence[str] | None = None,
         gateway_options: GatewayOptions | dict[str, Any] | None = None,
         max_concurrency: int = 8,
+        model_inputs: Mapping[str, Any] | None = None,
     ) -> list[GeneratedImage | CloudflareWorkersAIError]:
         """Do the same as :meth:`agenerate_images`, from synchronous code (runs its own event loop)."""
         # Read the connection here, synchronously: an async lookup cannot see a connection stored in the
@@ -364,6 +392,7 @@ class CloudflareWorkersAIHook(BaseHook):
             fallback_models=fallback_models,
             gateway_options=gateway_options,
             max_concurrency=max_concurrency,
+            model_inputs=model_inputs,
         )
 
         async def run_and_close() -> list[GeneratedImage | CloudflareWorkersAIError]:

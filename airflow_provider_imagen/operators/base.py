@@ -36,6 +36,11 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
         ``skipped_models`` why the others were passed over.
     :param gateway_options: AI Gateway options (templated dict): ``gateway_id``, ``cache_ttl``,
         ``skip_cache``, ``cache_key``, ``metadata``, ``request_timeout``, ``collect_log``.
+    :param model_inputs: the model's own inputs (templated dict), such as ``{"seed": 42, "steps": 8}`` for FLUX.1
+        [schnell] or ``{"image_size": "2K"}`` for Nano Banana: checked against the model's schema in the catalog
+        (``docs/models.md``) when the DAG is parsed (literal values) and before any request (rendered ones). A fallback
+        model that does not take one of them is sent the others, and the log says which it left out. Bytes (FLUX.2's
+        ``input_image_0``) cannot travel to the triggerer: not with ``deferrable=True``.
     :param output_path: where to keep the images (templated): a file or a folder (ending in ``/``) as a local
         path, ``file://``, ``s3://conn_id@bucket/key``, ``gs://...`` or an ``ObjectStoragePath``. Pushes the
         XCom ``stored_uri``. Required for models that return bytes.
@@ -56,6 +61,7 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
         "model",
         "fallback_models",
         "gateway_options",
+        "model_inputs",
         "output_path",
     )
     ui_color = "#f6821f"  # Cloudflare orange
@@ -69,6 +75,7 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
         model: str = IMAGEN_4,
         fallback_models: list[str] | None = None,
         gateway_options: dict[str, Any] | None = None,
+        model_inputs: dict[str, Any] | None = None,
         output_path: str | ObjectStoragePath | None = None,
         max_image_bytes: int = MAX_IMAGE_BYTES,
         timeout: float | None = None,
@@ -86,6 +93,7 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
         self.model = model
         self.fallback_models = fallback_models
         self.gateway_options = gateway_options
+        self.model_inputs = model_inputs
         self.output_path = output_path
         self.max_image_bytes = max_image_bytes
         self.timeout = timeout
@@ -156,6 +164,20 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
                 "for) an image at this one file, each overwriting the last. Use a folder (end it with '/'), a path "
                 "templated with the map index (e.g. '/data/images/{{ ti.map_index }}.png'), or expand() the paths"
             )
+
+    def check_model_inputs(self, chain: tuple[str, ...], prompts: Sequence[str]) -> None:
+        """
+        Check the rendered ``aspect_ratio`` and ``model_inputs`` against every model of ``chain``, before any request.
+
+        :raises InvalidInputError: naming the field, the model and what it allows.
+        """
+        from airflow_provider_imagen._cloudflare.fallback import chain_inputs
+        from airflow_provider_imagen._cloudflare.rules import check_aspect_ratio, unset_if_empty
+
+        aspect_ratio, people = unset_if_empty(self.aspect_ratio), unset_if_empty(self.person_generation)
+        check_aspect_ratio(aspect_ratio, chain)
+        for prompt in prompts:  # a model's own prompt limit may be below the provider's
+            chain_inputs(chain, prompt, aspect_ratio, people, unset_if_empty(self.model_inputs))
 
     def emit_asset_events(self, context: Context, stored: list[dict[str, Any]]) -> None:
         """Attach the stored images' summaries to the task's Asset outlets."""

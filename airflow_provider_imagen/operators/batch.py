@@ -52,7 +52,9 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
         if isinstance(prompts, list):
             for prompt in prompts:
                 check_literal_inputs(prompt, None, None, None)
-        check_literal_inputs(None, self.aspect_ratio, self.person_generation, self.model, self.fallback_models)
+        check_literal_inputs(
+            None, self.aspect_ratio, self.person_generation, self.model, self.fallback_models, self.model_inputs
+        )
         self.prompts = prompts
         self.max_concurrency = max_concurrency
         self.fail_on_error = fail_on_error
@@ -67,16 +69,17 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
         from airflow_provider_imagen._task.job import batch_results, job_for
         from airflow_provider_imagen.models import ImagenInput
 
-        self.check_output(folder=True)
+        chain = self.check_output(folder=True)
         prompts = list(self.prompts) if isinstance(self.prompts, (list, tuple)) else self.prompts
         # Every prompt and option is checked before the first request.
         ImagenInput.parse_batch(
             prompts,  # type: ignore[arg-type]
-            unset_if_empty(self.aspect_ratio),
+            None,  # checked per model below: Nano Banana takes more ratios than Imagen
             unset_if_empty(self.person_generation),
             self.gateway_options,
             self.max_concurrency,
         )
+        self.check_model_inputs(chain, prompts)  # type: ignore[arg-type]
         job = job_for(self, context, max_images=self.max_images)
         outcomes = job.run_batch(self.get_hook(), job.items(prompts), self.max_concurrency)  # type: ignore[arg-type]
 

@@ -59,7 +59,9 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_literal_inputs(prompt, self.aspect_ratio, self.person_generation, self.model, self.fallback_models)
+        check_literal_inputs(
+            prompt, self.aspect_ratio, self.person_generation, self.model, self.fallback_models, self.model_inputs
+        )
         self.prompt = prompt
         self.deferrable = deferrable
         #: The image's web address once a try has one (the stored copy's, else Cloudflare's): the task's link.
@@ -76,16 +78,18 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         from airflow_provider_imagen.models import GatewayOptions, ImagenInput
 
         # Rendered templates are checked here, before anything is sent or deferred.
-        ImagenInput.parse(
-            prompt=self.prompt,
-            aspect_ratio=unset_if_empty(self.aspect_ratio),
-            person_generation=unset_if_empty(self.person_generation),
-        )
+        ImagenInput.parse(prompt=self.prompt, person_generation=unset_if_empty(self.person_generation))
         GatewayOptions.parse(self.gateway_options)
         chain = self.check_output()
+        self.check_model_inputs(chain, [self.prompt])  # the aspect ratio too: per model
         self.check_mapped_output(context)
         if self.deferrable and returns_bytes(self.model):
             raise InvalidInputError(f"deferrable=True needs a model that returns a URL; {self.model!r} returns bytes")
+        if self.deferrable:
+            from airflow_provider_imagen._cloudflare.fallback import inputs_taken_by
+            from airflow_provider_imagen.triggers.imagen import refuse_bytes
+
+            refuse_bytes(inputs_taken_by(split_for_triggerer(chain)[0], unset_if_empty(self.model_inputs)))
 
         job = job_for(self, context)
         (item,) = job.items([self.prompt])
@@ -107,6 +111,7 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
                     fallback_models=list(in_triggerer[1:]),
                     fallback_follows=bool(on_worker),
                     gateway_options=job.options_for(item, regenerations, as_dict=True),
+                    model_inputs=inputs_taken_by(in_triggerer, unset_if_empty(self.model_inputs)),
                     timeout=self.timeout,
                     max_retries=self.max_retries,
                     max_retry_wait=self.max_retry_wait,
@@ -134,12 +139,14 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         return self._finish(context, job, job.resume(job.items([self.prompt])[0], event["image"]))
 
     def _after_triggerer(self, context: Context, error: Exception) -> str | None:
-        from airflow_provider_imagen._cloudflare.fallback import passed_over, split_for_triggerer
+        from airflow_provider_imagen._cloudflare.fallback import is_unserved_error, passed_over, split_for_triggerer
         from airflow_provider_imagen._cloudflare.retry import is_unavailable
         from airflow_provider_imagen._task.job import job_for
 
         on_worker = split_for_triggerer(model_chain(self.model, self.fallback_models))[1]
-        if not on_worker or not isinstance(error, CloudflareWorkersAIError) or not is_unavailable(error):
+        if not on_worker or not isinstance(error, CloudflareWorkersAIError):
+            raise error
+        if not (is_unavailable(error) or is_unserved_error(error)):  # nothing ran: the worker's models may serve
             raise error
         job = job_for(self, context)
         (item,) = job.items([self.prompt])

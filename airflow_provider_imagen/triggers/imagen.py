@@ -25,6 +25,7 @@ key                           value
 ``requests_per_minute``       float or null
 ``max_rate_limit_wait``       float
 ``hold_until``                float or null: epoch seconds before which no event is fired
+``model_inputs``              dict of the model's own inputs (JSON values, never bytes), or null
 ============================  ===================================================================
 
 A later version adds keys with defaults and never changes the meaning of one; an unknown ``schema_version`` is
@@ -95,6 +96,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         of the triggerer that calls the account shares one pace (:mod:`~airflow_provider_imagen._cloudflare.pacing`).
     :param max_rate_limit_wait: seconds a call keeps re-sending after a rate limit refused it.
     :param hold_until: epoch seconds before which the event is not fired (see the module's docstring).
+    :param model_inputs: the model's own inputs, as for the hook; JSON values only (a trigger's kwargs are
+        stored as JSON, so bytes such as FLUX.2's ``input_image_0`` are refused).
     :param schema_version: the version of the serialized kwargs; only the current one is accepted.
     """
 
@@ -116,6 +119,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         requests_per_minute: float | None = None,
         max_rate_limit_wait: float = 600.0,
         hold_until: float | None = None,
+        model_inputs: dict[str, Any] | None = None,
         schema_version: int = SCHEMA_VERSION,
     ) -> None:
         super().__init__()
@@ -134,6 +138,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 f"Invalid {field} for a trigger: {chain[index]!r} answers with image bytes, which a trigger event "
                 "does not carry; generate it in the task (the operator does so when it follows unavailable models)"
             )
+        refuse_bytes(model_inputs)
+        self.model_inputs = dict(model_inputs) if model_inputs else None
         self.prompt = prompt
         self.aspect_ratio = aspect_ratio
         self.person_generation = person_generation
@@ -171,6 +177,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                 "requests_per_minute": self.requests_per_minute,
                 "max_rate_limit_wait": self.max_rate_limit_wait,
                 "hold_until": self.hold_until,
+                "model_inputs": self.model_inputs,
             },
         )
 
@@ -202,6 +209,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                     model=self.model,
                     fallback_models=self.fallback_models,
                     gateway_options=self.gateway_options,
+                    model_inputs=self.model_inputs,
                     fallback_follows=self.fallback_follows,
                 )
         except Exception as err:
@@ -215,3 +223,20 @@ class ImagenGenerateImageTrigger(BaseTrigger):
             message = f"model {image.model!r} returned image bytes; deferrable mode needs a model that returns a URL"
             return TriggerEvent({"status": "error", "error": {"type": "InvalidInputError", "message": message}})
         return TriggerEvent({"status": "success", "image": image.to_xcom()})
+
+
+def refuse_bytes(model_inputs: Any) -> None:
+    """
+    Refuse ``model_inputs`` holding bytes: a trigger's kwargs are stored as JSON, which cannot carry them.
+
+    :raises InvalidInputError: naming the field.
+    """
+    if not isinstance(model_inputs, dict):
+        return  # anything else is refused by the hook's checks, naming the field
+    for key, value in model_inputs.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(item, (bytes, bytearray, memoryview)) for item in items):
+            raise InvalidInputError(
+                f"Invalid model_inputs[{key!r}]: bytes (an image) cannot be stored with a deferred task; "
+                "use deferrable=False for inputs that carry image bytes"
+            )
