@@ -6,6 +6,10 @@ IMAGEN_4 = "google/imagen-4"
 #: Cloudflare's own models: run at ``.../ai/run/{model}`` with the input as body, and answer with image bytes.
 CLOUDFLARE_MODEL_PREFIXES: tuple[str, ...] = ("@cf/", "@hf/")
 DEFAULT_CONN_ID = "cloudflare_workers_ai_default"
+#: The most retries a connection or hook may ask for: each may be billed.
+MAX_MAX_RETRIES = 10
+#: The highest ``requests_per_minute`` accepted: far above any published Workers AI limit.
+MAX_REQUESTS_PER_MINUTE = 1_000_000
 CONN_TYPE = "cloudflare_workers_ai"
 
 ASPECT_RATIOS: tuple[str, ...] = ("1:1", "3:4", "4:3", "9:16", "16:9")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_imagen._cloudflare.settings import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_imagen._cloudflare.connection_form import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 
 HOOK_CLASS = "airflow_provider_imagen.hooks.cloudflare.CloudflareWorkersAIHook"
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 # Only constants at import time: provider discovery imports this module (through get_provider_info) while
 # :mod:`~airflow_provider_imagen.exceptions` may still be importing Airflow's exceptions, so the error types are
 # imported where raised.
-from airflow_provider_imagen.constants import CLOUDFLARE_MODEL_PREFIXES
+from airflow_provider_imagen.constants import CLOUDFLARE_MODEL_PREFIXES, MAX_MAX_RETRIES, MAX_REQUESTS_PER_MINUTE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -27,87 +27,11 @@ if TYPE_CHECKING:
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_TIMEOUT = 180.0
 DEFAULT_MAX_RETRIES = 3
-MAX_MAX_RETRIES = 10
-#: The highest ``requests_per_minute`` accepted: far above any published Workers AI limit.
-MAX_REQUESTS_PER_MINUTE = 1_000_000
 
 #: How long AI Gateway keeps the answer a call's cache key names: long enough for a re-send to find it.
 RESEND_CACHE_TTL = 600
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-# --- The connection form --------------------------------------------------------------------------------
-
-#: Relabelled, hidden and placeholder fields, with the dashed keys the Airflow 3.2+ UI reads.
-UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": ["schema", "port", "login"],
-    "relabeling": {"password": "API Token", "host": "API Base URL"},
-    "placeholders": {
-        "password": "Cloudflare API token with the Workers AI and AI Gateway permissions",
-        "host": "https://api.cloudflare.com/client/v4 (leave empty), or http://127.0.0.1:8787/client/v4",
-        "extra": '{"account_id": "...", "gateway_id": "my-gateway"}',
-        "account_id": "0123456789abcdef0123456789abcdef",
-        "gateway_id": "default",
-    },
-}
-
-#: The extra fields: a JSON schema each (Airflow 3.2+), from which :func:`connection_form_widgets` builds the
-#: same fields for Airflow 3.1.
-CONN_FIELDS: dict[str, Any] = {
-    "account_id": {
-        "label": "Account ID",
-        "description": "Your Cloudflare account id (required): the dashboard's Workers AI page shows it.",
-        "schema": {"type": ["string", "null"]},
-    },
-    "gateway_id": {
-        "label": "AI Gateway ID",
-        "description": "Optional AI Gateway to route through (sent as cf-aig-gateway-id); 'default' if empty.",
-        "schema": {"type": ["string", "null"]},
-    },
-    "timeout": {
-        "label": "Timeout (seconds)",
-        "description": "How long to wait for a generation; 180 if empty.",
-        "schema": {"type": ["number", "null"], "minimum": 1, "maximum": 3600},
-    },
-    "max_retries": {
-        "label": "Max retries",
-        "description": "Retries of transient failures (throttling, 5xx, timeouts); 3 if empty. Each may be billed.",
-        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_MAX_RETRIES},
-    },
-    "requests_per_minute": {
-        "label": "Requests per minute",
-        "description": "The account's rate limit, if known: never exceeded. If empty, the pace is learned from "
-        "Cloudflare's 429 answers.",
-        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_REQUESTS_PER_MINUTE},
-    },
-}
-
-
-def connection_form_widgets() -> dict[str, Any]:
-    """Build the extra fields as Airflow 3.1's form widgets, from :data:`CONN_FIELDS`."""
-    from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-    from flask_babel import lazy_gettext
-    from wtforms import IntegerField, StringField
-    from wtforms.validators import Optional
-
-    widgets = {}
-    for name, spec in CONN_FIELDS.items():
-        # Airflow 3.1's form service knows string, integer, boolean and password fields only: a number
-        # (the timeout) is a text field there, which ConnectionSettings parses and checks.
-        kind = IntegerField if "integer" in spec["schema"]["type"] else StringField
-        widgets[name] = kind(
-            lazy_gettext(spec["label"]),
-            validators=[Optional()],
-            widget=BS3TextFieldWidget(),
-            description=spec["description"],
-        )
-    return widgets
-
-
-def ui_field_behaviour() -> dict[str, Any]:
-    """:data:`UI_FIELD_BEHAVIOUR` with the underscored keys Airflow 3.1's hook classmethod returns."""
-    return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
-
 
 # --- The settings ---------------------------------------------------------------------------------------
 

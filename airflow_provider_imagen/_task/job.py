@@ -362,36 +362,19 @@ def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | No
     """
     from airflow_provider_imagen._cloudflare.rules import model_chain, unset_if_empty
     from airflow_provider_imagen._task.durable import Ledger
-    from airflow_provider_imagen._task.storage import store_image, task_instance_identity
-
-    identity = task_instance_identity(context)
-    api_hosts: list[str] = []
+    from airflow_provider_imagen._task.storage import image_store, task_instance_identity
 
     def api_host() -> str:
-        # An image may come from the API's own host when that is private (the emulator): read it once, lazily.
-        if not api_hosts:
-            import httpx
+        import httpx
 
-            api_hosts.append(httpx.URL(operator.get_hook().settings.base_url).host)
-        return api_hosts[0]
+        return httpx.URL(operator.get_hook().settings.base_url).host
 
-    def store(image: GeneratedImage, index: int | None) -> str | None:
-        if operator.output_path is None:
-            return None
-        inputs = {**image.model_dump(include={"model", "aspect_ratio", "person_generation"}), **identity}
-        if index is not None:
-            inputs["index"] = index
-        stored = store_image(
-            output_path=operator.output_path,
-            url=image.url,
-            data=image.data,
-            prompt=image.prompt,
-            inputs=inputs,
-            max_bytes=operator.max_image_bytes,
-            api_host=api_host() if image.url is not None else None,
-        )
-        return str(stored)
-
+    store = image_store(
+        output_path=operator.output_path,
+        max_bytes=operator.max_image_bytes,
+        identity=task_instance_identity(context),
+        api_host=api_host,
+    )
     return ImageJob(
         Ledger.open(context, retries=operator.retries, durable=operator.durable, log=operator.log),
         model=operator.model,
@@ -405,24 +388,3 @@ def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | No
         max_images=max_images,
         model_inputs=unset_if_empty(operator.model_inputs),
     )
-
-
-def batch_results(
-    prompts: Sequence[str], outcomes: Sequence[Outcome]
-) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]], list[str | None]]:
-    """Return a batch's XComs, in prompt order: a summary per image (``None`` if it failed), the failures, the URLs."""
-    from airflow_provider_imagen.exceptions import error_to_dict
-
-    summaries: list[dict[str, Any] | None] = []
-    failures: list[dict[str, Any]] = []
-    returned: list[str | None] = []
-    for index, (prompt, outcome) in enumerate(zip(prompts, outcomes, strict=True)):
-        if outcome.error is not None or outcome.image is None:
-            error = outcome.error or CloudflareWorkersAIError("no image")
-            failures.append({"index": index, "prompt": prompt, "error": error_to_dict(error), "reason": str(error)})
-            summaries.append(None)
-            returned.append(None)
-            continue
-        summaries.append({**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused})
-        returned.append(outcome.stored or outcome.image.url)  # the stored copy whenever there is one
-    return summaries, failures, returned

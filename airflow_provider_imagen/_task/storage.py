@@ -37,6 +37,8 @@ from airflow_provider_imagen.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import httpx
     from airflow.sdk import Context, ObjectStoragePath
 
@@ -171,6 +173,48 @@ def store_image(
             target = target / file_name_for(prompt, inputs, EXTENSIONS.get(media_type or "", ".img"))
         _publish(local, target)
     return target
+
+
+def image_store(
+    *,
+    output_path: str | ObjectStoragePath | None,
+    max_bytes: int,
+    identity: dict[str, Any],
+    api_host: Callable[[], str],
+) -> Callable[[GeneratedImage, int | None], str | None]:
+    """
+    Return how a task stores one image: at ``output_path``, named after its inputs and task instance.
+
+    The store takes the image and its position in a batch (``None`` for a single image) and returns the stored
+    URI, or ``None`` without ``output_path``.
+
+    :param output_path: the operator's rendered ``output_path``.
+    :param max_bytes: refuse a larger image.
+    :param identity: the task instance (:func:`task_instance_identity`), part of every name.
+    :param api_host: the API's host, read once and only when an image is downloaded (the emulator's may be private).
+    """
+    hosts: list[str] = []
+
+    def store(image: GeneratedImage, index: int | None) -> str | None:
+        if output_path is None:
+            return None
+        inputs = {**image.model_dump(include={"model", "aspect_ratio", "person_generation"}), **identity}
+        if index is not None:
+            inputs["index"] = index
+        if image.url is not None and not hosts:
+            hosts.append(api_host())
+        stored = store_image(
+            output_path=output_path,
+            url=image.url,
+            data=image.data,
+            prompt=image.prompt,
+            inputs=inputs,
+            max_bytes=max_bytes,
+            api_host=hosts[0] if image.url is not None else None,
+        )
+        return str(stored)
+
+    return store
 
 
 def _publish(local: str, target: ObjectStoragePath) -> None:

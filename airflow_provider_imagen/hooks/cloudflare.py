@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from airflow.sdk import BaseHook
-from tenacity import AsyncRetrying, Retrying
 
-from airflow_provider_imagen._cloudflare import settings as connection
+from airflow_provider_imagen._cloudflare import connection_form
 from airflow_provider_imagen._cloudflare.batch import run_each
+from airflow_provider_imagen._cloudflare.call import CallLimits, asend, send
 from airflow_provider_imagen._cloudflare.clients import shared_async_clients
 from airflow_provider_imagen._cloudflare.fallback import (
     ModelWalk,
@@ -19,12 +18,10 @@ from airflow_provider_imagen._cloudflare.fallback import (
     prepare_batch,
     prepare_call,
 )
-from airflow_provider_imagen._cloudflare.pacing import pacer_for
-from airflow_provider_imagen._cloudflare.response import image_from_result, parse_response
-from airflow_provider_imagen._cloudflare.retry import CallRecord, annotate, is_idempotent, retry_policy
-from airflow_provider_imagen._cloudflare.rules import model_chain, returns_bytes
+from airflow_provider_imagen._cloudflare.response import image_from_result
+from airflow_provider_imagen._cloudflare.rules import model_chain
 from airflow_provider_imagen._cloudflare.settings import ConnectionSettings, aread_settings, check_hook_arguments
-from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy, transport_error
+from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy
 from airflow_provider_imagen._cloudflare.verify import check_connection
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
@@ -102,12 +99,12 @@ class CloudflareWorkersAIHook(BaseHook):
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
         """Return the custom fields of the connection form, for Airflow 3.1 (3.2+ reads the provider info)."""
-        return connection.connection_form_widgets()
+        return connection_form.connection_form_widgets()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Relabelled, hidden and placeholder fields of the connection form, for Airflow 3.1."""
-        return connection.ui_field_behaviour()
+        return connection_form.ui_field_behaviour()
 
     @property
     def settings(self) -> ConnectionSettings:
@@ -201,23 +198,10 @@ class CloudflareWorkersAIHook(BaseHook):
     def _run(
         self, model: str, input: Mapping[str, Any], options: GatewayOptions | None, fallback_follows: bool = False
     ) -> RunResult:
-        settings = self.settings
-        client = self.get_conn()
-        request = settings.build_request(client, model, input, options)
-        start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute, model)
-        call = CallRecord()
-        try:
-            for attempt in Retrying(**self._retry_policy(settings, model, request, call, fallback_follows)):
-                with attempt, pacer.wait_turn():  # the turn reports the answer to the account's pacer
-                    attempt_number = attempt.retry_state.attempt_number
-                    try:
-                        response = client.send(request)
-                    except (httpx.TransportError, httpx.DecodingError) as exc:
-                        raise transport_error(exc, settings.host) from exc
-                    result = parse_response(response, model)
-        except CloudflareWorkersAIError as err:
-            raise annotate(err, model, attempt_number, call, self.cloudflare_conn_id)  # noqa: B904 - raised from err's own cause
-        return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
+        limits = self._limits()
+        return send(
+            self.get_conn(), self.settings, limits, model, input, options, self.log, fallback_follows=fallback_follows
+        )
 
     async def arun(
         self, model: str, input: Mapping[str, Any], *, gateway_options: GatewayOptions | dict[str, Any] | None = None
@@ -228,23 +212,9 @@ class CloudflareWorkersAIHook(BaseHook):
     async def _arun(
         self, model: str, input: Mapping[str, Any], options: GatewayOptions | None, fallback_follows: bool = False
     ) -> RunResult:
-        settings = await self.aget_settings()
-        client = await self.aget_conn()
-        request = settings.build_request(client, model, input, options)
-        start, attempt_number, pacer = time.monotonic(), 0, pacer_for(settings, self.requests_per_minute, model)
-        call = CallRecord()
-        try:
-            async for attempt in AsyncRetrying(**self._retry_policy(settings, model, request, call, fallback_follows)):
-                with attempt, await pacer.turn():
-                    attempt_number = attempt.retry_state.attempt_number
-                    try:
-                        response = await client.send(request)
-                    except (httpx.TransportError, httpx.DecodingError) as exc:
-                        raise transport_error(exc, settings.host) from exc
-                    result = parse_response(response, model)
-        except CloudflareWorkersAIError as err:
-            raise annotate(err, model, attempt_number, call, self.cloudflare_conn_id)  # noqa: B904 - raised from err's own cause
-        return result.model_copy(update={"attempts": attempt_number, "elapsed_seconds": time.monotonic() - start})
+        settings, client = await self.aget_settings(), await self.aget_conn()
+        limits = self._limits()
+        return await asend(client, settings, limits, model, input, options, self.log, fallback_follows=fallback_follows)
 
     def generate_image(
         self,
@@ -416,17 +386,11 @@ class CloudflareWorkersAIHook(BaseHook):
         chain = model_chain(model, fallback_models)
         return ModelWalk(chain, GatewayOptions.parse(options), self.unavailable_models, self.log)
 
-    def _retry_policy(
-        self, settings: ConnectionSettings, model: str, request: httpx.Request, call: CallRecord, fallback: bool
-    ) -> dict[str, Any]:
-        return retry_policy(
-            attempts=1 + (settings.max_retries if self.max_retries is None else self.max_retries),
-            backoff=self.retry_backoff,
-            max_wait=self.max_retry_wait,
-            rate_limit_wait=self.max_rate_limit_wait,
-            idempotent=is_idempotent(request, returns_bytes(model)),
-            log=self.log,
-            model=model,
-            call=call,
-            capacity_is_attempt=fallback,  # a model another may stand in for is spent when its retries are
+    def _limits(self) -> CallLimits:
+        return CallLimits(
+            max_retries=self.max_retries,
+            retry_backoff=self.retry_backoff,
+            max_retry_wait=self.max_retry_wait,
+            requests_per_minute=self.requests_per_minute,
+            max_rate_limit_wait=self.max_rate_limit_wait,
         )

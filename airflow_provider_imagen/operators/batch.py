@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_provider_imagen._cloudflare.rules import check_literal_inputs, check_max_images, unset_if_empty
-from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, ImagesRefusedError
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, ImagesRefusedError, error_to_dict
 from airflow_provider_imagen.operators.base import ImagenBaseOperator
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.sdk import Context
+
+    from airflow_provider_imagen._task.job import Outcome
 
 
 class ImagenGenerateImagesOperator(ImagenBaseOperator):
@@ -66,7 +68,7 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
 
         :return: the image URLs in prompt order (stored URIs for models that return bytes), ``None`` where one failed.
         """
-        from airflow_provider_imagen._task.job import batch_results, job_for
+        from airflow_provider_imagen._task.job import job_for
         from airflow_provider_imagen.models import ImagenInput
 
         chain = self.check_output(folder=True)
@@ -104,3 +106,22 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
                 f"{', and a retry reuses them' if job.ledger.where and not final else ''}):\n{lines}"
             )
         return returned
+
+
+def batch_results(
+    prompts: Sequence[str], outcomes: Sequence[Outcome]
+) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]], list[str | None]]:
+    """Return a batch's XComs, in prompt order: a summary per image (``None`` if it failed), the failures, the URLs."""
+    summaries: list[dict[str, Any] | None] = []
+    failures: list[dict[str, Any]] = []
+    returned: list[str | None] = []
+    for index, (prompt, outcome) in enumerate(zip(prompts, outcomes, strict=True)):
+        if outcome.error is not None or outcome.image is None:
+            error = outcome.error or CloudflareWorkersAIError("no image")
+            failures.append({"index": index, "prompt": prompt, "error": error_to_dict(error), "reason": str(error)})
+            summaries.append(None)
+            returned.append(None)
+            continue
+        summaries.append({**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused})
+        returned.append(outcome.stored or outcome.image.url)  # the stored copy whenever there is one
+    return summaries, failures, returned
