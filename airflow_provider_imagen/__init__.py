@@ -18,6 +18,8 @@ Key paths (public packages first; names starting with ``_`` are private)::
         get_provider_info.py      the provider metadata Airflow discovers
         _cloudflare/              the wire: validated input to Cloudflare's parsed answer, nothing about tasks
             settings.py           the connection, validated, and the request built from it
+            connection_form.py    the fields the Airflow UI shows for the connection
+            call.py               one call: sent, re-sent as retry.py decides, at the pace pacing.py keeps
             transport.py          the HTTP transport, and httpx's errors mapped to the provider's
             clients.py            one pooled async client per connection and event loop, shared by triggers
             response.py           every answer Cloudflare can give, parsed into a result or an exception
@@ -27,10 +29,14 @@ Key paths (public packages first; names starting with ``_`` are private)::
             batch.py              many calls at a bounded concurrency, each failure its own item's
             verify.py             the connection test (the UI's Test button)
             rules.py              input checks shared by parse time and run time
+            catalog.py            the text-to-image models Workers AI serves (text_to_image_models.json)
+            catalog_inputs.py     a model's own inputs, checked against its schema and shaped into a request
         _task/                    one try of a task, around the hook
             job.py                one try: reuse what earlier tries paid for, generate the rest, store, account
             durable.py            the records of what a task instance paid for, kept across its tries
-            storage.py            download and store an image atomically; keep bytes until stored
+            record_stores.py      where those records live: the task state store, or an ObjectStorage folder
+            storage.py            store an image atomically, named after its inputs; keep bytes until stored
+            download.py           fetch an image from its URL: streamed, capped, never from a private address
             lineage.py            the stored images as OpenLineage output datasets
         plugins/                  the Airflow UI plugin: an "Images" view of each DAG run and task instance
         emulator/                 an offline emulator of the Cloudflare API, for laptops, CI and tests

@@ -158,7 +158,7 @@ def parse_response(response: httpx.Response, model: str) -> RunResult:
     except CloudflareBadRequestError as err:
         if not catalog.is_unserved(err.status_code, err.code, err.message):
             raise
-        raise CloudflareBadRequestError(catalog.unserved_message(model, err.message), **err.fields()) from err
+        raise err.replace(message=catalog.unserved_message(model, err.message)) from err
 
 
 def _parse_response(response: httpx.Response, model: str) -> RunResult:
