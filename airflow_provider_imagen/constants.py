@@ -34,8 +34,9 @@ MAX_PROMPT_CHARS = 2000
 DEFER_TIMEOUT_SECONDS = 3600
 
 #: Seconds after a deferral before its trigger may fire, by default: out of an Airflow race (see
-#: :mod:`airflow_provider_imagen.triggers.imagen`); ``[imagen] deferral_min_seconds`` sets another.
-DEFERRAL_MIN_SECONDS = 5.0
+#: :mod:`airflow_provider_imagen.triggers.imagen`). The executor may report the deferring process up to
+#: ``[workers] min_heartbeat_interval`` (5 s) after it exited; ``[imagen] deferral_min_seconds`` sets another.
+DEFERRAL_MIN_SECONDS = 10.0
 
 
 def deferral_min_seconds() -> float:

@@ -61,6 +61,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "s3://aws_default@team-a-images/, /data/images/",
                         "default": "",
                     },
+                    "deferral_min_seconds": {
+                        "description": (
+                            "Seconds after a deferral before its trigger may fire (0 to 60). A trigger that fires "
+                            "sooner can lose a race in Airflow's scheduler (apache/airflow#66374) that fails the task."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "10",
+                        "default": "10",
+                    },
                     "allowed_image_hosts": {
                         "description": (
                             "Comma-separated host names a generated image may be downloaded from even when they "

@@ -20,6 +20,7 @@ Cheap to import (no httpx, no pydantic, no Airflow).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow_provider_imagen.constants import IMAGE_SIZES
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator
 
 FieldType = Literal["string", "integer", "number", "boolean", "array", "binary"]
 #: How a model answers: a URL to download (proxied models), base64 in ``result.image``, or the image bytes.
@@ -297,11 +298,43 @@ def _load() -> tuple[str, Mapping[str, TextToImageModel]]:
     return data["gathered"], MappingProxyType(models)
 
 
-#: When the schemas were gathered (ISO date).
-GATHERED: str
+class _Catalog(Mapping[str, TextToImageModel]):
+    """The catalog, read from its data file on first use: a DAG that never asks pays nothing at parse time."""
+
+    def __init__(self) -> None:
+        self._models: Mapping[str, TextToImageModel] | None = None
+        self._gathered = ""
+
+    def _data(self) -> Mapping[str, TextToImageModel]:
+        if self._models is None:  # two threads may both read it: the same data, and the last one wins
+            self._gathered, self._models = _load()
+        return self._models
+
+    @property
+    def gathered(self) -> str:
+        """Return when the schemas were gathered (ISO date)."""
+        self._data()
+        return self._gathered
+
+    def __getitem__(self, model: str) -> TextToImageModel:
+        return self._data()[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
 #: Every cataloged text-to-image model, by id, in the data file's order.
-TEXT_TO_IMAGE_MODELS: Mapping[str, TextToImageModel]
-GATHERED, TEXT_TO_IMAGE_MODELS = _load()
+TEXT_TO_IMAGE_MODELS: Mapping[str, TextToImageModel] = _Catalog()
+
+
+def __getattr__(name: str) -> Any:
+    # GATHERED, read with the catalog on first use.
+    if name == "GATHERED":
+        return TEXT_TO_IMAGE_MODELS.gathered  # type: ignore[attr-defined]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- Lookups ---------------------------------------------------------------------------------------------------

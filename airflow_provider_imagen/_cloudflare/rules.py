@@ -126,7 +126,10 @@ def chain_aspect_ratios(chain: tuple[str, ...]) -> tuple[str, ...]:
     A cataloged model takes its own (:func:`.catalog.aspect_ratios_for`: Nano Banana takes more than Imagen); a model
     outside the catalog, Imagen's.
     """
-    allowed = [catalog.aspect_ratios_for(model) or ASPECT_RATIOS for model in chain]
+    # Imagen's ratios are the constants: the common chain is checked at parse time without reading the catalog.
+    allowed = [
+        ASPECT_RATIOS if model == IMAGEN_4 else catalog.aspect_ratios_for(model) or ASPECT_RATIOS for model in chain
+    ]
     return tuple(ratio for ratio in allowed[0] if all(ratio in other for other in allowed[1:]))
 
 
@@ -189,7 +192,9 @@ def check_literal_inputs(
     problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2], ratios)
     if problems:
         raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))
-    if chain is not None and _is_literal_mapping(model_inputs):
+    # Imagen alone, without model_inputs, has nothing more to check: the common DAG never reads the catalog here.
+    plain_imagen = chain == (IMAGEN_4,) and not model_inputs
+    if chain is not None and not plain_imagen and _is_literal_mapping(model_inputs):
         from airflow_provider_imagen._cloudflare.fallback import chain_inputs
 
         chain_inputs(chain, "-", literal[1], literal[2], model_inputs)  # type: ignore[arg-type]

@@ -35,7 +35,8 @@ refused.
 deferral, on a busy machine the scheduler can receive the executor's event for the deferring process after the
 trigger's event re-queued the task, and fail it ("finished with state success, but the task instance's state
 attribute is queued", apache/airflow#66374, #72716). The operator sets it to a few seconds after the deferral
-(``[imagen] deferral_min_seconds``, default 5); a real generation takes longer anyway.
+(``[imagen] deferral_min_seconds``, default 10: the task supervisor notices the deferring process's exit up to
+``[workers] min_heartbeat_interval``, 5 s, after it); a real generation often takes that long anyway.
 
 The trigger fires exactly one event, version 1:
 

@@ -66,8 +66,6 @@ class AirflowServices:
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "8",
                 "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-                # A real scheduler races a trigger that fires too soon after its deferral: keep the default hold.
-                "AIRFLOW__IMAGEN__DEFERRAL_MIN_SECONDS": "5",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
