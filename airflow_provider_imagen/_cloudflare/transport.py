@@ -44,7 +44,8 @@ def environment_proxy(url: str) -> str | None:
 
 
 @functools.cache
-def _ssl_context() -> ssl.SSLContext:
+def shared_ssl_context() -> ssl.SSLContext:
+    """Return the process's one TLS context: loading the CA bundle costs ~30 ms, and a context is safe to share."""
     # Loading the CA bundle takes ~30 ms; one context serves every pool (SSLContext is safe to share).
     return httpx.create_ssl_context()
 
@@ -105,7 +106,7 @@ class SpreadTransport(httpx.AsyncBaseTransport):
             if self._in_flight[index] < self._per_pool or len(self._pools) >= self._max_pools:
                 return index
         limits = httpx.Limits(max_connections=self._per_pool, max_keepalive_connections=self._per_pool)
-        self._pools.append(httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=limits, proxy=self._proxy))
+        self._pools.append(httpx.AsyncHTTPTransport(verify=shared_ssl_context(), limits=limits, proxy=self._proxy))
         self._in_flight.append(0)
         return len(self._pools) - 1
 
