@@ -11,7 +11,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from airflow_provider_imagen._cloudflare import catalog
 from airflow_provider_imagen.constants import (
     ASPECT_RATIOS,
     CLOUDFLARE_MODEL_PREFIXES,
@@ -126,6 +125,8 @@ def chain_aspect_ratios(chain: tuple[str, ...]) -> tuple[str, ...]:
     A cataloged model takes its own (:func:`.catalog.aspect_ratios_for`: Nano Banana takes more than Imagen); a model
     outside the catalog, Imagen's.
     """
+    from airflow_provider_imagen._cloudflare import catalog  # not at import: DAG parsing rarely needs it
+
     # Imagen's ratios are the constants: the common chain is checked at parse time without reading the catalog.
     allowed = [
         ASPECT_RATIOS if model == IMAGEN_4 else catalog.aspect_ratios_for(model) or ASPECT_RATIOS for model in chain
@@ -188,7 +189,10 @@ def check_literal_inputs(
         if not _has_template(fallback_models):
             chain = model_chain(model, fallback_models)
     # A templated chain: any ratio some model takes, until execute() knows the models.
-    ratios = chain_aspect_ratios(chain) if chain is not None else catalog.SIZED_ASPECT_RATIOS
+    if chain is not None:
+        ratios = chain_aspect_ratios(chain)
+    else:
+        from airflow_provider_imagen._cloudflare.catalog import SIZED_ASPECT_RATIOS as ratios
     problems = imagen_input_problems(literal[0] if literal[0] is not None else "-", literal[1], literal[2], ratios)
     if problems:
         raise InvalidInputError("Invalid Imagen input: " + "; ".join(problems))

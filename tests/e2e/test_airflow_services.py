@@ -77,8 +77,11 @@ def test_each_task_pushes_a_png_url_and_links_to_it(
     with airflow_services.client() as api:
         for ti in task_instances(api, dag_id, run_id):
             task_id, map_index = ti["task_id"], ti["map_index"]
-            url = xcom(api, dag_id, run_id, task_id, "return_value", map_index)
+            url = xcom(api, dag_id, run_id, task_id, "image", map_index)["url"]  # type: ignore[index]
             assert isinstance(url, str) and url.startswith(f"{services_emulator.url}/images/"), url
+            returned = xcom(api, dag_id, run_id, task_id, "return_value", map_index)
+            stored = xcom(api, dag_id, run_id, task_id, "image", map_index)["stored_uri"]  # type: ignore[index]
+            assert returned == (stored or url)  # the stored copy whenever there is one
             image = httpx.get(url, timeout=30)
             assert image.status_code == 200
             assert png_size(image.content) == SIZES[ASPECT_RATIOS[dag_id]]
@@ -91,8 +94,9 @@ def test_persisted_image_is_on_disk_and_the_asset_consumer_ran(
 ):
     dag_id, run_id = "imagen_persist_asset", example_runs["imagen_persist_asset"]
     with airflow_services.client() as api:
-        url = xcom(api, dag_id, run_id, "generate_and_store", "return_value", -1)
+        url = xcom(api, dag_id, run_id, "generate_and_store", "image", -1)["url"]  # type: ignore[index]
         stored_uri = xcom(api, dag_id, run_id, "generate_and_store", "stored_uri", -1)
+        assert xcom(api, dag_id, run_id, "generate_and_store", "return_value", -1) == stored_uri
         output_dir = Path(airflow_services.env["AIRFLOW_VAR_IMAGEN_OUTPUT_DIR"])
         stored = Path(urlparse(str(stored_uri)).path)
         assert stored.parent == output_dir, stored_uri

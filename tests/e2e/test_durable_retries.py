@@ -55,6 +55,8 @@ def airflow(
         home=home, dags_folder=DAGS, connection_json=emulator.connection_json(), output_dir=home / "images"
     )
     services.env["AIRFLOW__IMAGEN__DURABLE_CACHE_PATH"] = str(home / "durable-cache")
+    # Airflow removes a task instance's state once its success is certain: the provider never clears it itself.
+    services.env["AIRFLOW__STATE_STORE__CLEAR_ON_SUCCESS"] = "True"
     with running(services, request, ARTIFACTS / "durable-airflow-logs"):
         with services.client() as api:
             api.post("/variables", json={"key": "durable_prompt", "value": "durable changed, first"})
@@ -114,7 +116,10 @@ def test_single_persist_failed_the_retry_reuses_the_image(airflow, emulator):
         log = try_log(api, "durable_single", run_id, 2)
     assert summary["reused"] is True and summary["billing"]["generated"] == 0
     assert f"Generated 0 images, reused 1 from earlier tries (durable, kept in {KEPT_IN}" in log
-    assert records(airflow, "durable_single", run_id) == []  # success forgets them
+    # On 3.3 Airflow removes them once success is certain (clear_on_success); before 3.3 they stay in their
+    # folder until the task instance's next request, which ignores them.
+    left = records(airflow, "durable_single", run_id)
+    assert left == [] if ON_33 else bool(left)
 
 
 def test_deferrable_failure_after_resuming_costs_no_second_generation(airflow, emulator):
@@ -161,7 +166,8 @@ def test_a_cleared_task_generates_again(airflow, emulator):
         ti = wait_for(api, "durable_cleared", run_id, {"success", "failed"})
     assert (ti["state"], ti["try_number"]) == ("success", 3)
     assert generations(emulator, "durable cleared") == 2  # a person asked for a new image
-    assert records(airflow, "durable_cleared", run_id) == []
+    if ON_33:
+        assert records(airflow, "durable_cleared", run_id) == []  # Airflow's clear_on_success, once certain
 
 
 def test_a_changed_input_generates_again(airflow, emulator):

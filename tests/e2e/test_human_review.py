@@ -93,7 +93,7 @@ def test_the_review_shows_every_generated_image_inline(
     images = re.findall(r"!\[([^\]]*)\]\(([^)\s]+)\)", detail["body"])
     assert [alt for alt, _ in images] == [f"{subject}, watercolour" for subject in SUBJECTS]
     with airflow_services.client() as api:
-        urls = [xcom(api, DAG_ID, run_id, "draft", "return_value", i) for i in range(len(SUBJECTS))]
+        urls = [xcom(api, DAG_ID, run_id, "draft", "image", i)["url"] for i in range(len(SUBJECTS))]  # type: ignore[index]
     assert [url for _, url in images] == urls
     for _, url in images:  # what the reviewer's browser loads
         assert url.startswith(f"{services_emulator.url}/images/")
