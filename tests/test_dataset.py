@@ -1,0 +1,168 @@
+"""
+Dataset steps: an image per row stored as ``<key>.<ext>``, reruns that pay only for new or changed rows, a manifest.
+
+Every test counts generations at the emulator: what Cloudflare would bill.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk import DAG
+
+from airflow_provider_imagen._task.dataset import shard_of
+from airflow_provider_imagen.exceptions import InvalidInputError
+from airflow_provider_imagen.operators import ImagenDatasetOperator
+from tests.test_durable import FakeTaskStateStore, TaskInstance
+
+
+def dataset(**kwargs: Any) -> ImagenDatasetOperator:
+    with DAG(dag_id="catalog", schedule=None, start_date=datetime(2025, 1, 1)):
+        return ImagenDatasetOperator(task_id="images", retries=3, **kwargs)
+
+
+def run(op: ImagenDatasetOperator, ti: TaskInstance | None = None, store: Any = None) -> dict[str, Any]:
+    context = {"ti": ti or TaskInstance(dag_id="catalog", task_id="images")}
+    context["task_state_store"] = store if store is not None else FakeTaskStateStore()
+    return op.execute(context)
+
+
+def rows(count: int, start: int = 0, prompt: str = "Product photo of item {n}") -> list[dict[str, Any]]:
+    return [{"key": f"SKU-{n:04d}", "prompt": prompt.format(n=n)} for n in range(start, start + count)]
+
+
+def write_jsonl(path: Path, items: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def manifest(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    uri = summary["manifest"]
+    assert uri.startswith("file://")
+    return [json.loads(line) for line in Path(uri[len("file://") :]).read_text().splitlines()]
+
+
+def images(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
+
+
+def test_each_item_is_stored_at_its_key_and_listed_in_the_manifest(imagen_emulator, tmp_path):
+    items = write_jsonl(tmp_path / "products.jsonl", rows(5))
+    summary = run(dataset(items=str(items), output_path=f"{tmp_path}/out/", aspect_ratio="4:3"))
+
+    assert imagen_emulator.generations == 5
+    assert summary == {
+        "generated": 5,
+        "reused": 0,
+        "replaced": 0,
+        "failed": 0,
+        "total": 5,
+        "manifest": summary["manifest"],
+    }
+    assert images(tmp_path / "out") == [f"SKU-{n:04d}.png" for n in range(5)]
+    assert summary["manifest"].startswith(f"file://{tmp_path}/out/manifests/catalog/")
+    lines = manifest(summary)
+    assert [line["key"] for line in lines] == [f"SKU-{n:04d}" for n in range(5)]
+    first = lines[0]
+    assert first["status"] == "generated" and first["stored_uri"] == f"file://{tmp_path}/out/SKU-0000.png"
+    assert first["prompt"] == "Product photo of item 0" and first["model"] == "google/imagen-4"
+    assert first["aspect_ratio"] == "4:3" and first["width"] and first["height"] and "error" not in first
+
+
+def test_a_rerun_pays_for_nothing_and_reuses_every_image(imagen_emulator, tmp_path):
+    items = write_jsonl(tmp_path / "products.jsonl", rows(8))
+    op = dataset(items=str(items), output_path=f"{tmp_path}/out/", manifest_path=f"{tmp_path}/m/run1.jsonl")
+    run(op)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+
+    op = dataset(items=str(items), output_path=f"{tmp_path}/out/", manifest_path=f"{tmp_path}/m/run2.jsonl")
+    summary = run(op)
+    assert imagen_emulator.generations == 8  # the first run's, nothing more
+    assert summary["reused"] == 8 and summary["generated"] == summary["replaced"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before  # nothing rewritten
+    reused = manifest(summary)
+    assert {line["status"] for line in reused} == {"reused"}
+    assert reused[0]["width"] and reused[0]["model"] == "google/imagen-4"
+
+
+def test_five_changed_and_ten_new_rows_bill_fifteen_and_replace_five(imagen_emulator, tmp_path):
+    out = f"{tmp_path}/out/"
+    run(dataset(items=rows(20), output_path=out))
+    old = (tmp_path / "out" / "SKU-0000.png").read_bytes()
+
+    changed = rows(5, prompt="A new photo of item {n}") + rows(15, start=5) + rows(10, start=20)
+    summary = run(dataset(items=changed, output_path=out))
+    assert imagen_emulator.generations == 20 + 15
+    assert (summary["generated"], summary["replaced"], summary["reused"]) == (10, 5, 15)
+    assert (tmp_path / "out" / "SKU-0000.png").read_bytes() != old
+    statuses = {line["key"]: line["status"] for line in manifest(summary)}
+    assert (
+        statuses["SKU-0004"] == "replaced" and statuses["SKU-0005"] == "reused" and statuses["SKU-0029"] == "generated"
+    )
+    assert len(images(tmp_path / "out")) == 30
+    assert len(list((tmp_path / "out").glob("SKU-0000.*.json"))) == 1  # one sidecar per key: the old one is gone
+
+    again = run(dataset(items=changed, output_path=out))
+    assert imagen_emulator.generations == 35 and again["reused"] == 30
+
+
+def test_a_csv_with_an_extra_column_carries_it_to_the_manifest(imagen_emulator, tmp_path):
+    path = tmp_path / "products.csv"
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["key", "prompt", "aspect_ratio", "category"])
+        writer.writerow(["mug-1", "A blue mug", "", "kitchen"])
+        writer.writerow(["lamp-2", "A brass lamp", "9:16", "lighting"])
+    summary = run(dataset(items=str(path), output_path=f"{tmp_path}/out/", aspect_ratio="1:1"))
+    lines = {line["key"]: line for line in manifest(summary)}
+    assert lines["mug-1"]["category"] == "kitchen" and lines["mug-1"]["aspect_ratio"] == "1:1"
+    assert lines["lamp-2"]["category"] == "lighting" and lines["lamp-2"]["aspect_ratio"] == "9:16"
+    assert lines["lamp-2"]["height"] > lines["lamp-2"]["width"]
+    assert imagen_emulator.generations == 2
+
+
+def test_bad_rows_are_refused_before_any_request_naming_them_by_line(imagen_emulator, tmp_path):
+    items = [
+        {"key": "ok-1", "prompt": "fine"},
+        {"prompt": "no key"},
+        {"key": "../etc/passwd", "prompt": "escape"},
+        {"key": "ok-1", "prompt": "duplicate"},
+        {"key": "no-prompt"},
+        {"key": ".hidden", "prompt": "hidden"},
+        {"key": "ratio", "prompt": "x", "aspect_ratio": "2:1"},
+    ] + [{"key": f"bad key {n}", "prompt": "x"} for n in range(30)]
+    path = write_jsonl(tmp_path / "bad.jsonl", items)
+    with pytest.raises(InvalidInputError) as refused:
+        run(dataset(items=str(path), output_path=f"{tmp_path}/out/"))
+    message = str(refused.value)
+    assert "36 of 37 rows refused before any request" in message
+    assert "line 2: key: missing" in message and "line 3: key: '../etc/passwd' is not a safe file name" in message
+    assert "line 4: key: 'ok-1' appears more than once" in message and "line 5: prompt: missing" in message
+    assert "line 6:" in message and "line 7: aspect_ratio" in message and "... and 16 more" in message
+    assert imagen_emulator.api_requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_four_shards_cover_two_hundred_rows_exactly_once(imagen_emulator, tmp_path):
+    items = write_jsonl(tmp_path / "products.jsonl", rows(200))
+    seen: list[str] = []
+    for shard in range(4):
+        ti = TaskInstance(dag_id="catalog", task_id="images", map_index=shard)
+        summary = run(
+            dataset(
+                items=str(items), output_path=f"{tmp_path}/out/", shard_index=shard, shard_count=4, max_concurrency=16
+            ),
+            ti,
+        )
+        keys = [line["key"] for line in manifest(summary)]
+        assert 0 < len(keys) < 200 and summary["total"] == len(keys)
+        assert all(shard_of(key, 4) == shard for key in keys)
+        seen += keys
+    assert sorted(seen) == [f"SKU-{n:04d}" for n in range(200)]
+    assert imagen_emulator.generations == 200
+    assert shard_of("SKU-0000", 4) == 2  # stable: the same in every process and Python version
