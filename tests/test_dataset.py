@@ -20,6 +20,15 @@ from airflow_provider_imagen.exceptions import InvalidInputError
 from airflow_provider_imagen.operators import ImagenDatasetOperator
 from tests.test_durable import FakeTaskStateStore, TaskInstance
 
+try:  # the S3 fixtures need moto[server] and s3fs (the dev extra)
+    from tests.test_s3_storage import bucket, s3_endpoint  # noqa: F401 - fixtures
+
+    HAS_S3 = True
+except pytest.skip.Exception:
+    HAS_S3 = False
+
+REPO = Path(__file__).resolve().parent.parent
+
 
 def dataset(**kwargs: Any) -> ImagenDatasetOperator:
     with DAG(dag_id="catalog", schedule=None, start_date=datetime(2025, 1, 1)):
@@ -27,8 +36,10 @@ def dataset(**kwargs: Any) -> ImagenDatasetOperator:
 
 
 def run(op: ImagenDatasetOperator, ti: TaskInstance | None = None, store: Any = None) -> dict[str, Any]:
+    """Run one try; ``store={}`` runs it without a task state store (the records go to ``durable_cache_path``)."""
     context = {"ti": ti or TaskInstance(dag_id="catalog", task_id="images")}
-    context["task_state_store"] = store if store is not None else FakeTaskStateStore()
+    if store != {}:
+        context["task_state_store"] = store if store is not None else FakeTaskStateStore()
     return op.execute(context)
 
 
@@ -166,3 +177,88 @@ def test_four_shards_cover_two_hundred_rows_exactly_once(imagen_emulator, tmp_pa
     assert sorted(seen) == [f"SKU-{n:04d}" for n in range(200)]
     assert imagen_emulator.generations == 200
     assert shard_of("SKU-0000", 4) == 2  # stable: the same in every process and Python version
+
+
+# --- A worker killed mid-run ---------------------------------------------------------------------------------
+
+KILLED_TRY = """
+import json, sys
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider_imagen.operators import ImagenDatasetOperator
+
+
+class TaskInstance:  # the first try of tests.test_durable's (importing tests would unset the connection)
+    dag_id, run_id, task_id, map_index = "catalog", "manual__2026-01-01T00:00:00+00:00", "images", -1
+    try_number, max_tries = 1, 3
+
+    def xcom_push(self, key, value):
+        pass
+
+
+with DAG(dag_id="catalog", schedule=None, start_date=datetime(2025, 1, 1)):
+    op = ImagenDatasetOperator(task_id="images", retries=3, items=sys.argv[1], output_path=sys.argv[2],
+                               max_concurrency=4)
+op.execute({"ti": TaskInstance()})
+"""
+
+
+def test_a_try_killed_mid_run_is_retried_paying_only_for_rows_not_yet_stored(imagen_emulator, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    # Before Airflow 3.3's task state store, the durable records live in a folder: shared by both processes.
+    monkeypatch.setenv("AIRFLOW__IMAGEN__DURABLE_CACHE_PATH", str(tmp_path / "durable"))
+    imagen_emulator.configure(latency=0.3)
+    items = write_jsonl(tmp_path / "products.jsonl", rows(40))
+    out = tmp_path / "out"
+    worker = subprocess.Popen([sys.executable, "-c", KILLED_TRY, str(items), f"{out}/"], cwd=REPO)
+    try:
+        imagen_emulator.wait_for_generations(12, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGKILL)  # no finally, no manifest: a lost worker
+        worker.wait()
+    imagen_emulator.configure(latency=0)
+    stored_before = len(list(out.glob("*.json")))
+    # A slot frees only when a row is stored and sealed: 12 generations at concurrency 4 means 8 rows stored.
+    assert stored_before >= 8 and not (out / "manifests").exists()
+
+    ti = TaskInstance(dag_id="catalog", task_id="images")
+    ti.retry()
+    summary = run(dataset(items=str(items), output_path=f"{out}/"), ti, store={})
+    # Rows in flight when the worker died were billed then; the retry's same requests hit the gateway cache.
+    assert imagen_emulator.generations == 40
+    assert summary["failed"] == 0 and summary["reused"] >= stored_before
+    assert summary["generated"] + summary["reused"] == 40
+    assert len(images(out)) == 40 and len(list(out.glob("*.json"))) == 40
+
+
+# --- S3: one listing, not one request per row -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not HAS_S3, reason="needs moto[server] and s3fs (the dev extra)")
+def test_an_s3_rerun_lists_the_folder_once_instead_of_asking_per_row(imagen_emulator, bucket, monkeypatch):
+    import s3fs
+
+    calls: list[str] = []  # the S3 API calls s3fs makes (its uploads go another way, checked by their result)
+    original = s3fs.S3FileSystem._call_s3
+
+    async def counted(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        return await original(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    out = f"{bucket.uri}/products/"
+    first = run(dataset(items=rows(30), output_path=out, max_concurrency=8))
+    assert first["generated"] == 30 and imagen_emulator.generations == 30
+    stored = bucket.objects()
+    assert {f"products/SKU-{n:04d}.png" for n in range(30)} <= set(stored)
+
+    calls.clear()
+    again = run(dataset(items=rows(30), output_path=out))
+    assert again["reused"] == 30 and imagen_emulator.generations == 30
+    assert calls.count("list_objects_v2") == 1  # the folder, once
+    assert len(calls) <= 5, calls  # the listing and the manifest's upload: nothing per row
+    assert again["manifest"].startswith(f"{bucket.uri}/products/manifests/")
+    assert bucket.objects()[again["manifest"].split("@", 1)[1].split("/", 1)[1]].count(b'"reused"') == 30

@@ -105,7 +105,7 @@ class FolderIndex:
         self.folder = folder
         self.keys: dict[str, Stored] = {}
         try:
-            entries = folder.fs.ls(folder.path, detail=True)
+            entries = folder.fs.ls(folder.path, detail=True, refresh=True)  # never a cached listing
         except FileNotFoundError:
             entries = []
         for entry in entries:
