@@ -138,6 +138,11 @@ class FolderIndex:
                     return Made(str(self.folder / image), *numbers)
         return None
 
+    def uris(self, key: str) -> list[str]:
+        """Return the URIs of the images the folder holds for ``key``."""
+        stored = self.keys.get(key)
+        return [str(self.folder / name) for name in stored.images] if stored is not None else []
+
     def has(self, key: str) -> bool:
         """Tell whether the folder holds an image of ``key`` (whatever made it)."""
         stored = self.keys.get(key)
@@ -237,8 +242,10 @@ class DatasetJob(ImageJob):
         """
         if (made := self.index.made(row)) is not None:
             return "reused", Outcome(stored=made.uri, reused=True), made
-        status = "replaced" if self.index.has(row.key) else "generated"
         outcome, regenerations = await asyncio.to_thread(self.reuse, row)
+        # An image this request's earlier try stored (and died before sealing) is its own, not one it replaced.
+        ours = outcome is not None and outcome.stored is not None and outcome.stored in self.index.uris(row.key)
+        status = "replaced" if self.index.has(row.key) and not ours else "generated"
         if outcome is None:  # what follows is ImageJob.run_batch's, for one item
             await asyncio.to_thread(self.check_budget, 1, reserve=True)
             try:
