@@ -262,3 +262,34 @@ def test_an_s3_rerun_lists_the_folder_once_instead_of_asking_per_row(imagen_emul
     assert len(calls) <= 5, calls  # the listing and the manifest's upload: nothing per row
     assert again["manifest"].startswith(f"{bucket.uri}/products/manifests/")
     assert bucket.objects()[again["manifest"].split("@", 1)[1].split("/", 1)[1]].count(b'"reused"') == 30
+
+
+# --- The example DAG -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_catalog_dag_run_twice_bills_only_the_first_run(airflow_db, imagen_emulator, tmp_path, monkeypatch):
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag
+
+    monkeypatch.setenv("AIRFLOW_VAR_IMAGEN_OUTPUT_DIR", str(tmp_path))
+    with (REPO / "dags" / "data" / "products.csv").open(newline="") as products:
+        keys = [row["key"] for row in csv.DictReader(products)]
+    dag = DagBag(dag_folder=str(REPO / "dags" / "imagen_catalog.py")).get_dag("imagen_catalog")
+
+    first = dag.test()
+    assert first.state == "success"
+    assert imagen_emulator.generations == len(keys)
+    assert images(tmp_path / "catalog") == sorted(f"{key}.png" for key in keys)
+
+    second = dag.test()
+    assert second.state == "success"
+    assert imagen_emulator.generations == len(keys)  # the second run bills nothing
+    ti = second.get_task_instance("product_images")
+    summary = ti.xcom_pull(task_ids="product_images")
+    assert summary["reused"] == len(keys) and summary["generated"] == 0
+    lines = manifest(summary)
+    assert [line["key"] for line in lines] == keys and {line["status"] for line in lines} == {"reused"}
+    assert lines[0]["category"] == "kitchen" and lines[0]["price"] == "14.90"
