@@ -293,3 +293,42 @@ def test_catalog_dag_run_twice_bills_only_the_first_run(airflow_db, imagen_emula
     lines = manifest(summary)
     assert [line["key"] for line in lines] == keys and {line["status"] for line in lines} == {"reused"}
     assert lines[0]["category"] == "kitchen" and lines[0]["price"] == "14.90"
+
+
+# --- Failures ---------------------------------------------------------------------------------------------------
+
+
+def test_a_failed_row_is_its_manifest_line_and_the_rerun_pays_only_for_it(imagen_emulator, tmp_path):
+    from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
+
+    out, manifest_path = f"{tmp_path}/out/", f"{tmp_path}/manifest.jsonl"
+    imagen_emulator.inject("content_policy")  # the first row's request is refused
+    with pytest.raises(CloudflareWorkersAIError) as failed:
+        run(dataset(items=rows(5), output_path=out, manifest_path=manifest_path, max_concurrency=1))
+    assert "1 of 5 items failed" in str(failed.value) and "SKU-0000 (line 1)" in str(failed.value)
+    lines = [json.loads(line) for line in Path(manifest_path).read_text().splitlines()]  # written for a failed task
+    assert [line["status"] for line in lines] == ["failed"] + ["generated"] * 4
+    assert "safety" in lines[0]["error"] and lines[0]["stored_uri"] is None
+    assert imagen_emulator.generations == 4
+
+    summary = run(dataset(items=rows(5), output_path=out, fail_on_error=False))
+    assert (summary["generated"], summary["reused"], summary["failed"]) == (1, 4, 0)
+    assert imagen_emulator.generations == 5
+
+
+def test_with_fail_on_error_off_the_task_succeeds_and_counts_the_failures(imagen_emulator, tmp_path):
+    imagen_emulator.inject("content_policy")
+    summary = run(dataset(items=rows(3), output_path=f"{tmp_path}/out/", max_concurrency=1, fail_on_error=False))
+    assert (summary["failed"], summary["generated"]) == (1, 2)
+    assert [line["status"] for line in manifest(summary)] == ["failed", "generated", "generated"]
+
+
+def test_max_images_refuses_before_any_request_what_the_folder_does_not_hold(imagen_emulator, tmp_path):
+    from airflow_provider_imagen.exceptions import SpendLimitError
+
+    out = f"{tmp_path}/out/"
+    run(dataset(items=rows(5), output_path=out))
+    with pytest.raises(SpendLimitError):  # 5 new rows, 3 allowed
+        run(dataset(items=rows(10), output_path=out, max_images=3))
+    assert imagen_emulator.generations == 5
+    assert run(dataset(items=rows(10), output_path=out, max_images=5))["generated"] == 5  # the 5 stored are free
