@@ -24,6 +24,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from airflow_provider_imagen._task.job import ImageJob, Outcome
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import httpx
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_imagen._task.dataset import Row
@@ -169,7 +171,36 @@ class DatasetJob(ImageJob):
         self._api_host = api_host
         self.rows: dict[int, Row] = {}  # the rows in flight, by item index: what store() names files after
         self.sizes: dict[str, tuple[int, tuple[int, int] | None]] = {}  # bytes, dimensions of what this try stored
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
         super().__init__(store=self._store_row, **kwargs)
+
+    def _client(self) -> httpx.Client:
+        """
+        Return this thread's image client: one per thread, pooled, instead of one per image.
+
+        A new client costs ~35 ms of CPU (its SSL context loads the CA bundle), under the GIL: at 50 rows in flight
+        that alone held a dataset to ~15 images a second. One per thread, because a download adds its URL guard to
+        the client's hooks for its duration.
+        """
+        import httpx
+
+        from airflow_provider_imagen._task.download import DEFAULT_DOWNLOAD_TIMEOUT, MAX_REDIRECTS
+
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=DEFAULT_DOWNLOAD_TIMEOUT)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Close the image clients."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def api_host(self, image: GeneratedImage) -> str | None:
         """Return the API's host for an image at a URL (it may be private, as the emulator's is)."""
@@ -197,6 +228,7 @@ class DatasetJob(ImageJob):
                 inputs={},
                 url=image.url,
                 data=image.data,
+                client=self._client() if image.url is not None else None,
                 max_bytes=self.max_bytes,
                 api_host=self.api_host(image),
             )
