@@ -124,7 +124,7 @@ def test_five_changed_and_ten_new_rows_bill_fifteen_and_replace_five(imagen_emul
 
 def test_a_csv_with_an_extra_column_carries_it_to_the_manifest(imagen_emulator, tmp_path):
     path = tmp_path / "products.csv"
-    with path.open("w", newline="") as out:
+    with path.open("w", newline="", encoding="utf-8-sig") as out:  # as a spreadsheet exports it: a BOM first
         writer = csv.writer(out)
         writer.writerow(["key", "prompt", "aspect_ratio", "category"])
         writer.writerow(["mug-1", "A blue mug", "", "kitchen"])

@@ -125,13 +125,13 @@ class ItemSource:
                         yield line, f"not JSON ({err.msg})"
 
     def _open(self) -> io.TextIOBase:
-        path = self.path
+        path = self.path  # utf-8-sig: a spreadsheet's CSV export starts with a byte order mark
         if isinstance(path, str) and "://" not in path:
-            return open(os.path.expanduser(path), encoding="utf-8", newline="")
+            return open(os.path.expanduser(path), encoding="utf-8-sig", newline="")
         from airflow.sdk import ObjectStoragePath
 
         remote = path if not isinstance(path, str) else ObjectStoragePath(path)
-        return io.TextIOWrapper(remote.open("rb"), encoding="utf-8", newline="")  # type: ignore[union-attr]
+        return io.TextIOWrapper(remote.open("rb"), encoding="utf-8-sig", newline="")  # type: ignore[union-attr]
 
 
 def _is_storage_path(value: object) -> bool:
