@@ -7,6 +7,7 @@ Every test counts generations at the emulator: what Cloudflare would bill.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ except pytest.skip.Exception:
     HAS_S3 = False
 
 REPO = Path(__file__).resolve().parent.parent
+RUNS = itertools.count(1)
 
 
 def dataset(**kwargs: Any) -> ImagenDatasetOperator:
@@ -37,7 +39,8 @@ def dataset(**kwargs: Any) -> ImagenDatasetOperator:
 
 def run(op: ImagenDatasetOperator, ti: TaskInstance | None = None, store: Any = None) -> dict[str, Any]:
     """Run one try; ``store={}`` runs it without a task state store (the records go to ``durable_cache_path``)."""
-    context = {"ti": ti or TaskInstance(dag_id="catalog", task_id="images")}
+    # Each call without ``ti`` is a new DAG run: its AI Gateway cache keys are new, as a real rerun's are.
+    context = {"ti": ti or TaskInstance(dag_id="catalog", task_id="images", run_id=f"manual__{next(RUNS)}")}
     if store != {}:
         context["task_state_store"] = store if store is not None else FakeTaskStateStore()
     return op.execute(context)
@@ -93,7 +96,7 @@ def test_a_rerun_pays_for_nothing_and_reuses_every_image(imagen_emulator, tmp_pa
 
     op = dataset(items=str(items), output_path=f"{tmp_path}/out/", manifest_path=f"{tmp_path}/m/run2.jsonl")
     summary = run(op)
-    assert imagen_emulator.generations == 8  # the first run's, nothing more
+    assert imagen_emulator.generations == 8 and imagen_emulator.api_requests == 8  # the first run's, nothing more
     assert summary["reused"] == 8 and summary["generated"] == summary["replaced"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before  # nothing rewritten
     reused = manifest(summary)
@@ -245,7 +248,7 @@ def test_an_s3_rerun_lists_the_folder_once_instead_of_asking_per_row(imagen_emul
     original = s3fs.S3FileSystem._call_s3
 
     async def counted(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        calls.append(method)
+        calls.append(f"{method} {kwargs.get('Prefix', '')}".strip())
         return await original(self, method, *args, **kwargs)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
@@ -258,8 +261,8 @@ def test_an_s3_rerun_lists_the_folder_once_instead_of_asking_per_row(imagen_emul
     calls.clear()
     again = run(dataset(items=rows(30), output_path=out))
     assert again["reused"] == 30 and imagen_emulator.generations == 30
-    assert calls.count("list_objects_v2") == 1  # the folder, once
-    assert len(calls) <= 5, calls  # the listing and the manifest's upload: nothing per row
+    assert calls.count("list_objects_v2 products/") == 1, calls  # the folder, once
+    assert len(calls) <= 6, calls  # and the manifest's upload (its folder, its existence): nothing per row
     assert again["manifest"].startswith(f"{bucket.uri}/products/manifests/")
     assert bucket.objects()[again["manifest"].split("@", 1)[1].split("/", 1)[1]].count(b'"reused"') == 30
 
@@ -332,3 +335,19 @@ def test_max_images_refuses_before_any_request_what_the_folder_does_not_hold(ima
         run(dataset(items=rows(10), output_path=out, max_images=3))
     assert imagen_emulator.generations == 5
     assert run(dataset(items=rows(10), output_path=out, max_images=5))["generated"] == 5  # the 5 stored are free
+
+
+def test_an_image_its_sidecar_does_not_vouch_for_is_never_trusted(imagen_emulator, tmp_path):
+    out = tmp_path / "out"
+    run(dataset(items=rows(3), output_path=f"{out}/"))
+    # What a crash (or a person) can leave: an image without its sidecar, and an image that is not the one its
+    # sidecar describes (here: other bytes under the same name).
+    next(out.glob("SKU-0000.*.json")).unlink()
+    (out / "SKU-0001.png").write_bytes((out / "SKU-0001.png").read_bytes() + b"\0")
+
+    next_run = TaskInstance(dag_id="catalog", task_id="images", run_id="scheduled__2026-01-02T00:00:00+00:00")
+    summary = run(dataset(items=rows(3), output_path=f"{out}/"), next_run)
+    statuses = {line["key"]: line["status"] for line in manifest(summary)}
+    assert statuses == {"SKU-0000": "replaced", "SKU-0001": "replaced", "SKU-0002": "reused"}
+    assert imagen_emulator.generations == 5
+    assert len(list(out.glob("*.json"))) == 3 and len(images(out)) == 3
