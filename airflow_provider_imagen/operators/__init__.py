@@ -1,5 +1,5 @@
 """
-The Imagen operators: one image, a batch, and the link to a generated image.
+The Imagen operators: one image, a batch, a keyed dataset, and the link to a generated image.
 
 Each class is imported when first asked for, so a DAG that uses one operator does not pay, at parse time, for
 importing the others.
@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow_provider_imagen.operators.base import ImagenBaseOperator
     from airflow_provider_imagen.operators.batch import ImagenGenerateImagesOperator
+    from airflow_provider_imagen.operators.dataset import ImagenDatasetOperator
     from airflow_provider_imagen.operators.image import ImagenGenerateImageOperator
     from airflow_provider_imagen.operators.links import GeneratedImageLink
 
 __all__ = [
     "GeneratedImageLink",
     "ImagenBaseOperator",
+    "ImagenDatasetOperator",
     "ImagenGenerateImageOperator",
     "ImagenGenerateImagesOperator",
 ]
@@ -26,6 +28,7 @@ __all__ = [
 _MODULES = {
     "GeneratedImageLink": "links",
     "ImagenBaseOperator": "base",
+    "ImagenDatasetOperator": "dataset",
     "ImagenGenerateImageOperator": "image",
     "ImagenGenerateImagesOperator": "batch",
 }

@@ -1,0 +1,355 @@
+"""
+One try of a dataset step: the items read (streaming), checked before any request, keyed, sharded, and run.
+
+Items come from a ``.jsonl``/``.csv`` file (a local path, a URI or an ``ObjectStoragePath``, read line by line, twice:
+once to check every row, once to generate) or a list of dicts (an XCom). Each has a ``key`` (it becomes a file name),
+a ``prompt``, optionally ``aspect_ratio`` and ``person_generation``; every other field is carried to the manifest.
+The folder the images go to, how a stored image is matched to its inputs, and the manifest are in
+:mod:`~airflow_provider_imagen._task.keyed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_imagen._cloudflare.rules import imagen_input_problems, shown, unset_if_empty
+from airflow_provider_imagen._task.job import Item
+from airflow_provider_imagen.exceptions import InvalidInputError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow.sdk import ObjectStoragePath
+
+#: A key is a file name: letters, digits, ``-``, ``_``, ``.``; never ``.``-first (hidden, or ``..``); 200 at most.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+#: The fields an item sets for itself; any other field is carried to the manifest untouched.
+INPUT_FIELDS = ("key", "prompt", "aspect_ratio", "person_generation")
+#: Fields the manifest writes: an item may not bring its own.
+MANIFEST_FIELDS = ("status", "stored_uri", "model", "width", "height", "error")
+#: Bad rows named in the refusal (all are counted).
+MAX_NAMED = 20
+
+
+@dataclass(frozen=True)
+class Row(Item):
+    """
+    One item of a dataset: an :class:`~airflow_provider_imagen._task.job.Item` with its key and its own inputs.
+
+    ``fingerprint`` (what the durable records and the AI Gateway cache key use) covers the key as well as the inputs,
+    so two rows with the same prompt are two images; ``inputs`` digests what made the image, key aside.
+    """
+
+    key: str = ""
+    line: int = 0
+    inputs: str = ""
+    aspect_ratio: str | None = None
+    person_generation: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def shard_of(key: str, shard_count: int) -> int:
+    """Return the shard of ``key``: a hash that is the same in every process and Python version (not ``hash()``)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % shard_count
+
+
+def check_shards(shard_index: object, shard_count: object) -> None:
+    """Refuse a shard that is not one of ``shard_count`` (a whole number, at least 1)."""
+    if isinstance(shard_count, bool) or not isinstance(shard_count, int) or shard_count < 1:
+        raise InvalidInputError(f"Invalid shard_count: must be a whole number of at least 1, got {shown(shard_count)}")
+    if isinstance(shard_index, bool) or not isinstance(shard_index, int) or not 0 <= shard_index < shard_count:
+        raise InvalidInputError(
+            f"Invalid shard_index: must be a whole number from 0 to {shard_count - 1}, got {shown(shard_index)}"
+        )
+
+
+# --- Reading ---------------------------------------------------------------------------------------------
+
+
+class ItemSource:
+    """
+    Where the items are: iterated as often as needed, one ``(line, row)`` at a time, never all in memory from a file.
+
+    :param items: a ``.jsonl``/``.ndjson``/``.csv`` path or URI, an ``ObjectStoragePath``, or a list of dicts.
+    :raises InvalidInputError: for anything else, naming ``items``.
+    """
+
+    def __init__(self, items: object) -> None:
+        self.rows: list[Any] | None = None
+        self.path: str | ObjectStoragePath | None = None
+        if isinstance(items, (list, tuple)):
+            self.rows = list(items)
+            self.kind = "list"
+            return
+        text = str(items).strip() if isinstance(items, str) or _is_storage_path(items) else None
+        if not text:
+            raise InvalidInputError(
+                "Invalid items: expected a .jsonl or .csv path or URI, or a list of dicts with key and prompt, "
+                f"got {shown(items)}"
+            )
+        suffix = text.lower().rsplit(".", 1)[-1]
+        if suffix not in ("jsonl", "ndjson", "csv"):
+            raise InvalidInputError(f"Invalid items {text!r}: the file must end in .jsonl, .ndjson or .csv")
+        self.kind = "csv" if suffix == "csv" else "jsonl"
+        self.path = items if _is_storage_path(items) else text  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path is not None else f"a list of {len(self.rows or [])} items"
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        """Yield ``(line, row)``: the line in the file (the header is line 1 of a CSV), or the position in a list."""
+        if self.rows is not None:
+            yield from enumerate(self.rows, start=1)
+            return
+        with self._open() as text:
+            if self.kind == "csv":
+                reader = csv.DictReader(text)
+                for row in reader:
+                    yield reader.line_num, row
+                return
+            for line, raw in enumerate(text, start=1):
+                if raw.strip():
+                    try:
+                        yield line, json.loads(raw)
+                    except json.JSONDecodeError as err:
+                        yield line, f"not JSON ({err.msg})"
+
+    def _open(self) -> io.TextIOBase:
+        path = self.path  # utf-8-sig: a spreadsheet's CSV export starts with a byte order mark
+        if isinstance(path, str) and "://" not in path:
+            return open(os.path.expanduser(path), encoding="utf-8-sig", newline="")
+        from airflow.sdk import ObjectStoragePath
+
+        remote = path if not isinstance(path, str) else ObjectStoragePath(path)
+        return io.TextIOWrapper(remote.open("rb"), encoding="utf-8-sig", newline="")  # type: ignore[union-attr]
+
+
+def _is_storage_path(value: object) -> bool:
+    return type(value).__name__ == "ObjectStoragePath"
+
+
+def row_problems(row: Any, seen: set[str]) -> list[str]:
+    """Say what is wrong with one row (its key is added to ``seen`` when it is usable, to find duplicates)."""
+    if isinstance(row, str):
+        return [row]
+    if not isinstance(row, dict):
+        return [f"must be an object with key and prompt, got {shown(row)}"]
+    key = row.get("key")
+    if isinstance(key, int) and not isinstance(key, bool):
+        key = str(key)
+    if key is None or key == "":
+        problems = ["key: missing"]
+    elif not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        problems = [
+            f"key: {shown(key)} is not a safe file name (letters, digits, '-', '_', '.', not '.' first, "
+            "at most 200 characters)"
+        ]
+    elif key in seen:
+        problems = [f"key: {key!r} appears more than once"]
+    else:
+        seen.add(key)
+        problems = []
+    if "prompt" not in row:
+        problems.append("prompt: missing")
+    else:
+        ratio, people = (unset_if_empty(row.get(name)) for name in ("aspect_ratio", "person_generation"))
+        problems += imagen_input_problems(row["prompt"], ratio, people)
+    problems += [f"{name}: reserved for the manifest" for name in MANIFEST_FIELDS if name in row]
+    return problems
+
+
+def check_items(source: ItemSource, selected: Any = None) -> int:
+    """
+    Check every row of ``source`` before any request; return how many there are.
+
+    :param selected: if given, called with each good row's key: counts the rows it selects instead.
+    :raises InvalidInputError: naming up to :data:`MAX_NAMED` bad rows by line, and how many there are.
+    """
+    seen: set[str] = set()
+    bad: list[str] = []
+    count = total = 0
+    for line, row in source:
+        total += 1
+        problems = row_problems(row, seen)
+        if problems:
+            bad.append(f"  line {line}: " + "; ".join(problems))
+            continue
+        if selected is None or selected(str(row["key"])):
+            count += 1
+    if bad:
+        more = f"\n  ... and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+        raise InvalidInputError(
+            f"Invalid items in {source}: {len(bad)} of {total} rows refused before any request:\n"
+            + "\n".join(bad[:MAX_NAMED])
+            + more
+        )
+    return count
+
+
+def to_row(index: int, line: int, raw: dict[str, Any], defaults: dict[str, Any], digest_inputs: Any) -> Row:
+    """
+    Make a checked ``raw`` row a :class:`Row`, with the operator's defaults where it sets nothing.
+
+    :param digest_inputs: digests a prompt, aspect ratio and person generation with the operator's other inputs.
+    """
+    key = str(raw["key"])
+    ratio = unset_if_empty(raw.get("aspect_ratio")) or defaults["aspect_ratio"]
+    people = unset_if_empty(raw.get("person_generation")) or defaults["person_generation"]
+    prompt = str(raw["prompt"]).strip()
+    inputs = digest_inputs(prompt, ratio, people)
+    digest = hashlib.sha256(json.dumps([inputs, key]).encode()).hexdigest()[:32]
+    extra = {name: value for name, value in raw.items() if name not in INPUT_FIELDS}
+    return Row(index, prompt, digest, 0, key, line, inputs, ratio, people, extra)
+
+
+# --- One try of a dataset step ----------------------------------------------------------------------------------
+
+#: Rows in flight at once are read this many at a time: a 100,000-row file is never 100,000 rows in memory.
+CHUNK_ROWS = 4096
+
+
+def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
+    """
+    Run one try of an :class:`~airflow_provider_imagen.operators.dataset.ImagenDatasetOperator`.
+
+    Check every row, list the folder once, then for each row of this shard reuse, generate or replace its image,
+    recording each in the manifest, which is published whole even when the try fails.
+
+    :return: the counts per status and the manifest's URI.
+    """
+    from airflow_provider_imagen._cloudflare.batch import run_each
+    from airflow_provider_imagen._cloudflare.rules import model_chain
+    from airflow_provider_imagen._task.durable import Ledger, fingerprint
+    from airflow_provider_imagen._task.job import Outcome
+    from airflow_provider_imagen._task.keyed import DatasetJob, FolderIndex, Manifest, default_manifest_name
+    from airflow_provider_imagen._task.storage import resolve_output_path, task_instance_identity
+    from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, SpendLimitError
+    from airflow_provider_imagen.models import GatewayOptions
+
+    op, log = operator, operator.log
+    chain = model_chain(op.model, op.fallback_models)
+    folder, _ = resolve_output_path(op.output_path)
+    if op.manifest_path:
+        target, is_folder = resolve_output_path(op.manifest_path)
+        if is_folder:
+            raise InvalidInputError(f"Invalid manifest_path {op.manifest_path!s}: it must name a file, not a folder")
+    else:
+        target = folder / default_manifest_name(task_instance_identity(context))
+    source = ItemSource(op.items)
+    gateway = GatewayOptions.parse(op.gateway_options)
+    defaults = {name: unset_if_empty(getattr(op, name)) for name in ("aspect_ratio", "person_generation")}
+
+    def selected(key: str) -> bool:
+        return bool(op.shard_count == 1 or shard_of(key, op.shard_count) == op.shard_index)
+
+    def digest_inputs(prompt: str, ratio: str | None, people: str | None) -> str:
+        return fingerprint(chain[0], prompt, ratio, people, gateway, chain[1:])
+
+    def rows() -> Iterator[Row]:
+        index = 0
+        for line, raw in source:
+            if selected(str(raw["key"])):
+                yield to_row(index, line, raw, defaults, digest_inputs)
+                index += 1
+
+    total = check_items(source, selected)  # every row, before any request
+    folder_index = FolderIndex(folder)
+    api_hosts: list[str] = []
+
+    def api_host() -> str:
+        if not api_hosts:
+            import httpx
+
+            api_hosts.append(httpx.URL(op.get_hook().settings.base_url).host)
+        return api_hosts[0]
+
+    job = DatasetJob(
+        folder_index,
+        chain,
+        op.max_image_bytes,
+        api_host,
+        ledger=Ledger.open(context, retries=op.retries, durable=op.durable, log=log),
+        model=chain[0],
+        fallback_models=chain[1:],
+        aspect_ratio=defaults["aspect_ratio"],
+        person_generation=defaults["person_generation"],
+        gateway_options=gateway,
+        output_path=str(folder),
+        log=log,
+        max_images=op.max_images,
+    )
+    if op.max_images is not None:  # before any request: what is neither in the folder nor in the try's records
+        unmade = (row for row in rows() if folder_index.made(row) is None)
+        job.check_budget(sum(1 for row in unmade if (job.ledger.get(row.fingerprint) or {}).get("image") is None))
+    log.info("%d items for shard %d of %d, from %s", total, op.shard_index, op.shard_count, source)
+
+    manifest = Manifest(target)
+    counts = dict.fromkeys(("generated", "reused", "replaced", "failed"), 0)
+    failures: list[tuple[Row, CloudflareWorkersAIError]] = []
+    hook = op.get_hook()
+    hook.settings  # noqa: B018 - read synchronously: see CloudflareWorkersAIHook.generate_images
+
+    def record(row: Row, status: str, outcome: Outcome, made: Any) -> None:
+        counts[status] += 1
+        image = outcome.image
+        if status == "failed":
+            error = outcome.error or CloudflareWorkersAIError("no image")
+            failures.append((row, error))
+            manifest.add(row, status, error=str(error), model=image.model if image else None)
+            return
+        if status == "replaced" and counts["replaced"] <= MAX_NAMED:
+            log.info("Replaced %s: its inputs changed since it was made", made.uri)
+        model = chain[made.model] if made.model < len(chain) else None
+        width, height = made.width or None, made.height or None
+        aspect = image.aspect_ratio if image else None
+        manifest.add(row, status, stored_uri=made.uri, model=model, width=width, height=height, aspect_ratio=aspect)
+
+    async def run_all() -> None:
+        # Storing blocks (downloads, uploads, fsync): a thread for each row in flight, not the default 6 on 2 cores.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(op.max_concurrency, 64)))
+        pending = iter(rows())
+        try:
+            while chunk := await asyncio.to_thread(lambda: list(itertools.islice(pending, CHUNK_ROWS))):
+                job.rows = {row.index: row for row in chunk}
+                results = await run_each(
+                    chunk,
+                    lambda row: job.obtain(hook, row),
+                    lambda _, err: ("failed", Outcome(error=err), None),
+                    op.max_concurrency,
+                )
+                for row, (status, outcome, made) in zip(chunk, results, strict=True):
+                    record(row, status, outcome, made)
+        finally:
+            await hook.aclose()  # the client belongs to this loop, which ends here
+            job.close()
+
+    try:
+        asyncio.run(run_all())
+    finally:
+        uri = manifest.publish()  # a failed try's manifest too: what it did, for the retry and for people
+    summary = {**counts, "total": total, "manifest": uri}
+    log.info("%s; manifest at %s", ", ".join(f"{n} {status}" for status, n in counts.items()), uri)
+    log.info("%s", job.describe())
+    context["ti"].xcom_push(key="billing", value=job.billing())
+    for _, error in failures:
+        if isinstance(error, SpendLimitError):
+            raise error
+    if failures and op.fail_on_error:
+        lines = "\n".join(f"  {row.key} (line {row.line}): {error}" for row, error in failures[:MAX_NAMED])
+        more = f"\n  ... and {len(failures) - MAX_NAMED} more" if len(failures) > MAX_NAMED else ""
+        raise CloudflareWorkersAIError(
+            f"{len(failures)} of {total} items failed (the others are stored, and a rerun reuses them; "
+            f"manifest at {uri}):\n{lines}{more}"
+        )
+    job.ledger.clear()  # success: the next run of this task instance is a new request
+    return summary
