@@ -9,6 +9,7 @@ Key paths (public packages first; names starting with ``_`` are private)::
             base.py               the parameters the operators share, documented once, and the hook they use
             image.py              one prompt, one image, optionally deferred to the triggerer
             batch.py              many prompts in one task, concurrently, results in prompt order
+            dataset.py            keyed rows of a table or file, each stored as <key>.<ext>, rerun incrementally
             links.py              the "Generated image" button on a task in the Airflow UI
         triggers/imagen.py        the deferred generation, in the triggerer's event loop
         decorators/imagen.py      ``@task.imagen``: a TaskFlow function returns what to draw
@@ -30,6 +31,7 @@ Key paths (public packages first; names starting with ``_`` are private)::
             verify.py             the connection test (the UI's Test button)
             rules.py              input checks shared by parse time and run time
             catalog.py            the text-to-image models Workers AI serves (text_to_image_models.json)
+            catalog_data.py       reading and checking the catalog's data file, on first use
             catalog_inputs.py     a model's own inputs, checked against its schema and shaped into a request
         _task/                    one try of a task, around the hook
             job.py                one try: reuse what earlier tries paid for, generate the rest, store, account
@@ -37,6 +39,8 @@ Key paths (public packages first; names starting with ``_`` are private)::
             record_stores.py      where those records live: the task state store, or an ObjectStorage folder
             storage.py            store an image atomically, named after its inputs; keep bytes until stored
             download.py           fetch an image from its URL: streamed, capped, never from a private address
+            dataset.py            a dataset's items read streaming, its run, and its manifest
+            keyed.py              keyed images in a folder: one listing, sidecars recording what made each
             lineage.py            the stored images as OpenLineage output datasets
         plugins/                  the Airflow UI plugin: an "Images" view of each DAG run and task instance
         emulator/                 an offline emulator of the Cloudflare API, for laptops, CI and tests

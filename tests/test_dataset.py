@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,11 @@ def test_a_try_killed_mid_run_is_retried_paying_only_for_rows_not_yet_stored(ima
     finally:
         worker.send_signal(signal.SIGKILL)  # no finally, no manifest: a lost worker
         worker.wait()
+    # The dead worker's requests still run at Cloudflare and are billed when they complete; a re-send is a cache
+    # hit only once they have (a re-send while one is in flight is not merged with it). Wait for that, not a time.
+    deadline = time.monotonic() + 60
+    while imagen_emulator.generations < imagen_emulator.api_requests and time.monotonic() < deadline:
+        time.sleep(0.05)
     imagen_emulator.configure(latency=0)
     stored_before = len(list(out.glob("*.json")))
     # A slot frees only when a row is stored and sealed: 12 generations at concurrency 4 means 8 rows stored.

@@ -9,6 +9,7 @@ points at MinIO, Ceph or any S3-compatible store.
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import struct
@@ -45,15 +46,23 @@ def png(size: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+_ENDPOINT: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """One moto S3 server per test process, whichever module asks first.
+
+    The aws connection's filesystem is cached by connection id (fsspec, ObjectStoragePath), so a second server on
+    another port under the same connection id would be reached through the first one's cached client.
+    """
+    if not _ENDPOINT:
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        atexit.register(server.stop)
+        host, port = server.get_host_and_port()
+        _ENDPOINT.append(f"http://{host}:{port}")
+    return _ENDPOINT[0]
 
 
 @pytest.fixture

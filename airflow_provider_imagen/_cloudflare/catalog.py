@@ -19,7 +19,6 @@ Cheap to import (no httpx, no pydantic, no Airflow).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,90 +213,6 @@ class TextToImageModel:
         return SIZED_ASPECT_RATIOS if self.takes_size else ()
 
 
-# --- Loading the data ------------------------------------------------------------------------------------
-
-
-def _field(name: str, raw: Mapping[str, Any]) -> InputField:
-    unknown = set(raw) - {
-        "type",
-        "minimum",
-        "maximum",
-        "minLength",
-        "maxLength",
-        "maxItems",
-        "enum",
-        "default",
-        "items",
-        "description",
-    }
-    if unknown or raw.get("type") not in ("string", "integer", "number", "boolean", "array", "binary"):
-        raise ValueError(
-            f"{DATA_FILE.name}: field {name!r}: unknown keys {sorted(unknown)} or type {raw.get('type')!r}"
-        )
-    enum = raw.get("enum")
-    items = raw.get("items")
-    return InputField(
-        name=name,
-        type=raw["type"],
-        minimum=raw.get("minimum"),
-        maximum=raw.get("maximum"),
-        min_length=raw.get("minLength"),
-        max_length=raw.get("maxLength"),
-        max_items=raw.get("maxItems"),
-        enum=tuple(enum) if enum is not None else None,
-        default=raw.get("default"),
-        items=_field(f"{name}[]", items) if items is not None else None,
-        description=raw.get("description", ""),
-    )
-
-
-def _model(raw: Mapping[str, Any]) -> TextToImageModel:
-    fields = {name: _field(name, spec) for name, spec in raw["fields"].items()}
-    fixed = raw.get("fixed_size")
-    model = TextToImageModel(
-        id=raw["id"],
-        label=raw["label"],
-        vendor=raw["vendor"],
-        route=raw["route"],
-        body=raw["body"],
-        output=raw["output"],
-        image_format=raw["image_format"],
-        sizes=raw["sizes"],
-        fields=MappingProxyType(fields),
-        required=tuple(raw["required"]),
-        alternatives=tuple(raw.get("alternatives", ())),
-        source=ModelSource(**raw["source"]),
-        fixed_size=(int(fixed[0]), int(fixed[1])) if fixed else None,
-        status=raw.get("status", ""),
-        notes=raw.get("notes", ""),
-    )
-    checks = {
-        "route": model.route in ("proxied", "workers-ai"),
-        "body": model.body in ("json", "multipart"),
-        "output": model.output in ("url", "base64", "binary"),
-        "image_format": model.image_format in ("png", "jpeg", "unknown"),
-        "sizes": model.sizes in ("aspect_ratio", "width_height", "fixed"),
-        "required": set(model.required) <= set(fields) and "prompt" in model.required,
-        "width_height": not model.takes_size or {"width", "height"} <= set(fields),
-        "fixed_size": (model.sizes == "fixed") == (model.fixed_size is not None),
-        "route prefix": (model.route == "workers-ai") == model.id.startswith(("@cf/", "@hf/")),
-    }
-    broken = [name for name, ok in checks.items() if not ok]
-    if broken:
-        raise ValueError(f"{DATA_FILE.name}: model {model.id!r}: inconsistent {', '.join(broken)}")
-    return model
-
-
-def _load() -> tuple[str, Mapping[str, TextToImageModel]]:
-    data = json.loads(DATA_FILE.read_text(encoding="utf-8"))
-    models = {model.id: model for model in map(_model, data["models"])}
-    for model in models.values():
-        strangers = [other for other in model.alternatives if other not in models or other == model.id]
-        if strangers:
-            raise ValueError(f"{DATA_FILE.name}: model {model.id!r}: alternatives outside the catalog: {strangers}")
-    return data["gathered"], MappingProxyType(models)
-
-
 class _Catalog(Mapping[str, TextToImageModel]):
     """The catalog, read from its data file on first use: a DAG that never asks pays nothing at parse time."""
 
@@ -307,7 +222,9 @@ class _Catalog(Mapping[str, TextToImageModel]):
 
     def _data(self) -> Mapping[str, TextToImageModel]:
         if self._models is None:  # two threads may both read it: the same data, and the last one wins
-            self._gathered, self._models = _load()
+            from airflow_provider_imagen._cloudflare.catalog_data import load
+
+            self._gathered, self._models = load()
         return self._models
 
     @property
