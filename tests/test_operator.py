@@ -213,3 +213,25 @@ def test_batch_rejects_bad_input_before_any_request(imagen_emulator, kwargs, mes
     with pytest.raises(InvalidInputError, match=message):
         op.execute({"ti": mock.Mock()})
     assert imagen_emulator.api_requests == 0
+
+
+def test_the_default_durable_path_in_a_real_task_run(airflow_db, imagen_emulator, tmp_path, monkeypatch):
+    """A real task run (not a mocked ti): durability is on by default, and names come from the real task instance."""
+    from airflow_provider_imagen._task.durable import CONFIG_OPTION, CONFIG_SECTION
+    from tests.conftest import register_dag
+
+    cache = tmp_path / "durable-cache"
+    monkeypatch.setenv(f"AIRFLOW__{CONFIG_SECTION.upper()}__{CONFIG_OPTION.upper()}", str(cache))  # used before 3.3
+    with DAG(dag_id="durable_by_default", schedule=None, start_date=datetime(2025, 1, 1)) as dag:
+        ImagenGenerateImageOperator(task_id="gen", prompt="A lighthouse at dawn", output_path=f"{tmp_path}/out/")
+    dag_run = register_dag(dag).test()
+    assert dag_run.state == "success"
+    ti = dag_run.get_task_instance("gen")
+    summary = ti.xcom_pull(task_ids="gen", key="image")
+    kept_in = summary["billing"]["durable"]  # where a retry would find what this try paid for: never silently nowhere
+    assert kept_in == "the task state store" or kept_in.startswith(f"durable_cache_path file://{cache}/")
+    stored = summary["stored_uri"]
+    assert ti.xcom_pull(task_ids="gen") == stored
+    name = stored.rsplit("/", 1)[1]
+    assert name.startswith("a-lighthouse-at-dawn-") and "mock" not in name.lower()
+    assert imagen_emulator.generations == 1

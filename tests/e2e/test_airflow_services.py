@@ -178,3 +178,44 @@ def test_a_deferred_task_falls_back_on_its_worker_when_imagen_is_unavailable(
         assert image.read(3) == b"\xff\xd8\xff"  # FLUX's JPEG, kept on the worker
     after = emulator.stats()
     assert after["generations"] - before["generations"] == 1  # four refusals, unbilled, and one image
+
+
+#: The example DAGs whose tasks defer, and how many images one run of each makes.
+DEFERRABLE_DAGS = ("imagen_deferrable_mapped", "imagen_fallback", "imagen_taskflow")
+DRILL_RUNS = 5
+
+
+def test_every_deferrable_example_dag_succeeds_five_times_on_a_busy_machine(
+    airflow_services: AirflowServices, services_emulator: EmulatorServer
+):
+    """
+    Airflow's deferral race (apache/airflow#66374) failed fast deferred tasks on a busy machine.
+
+    The trigger now holds its event ([imagen] deferral_min_seconds) and the DAGs retry; a retry after the race
+    pays nothing. Here: two CPU burners keep both cores busy while every deferrable example DAG runs five times.
+    """
+    import subprocess
+    import sys
+
+    airflow_services.wait_for_dags(list(DEFERRABLE_DAGS))
+    before = dict(services_emulator.client.stats()["generations_by_prompt"])
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        runs = [(dag_id, airflow_services.trigger(dag_id)) for dag_id in DEFERRABLE_DAGS for _ in range(DRILL_RUNS)]
+        for dag_id, run_id in runs:
+            airflow_services.wait_for_run(dag_id, run_id, timeout=600)  # raises, naming the task states, if failed
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    after = dict(services_emulator.client.stats()["generations_by_prompt"])
+    paid = {prompt: count - before.get(prompt, 0) for prompt, count in after.items() if count != before.get(prompt, 0)}
+    # Every image of every run billed exactly once: a task retried after the race reused what it had paid for.
+    assert paid and set(paid.values()) == {DRILL_RUNS}, paid
+    with airflow_services.client() as api:
+        tries = [
+            ti["try_number"]
+            for dag_id, run_id in runs
+            for ti in api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        ]
+    print(f"deferral drill: {len(runs)} runs succeeded; task tries beyond the first: {sum(t - 1 for t in tries)}")
