@@ -47,4 +47,6 @@ def deferral_min_seconds() -> float:
         value = float(conf.get("imagen", "deferral_min_seconds", fallback=str(DEFERRAL_MIN_SECONDS)))
     except ValueError:
         return DEFERRAL_MIN_SECONDS
+    if value != value:  # NaN would turn the hold off silently
+        return DEFERRAL_MIN_SECONDS
     return min(max(value, 0.0), 60.0)

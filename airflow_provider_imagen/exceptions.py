@@ -293,6 +293,8 @@ def error_to_dict(error: BaseException, conn_id: str | None = None) -> dict[str,
             model=error.model,
             skipped_models=error.skipped_models,
             maybe_billed=error.maybe_billed,
+            retry_after=error.retry_after,
+            answer_started=error.answer_started,
         )
     return payload
 
@@ -310,7 +312,7 @@ def error_from_dict(payload: Mapping[str, object] | None) -> Exception:
     if not issubclass(cls, CloudflareWorkersAIError):
         return cls(message)
     code, status, attempts = payload.get("code"), payload.get("status_code"), payload.get("attempts")
-    model, skipped = payload.get("model"), payload.get("skipped_models")
+    model, skipped, retry_after = payload.get("model"), payload.get("skipped_models"), payload.get("retry_after")
     return cls(
         message,
         status_code=status if isinstance(status, int) else None,
@@ -320,6 +322,10 @@ def error_from_dict(payload: Mapping[str, object] | None) -> Exception:
         model=model if isinstance(model, str) else None,
         skipped_models=[s for s in skipped if isinstance(s, dict)] if isinstance(skipped, list) else [],
         maybe_billed=payload.get("maybe_billed") is not False,
+        retry_after=retry_after
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool)
+        else None,
+        answer_started=payload.get("answer_started") is True,
     )
 
 

@@ -100,6 +100,8 @@ class FakeTaskInstance:
         "http://0.0.0.0/image.png",
         "http://224.0.0.1/image.png",
         "http://127.0.0.1:9/image.png",  # loopback, while the API is Cloudflare's
+        "http://[2002:7f00:1::1]/image.png",  # 6to4 around 127.0.0.1
+        "http://2130706433/image.png",  # 127.0.0.1 as one number
     ],
 )
 def test_an_image_url_at_an_internal_address_is_refused_before_connecting(tmp_path, url, no_connections_off_loopback):
@@ -145,6 +147,17 @@ def test_a_redirect_to_an_internal_address_is_refused_at_the_hop(tmp_path, redir
     assert no_connections_off_loopback == [] and list(tmp_path.iterdir()) == []
 
 
+def test_a_redirect_to_another_port_of_the_apis_private_host_is_refused(
+    tmp_path, redirector, monkeypatch, no_connections_off_loopback
+):
+    # The API (the emulator, a private proxy) is on 127.0.0.1 at the redirector's port: a redirect to another port
+    # of that host (a database beside it) is not the API.
+    monkeypatch.setattr(_Redirector, "target", "http://127.0.0.1:9/secret.png")
+    api = redirector.split("/")[2]  # 127.0.0.1:<port>
+    with pytest.raises(ImageDownloadError, match="not public"):
+        store_image(output_path=f"{tmp_path}/", url=redirector, prompt="p", inputs={}, api_host=api)
+
+
 def test_an_admin_can_allow_an_internal_image_host(tmp_path, imagen_emulator, monkeypatch):
     url = CloudflareWorkersAIHook().generate_image("A lighthouse").url
     with pytest.raises(ImageDownloadError):
@@ -173,6 +186,13 @@ def test_a_plain_http_base_url_off_loopback_is_refused_before_any_connection(
     with pytest.raises(ConnectionConfigError, match=r"'trust'.*host .*plain http.*in clear"):
         CloudflareWorkersAIHook("trust").generate_image("a cat")
     assert no_connections_off_loopback == []
+
+
+def test_credentials_in_the_host_field_are_refused_without_quoting_them(monkeypatch):
+    set_connection(monkeypatch, host="ftp://me:S3CRET-IN-HOST@api.cloudflare.com/client/v4")
+    with pytest.raises(ConnectionConfigError, match="must not hold credentials") as info:
+        CloudflareWorkersAIHook("trust").settings  # noqa: B018
+    assert "S3CRET-IN-HOST" not in str(info.value)
 
 
 def test_plain_http_to_loopback_is_allowed(imagen_emulator):

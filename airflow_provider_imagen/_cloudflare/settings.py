@@ -284,6 +284,8 @@ def _base_url(conn: Connection, fail: Any) -> str:
     host = (conn.host or "").strip()
     if not host:
         return DEFAULT_BASE_URL
+    if "@" in host.split("?", 1)[0].split("#", 1)[0]:  # before any message quotes the host: it may hold a secret
+        raise fail("host must not hold credentials: put the API token in the password field")
     if "://" not in host:
         # A URI connection (``cloudflare_workers_ai://...``) keeps the scheme in ``schema``; a bare host is
         # ambiguous, and guessing https for a local http server only surfaces later as a TLS error.
@@ -308,7 +310,7 @@ def _base_url(conn: Connection, fail: Any) -> str:
             "a loopback address (127.0.0.1, ::1, localhost) such as the emulator"
         )
     if url.query or url.fragment:
-        raise fail(f"host must be a plain base URL without a query or fragment, got {host!r}")
+        raise fail("host must be a plain base URL without a query or fragment (which may hold a secret)")
     if conn.port and url.port is None:
         url = url.copy_with(port=conn.port)
     return str(url).rstrip("/")

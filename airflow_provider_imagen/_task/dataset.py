@@ -264,14 +264,14 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
 
     total = check_items(source, selected)  # every row, before any request
     folder_index = FolderIndex(folder)
-    api_hosts: list[str] = []
+    from airflow_provider_imagen._task.download import api_authority
+
+    # Read on the task's own thread: images are stored from worker threads, where Airflow's in-process task
+    # runner cannot look a connection up.
+    host = api_authority(op.get_hook().settings.base_url)
 
     def api_host() -> str:
-        if not api_hosts:
-            import httpx
-
-            api_hosts.append(httpx.URL(op.get_hook().settings.base_url).host)
-        return api_hosts[0]
+        return host
 
     job = DatasetJob(
         folder_index,

@@ -30,6 +30,13 @@ CHUNK_SIZE = 256 * 1024
 ALLOWED_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 
 
+def api_authority(base_url: str) -> str:
+    """Return the API base URL's ``host:port`` (the scheme's default port when none is written)."""
+    url = httpx.URL(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"[{url.host}]:{port}" if ":" in url.host else f"{url.host}:{port}"
+
+
 def allowed_image_hosts() -> frozenset[str]:
     """Return the hosts an admin allowed images from whatever their address: ``[imagen] allowed_image_hosts``."""
     from airflow.providers.common.compat.sdk import conf
@@ -40,9 +47,20 @@ def allowed_image_hosts() -> frozenset[str]:
 
 def _is_inside(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope id is not part of the address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):  # IPv4 inside IPv6 (mapped, 6to4) is judged as that IPv4 address
+        ip = ip.ipv4_mapped or ip.sixtofour or ip
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+
+
+def _is_the_api(host: str, port: int, api_host: str | None) -> bool:
+    # "host:port" (as the operators pass it) must match both: a redirect to another port of a private API host
+    # (a database beside the emulator, say) is not the API.
+    if not api_host:
+        return False
+    api = urlsplit(f"//{api_host}")
+    if (api.hostname or "").lower().rstrip(".") != host:
+        return False
+    return api.port is None or api.port == port
 
 
 def _addresses(host: str, port: int) -> list[str]:
@@ -61,7 +79,7 @@ def check_image_url(url: str, api_host: str | None = None) -> None:
     Refuse an image URL that is not http(s), or whose host resolves to an address inside a private network.
 
     :param url: the image's URL, or a redirect's target.
-    :param api_host: the API's host; an image on that same host may be private when the API is.
+    :param api_host: the API's ``host:port`` (or bare host); an image there may be private when the API is.
     :raises ImageDownloadError: naming the host and why, before any connection to it.
     """
     parts = urlsplit(url)
@@ -74,8 +92,8 @@ def check_image_url(url: str, api_host: str | None = None) -> None:
     inside = [address for address in _addresses(host, port) if _is_inside(address)]
     if not inside:
         return
-    if api_host is not None and host == api_host.lower().rstrip(".") and all(map(_is_inside, _addresses(host, port))):
-        return  # the API itself is on this private host (the emulator, a private proxy)
+    if _is_the_api(host, port, api_host) and all(map(_is_inside, _addresses(host, port))):
+        return  # the API itself is on this private host and port (the emulator, a private proxy)
     raise ImageDownloadError(
         f"refusing to download the image from {host} ({inside[0]}): the address is not public (loopback, "
         "link-local, private, multicast or reserved); list the host in [imagen] allowed_image_hosts to allow it"

@@ -361,19 +361,18 @@ def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | No
     store that names each image after its inputs and task instance (:mod:`~airflow_provider_imagen._task.storage`).
     """
     from airflow_provider_imagen._cloudflare.rules import model_chain, unset_if_empty
+    from airflow_provider_imagen._task.download import api_authority
     from airflow_provider_imagen._task.durable import Ledger
     from airflow_provider_imagen._task.storage import image_store, task_instance_identity
 
-    def api_host() -> str:
-        import httpx
-
-        return httpx.URL(operator.get_hook().settings.base_url).host
-
+    # The API's host (an image on that same private host is the emulator's): read here, on the task's own thread,
+    # as a batch stores from worker threads, where Airflow's in-process task runner cannot look a connection up.
+    host = api_authority(operator.get_hook().settings.base_url) if operator.output_path is not None else ""
     store = image_store(
         output_path=operator.output_path,
         max_bytes=operator.max_image_bytes,
         identity=task_instance_identity(context),
-        api_host=api_host,
+        api_host=host,
     )
     return ImageJob(
         Ledger.open(context, retries=operator.retries, durable=operator.durable, log=operator.log),

@@ -180,7 +180,7 @@ def image_store(
     output_path: str | ObjectStoragePath | None,
     max_bytes: int,
     identity: dict[str, Any],
-    api_host: Callable[[], str],
+    api_host: str,
 ) -> Callable[[GeneratedImage, int | None], str | None]:
     """
     Return how a task stores one image: at ``output_path``, named after its inputs and task instance.
@@ -191,9 +191,8 @@ def image_store(
     :param output_path: the operator's rendered ``output_path``.
     :param max_bytes: refuse a larger image.
     :param identity: the task instance (:func:`task_instance_identity`), part of every name.
-    :param api_host: the API's host, read once and only when an image is downloaded (the emulator's may be private).
+    :param api_host: the API's host (the emulator's may be private; an image on that same host is allowed).
     """
-    hosts: list[str] = []
 
     def store(image: GeneratedImage, index: int | None) -> str | None:
         if output_path is None:
@@ -201,8 +200,6 @@ def image_store(
         inputs = {**image.model_dump(include={"model", "aspect_ratio", "person_generation"}), **identity}
         if index is not None:
             inputs["index"] = index
-        if image.url is not None and not hosts:
-            hosts.append(api_host())
         stored = store_image(
             output_path=output_path,
             url=image.url,
@@ -210,7 +207,7 @@ def image_store(
             prompt=image.prompt,
             inputs=inputs,
             max_bytes=max_bytes,
-            api_host=hosts[0] if image.url is not None else None,
+            api_host=api_host or None,
         )
         return str(stored)
 

@@ -155,6 +155,8 @@ class ImagenGenerateImageTrigger(BaseTrigger):
         self.max_retry_wait = max_retry_wait
         self.requests_per_minute = requests_per_minute
         self.max_rate_limit_wait = max_rate_limit_wait
+        if hold_until is not None and (isinstance(hold_until, bool) or not isinstance(hold_until, (int, float))):
+            raise InvalidInputError(f"Invalid hold_until: epoch seconds or None, got {hold_until!r}")
         self.hold_until = hold_until
 
     def serialize(self) -> tuple[str, dict[str, Any]]:

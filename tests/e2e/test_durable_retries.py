@@ -132,7 +132,9 @@ def test_deferrable_failure_after_resuming_costs_no_second_generation(airflow, e
 
 
 def test_batch_retry_generates_only_the_prompts_that_failed(airflow, emulator):
-    emulator.client.inject("content_policy", times=3)  # try 1: 3 of 10 prompts fail
+    # Try 1: the first 3 of 10 prompts (one at a time) fail transiently through all 4 of their attempts. (A content-
+    # policy refusal would fail the task at once, without a retry: a retry could not change it.)
+    emulator.client.inject("unavailable", times=12)
     run_id, ti = run(airflow, "durable_batch")
     assert ti["try_number"] == 2
     assert [generations(emulator, prompt) for prompt in BATCH_PROMPTS] == [1] * 10  # each billed exactly once

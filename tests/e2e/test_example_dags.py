@@ -152,11 +152,12 @@ def test_batch_dag_generates_every_prompt_in_order_into_a_folder(dagbag, imagen_
     dag_run = dagbag.get_dag("imagen_batch").test()
 
     assert dag_run.state == "success"
-    urls = _xcom(dag_run, "generate_images")
+    returned = _xcom(dag_run, "generate_images")
     stored = _xcom(dag_run, "generate_images", key="stored_uri")
     summaries = _xcom(dag_run, "generate_images", key="images")
     assert [s["prompt"] for s in summaries] == PROMPTS
-    assert [s["url"] for s in summaries] == urls
+    assert returned == stored == [s["stored_uri"] for s in summaries]  # with output_path: the stored copies
+    assert all(s["url"].startswith(imagen_emulator.url) for s in summaries)
     assert len(set(stored)) == len(PROMPTS)
     for uri in stored:
         path = uri.removeprefix("file://")
