@@ -6,8 +6,9 @@ Everything is driven and read back through Airflow's REST API, the way a user or
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import httpx
@@ -185,6 +186,17 @@ DEFERRABLE_DAGS = ("imagen_deferrable_mapped", "imagen_fallback", "imagen_taskfl
 DRILL_RUNS = 5
 
 
+def _api(call: Any, *args: Any, **kwargs: Any) -> httpx.Response:
+    """Send one REST call, again on a 5xx: SQLite's write lock times out (5 s) while both cores are kept busy."""
+    for attempt in range(10):
+        response = call(*args, **kwargs)
+        if response.status_code < 500 or attempt == 9:
+            response.raise_for_status()
+            return response
+        time.sleep(1)
+    raise AssertionError("unreachable")
+
+
 def test_every_deferrable_example_dag_succeeds_five_times_on_a_busy_machine(
     airflow_services: AirflowServices, services_emulator: EmulatorServer
 ):
@@ -199,23 +211,37 @@ def test_every_deferrable_example_dag_succeeds_five_times_on_a_busy_machine(
 
     airflow_services.wait_for_dags(list(DEFERRABLE_DAGS))
     before = dict(services_emulator.client.stats()["generations_by_prompt"])
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    try:
-        runs = [(dag_id, airflow_services.trigger(dag_id)) for dag_id in DEFERRABLE_DAGS for _ in range(DRILL_RUNS)]
-        for dag_id, run_id in runs:
-            airflow_services.wait_for_run(dag_id, run_id, timeout=600)  # raises, naming the task states, if failed
-    finally:
-        for burner in burners:
-            burner.kill()
-            burner.wait()
+    with airflow_services.client() as api:
+        for dag_id in DEFERRABLE_DAGS:
+            _api(api.patch, f"/dags/{dag_id}", json={"is_paused": False})
+        burners = [subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        try:
+            runs = [
+                (dag_id, _api(api.post, f"/dags/{dag_id}/dagRuns", json={"logical_date": None}).json()["dag_run_id"])
+                for dag_id in DEFERRABLE_DAGS
+                for _ in range(DRILL_RUNS)
+            ]
+            deadline = time.monotonic() + 600
+            states: dict[tuple[str, str], str] = {}
+            while time.monotonic() < deadline:
+                for dag_id, run_id in runs:
+                    if states.get((dag_id, run_id)) not in ("success", "failed"):
+                        states[(dag_id, run_id)] = _api(api.get, f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+                if all(state in ("success", "failed") for state in states.values()) and len(states) == len(runs):
+                    break
+                time.sleep(2)
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
+        tries = [
+            (ti["task_id"], ti["state"], ti["try_number"])
+            for dag_id, run_id in runs
+            for ti in _api(api.get, f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        ]
+    assert list(states.values()) == ["success"] * len(runs), tries
     after = dict(services_emulator.client.stats()["generations_by_prompt"])
     paid = {prompt: count - before.get(prompt, 0) for prompt, count in after.items() if count != before.get(prompt, 0)}
     # Every image of every run billed exactly once: a task retried after the race reused what it had paid for.
     assert paid and set(paid.values()) == {DRILL_RUNS}, paid
-    with airflow_services.client() as api:
-        tries = [
-            ti["try_number"]
-            for dag_id, run_id in runs
-            for ti in api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-        ]
-    print(f"deferral drill: {len(runs)} runs succeeded; task tries beyond the first: {sum(t - 1 for t in tries)}")
+    print(f"deferral drill: {len(runs)} runs succeeded; task tries beyond the first: {sum(t - 1 for *_, t in tries)}")
