@@ -293,6 +293,25 @@ class ImageJob:
         self.generated_one(item, image, regenerations)
         return Outcome(image, self.stored_one(item, image, True, regenerations))
 
+    async def agenerate(self, hook: CloudflareWorkersAIHook, item: Any, regenerations: int) -> Outcome:
+        """
+        Generate, record and store one item of a batch, in the batch's event loop.
+
+        :return: the image and where it is stored, or the image and the error that kept it from being stored.
+        """
+        await asyncio.to_thread(self.check_budget, 1, reserve=True)
+        try:
+            image = await hook.agenerate_image(**self.request_for(item, regenerations))
+        except BaseException:
+            self.release()
+            raise
+        kept = await asyncio.to_thread(self.generated_one, item, image, regenerations)
+        try:  # fsspec writes and state store calls block: keep them off the loop
+            stored = await asyncio.to_thread(self.stored_one, item, image, False, regenerations, kept)
+        except Exception as err:
+            return Outcome(image, error=as_item_error(err))
+        return Outcome(image, stored)
+
     def run_batch(self, hook: CloudflareWorkersAIHook, items: list[Item], max_concurrency: int) -> list[Outcome]:
         """
         Obtain every item of a batch, at most ``max_concurrency`` at a time.
@@ -307,20 +326,7 @@ class ImageJob:
 
         async def one(item: Item) -> Outcome:
             outcome, regenerations = await asyncio.to_thread(self.reuse, item)
-            if outcome is not None:
-                return outcome
-            await asyncio.to_thread(self.check_budget, 1, reserve=True)
-            try:
-                image = await hook.agenerate_image(**self.request_for(item, regenerations))
-            except BaseException:
-                self.release()
-                raise
-            kept = await asyncio.to_thread(self.generated_one, item, image, regenerations)
-            try:  # fsspec writes and state store calls block: keep them off the loop
-                stored = await asyncio.to_thread(self.stored_one, item, image, False, regenerations, kept)
-            except Exception as err:
-                return Outcome(image, error=as_item_error(err))
-            return Outcome(image, stored)
+            return outcome if outcome is not None else await self.agenerate(hook, item, regenerations)
 
         async def run_all() -> list[Outcome]:
             try:

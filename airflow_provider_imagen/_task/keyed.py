@@ -32,7 +32,6 @@ from airflow_provider_imagen._cloudflare.batch import as_item_error
 from airflow_provider_imagen._task.job import ImageJob, Outcome
 
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import Callable
 
     import httpx
@@ -174,28 +173,27 @@ class DatasetJob(ImageJob):
         self.sizes: dict[str, tuple[int, tuple[int, int] | None]] = {}  # bytes, dimensions of what this try stored
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
-        self._ssl: ssl.SSLContext | None = None
         super().__init__(store=self._store_row, **kwargs)
 
     def _client(self) -> httpx.Client:
         """
         Return this thread's image client: one per thread, pooled, instead of one per image.
 
-        A new client costs ~35 ms of CPU (its SSL context loads the CA bundle), under the GIL: at 50 rows in flight
-        that alone held a dataset to ~15 images a second; the clients share one SSL context. One client per thread,
+        A new client costs ~35 ms of CPU when its SSL context loads the CA bundle, under the GIL: the clients share
+        the process's one context (:func:`~airflow_provider_imagen._cloudflare.transport.shared_ssl_context`) and
+        pool their connections. One client per thread,
         because a download adds its URL guard to the client's hooks for its duration.
         """
         import httpx
 
+        from airflow_provider_imagen._cloudflare.transport import shared_ssl_context
         from airflow_provider_imagen._task.download import DEFAULT_DOWNLOAD_TIMEOUT, MAX_REDIRECTS
 
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
             with self._lock:
-                if self._ssl is None:  # loaded once, shared: an SSL context is safe to use from many threads
-                    self._ssl = httpx.create_ssl_context()
                 client = httpx.Client(
-                    verify=self._ssl,
+                    verify=shared_ssl_context(),
                     follow_redirects=True,
                     max_redirects=MAX_REDIRECTS,
                     timeout=DEFAULT_DOWNLOAD_TIMEOUT,
@@ -287,19 +285,10 @@ class DatasetJob(ImageJob):
         # An image this request's earlier try stored (and died before sealing) is its own, not one it replaced.
         ours = outcome is not None and outcome.stored is not None and outcome.stored in self.index.uris(row.key)
         status = "replaced" if self.index.has(row.key) and not ours else "generated"
-        if outcome is None:  # what follows is ImageJob.run_batch's, for one item
-            await asyncio.to_thread(self.check_budget, 1, reserve=True)
-            try:
-                image = await hook.agenerate_image(**self.request_for(row, regenerations))
-            except BaseException:
-                self.release()
-                raise
-            kept = await asyncio.to_thread(self.generated_one, row, image, regenerations)
-            try:
-                stored = await asyncio.to_thread(self.stored_one, row, image, False, regenerations, kept)
-            except Exception as err:
-                return "failed", Outcome(image, error=as_item_error(err)), None
-            outcome = Outcome(image, stored)
+        if outcome is None:
+            outcome = await self.agenerate(hook, row, regenerations)
+            if outcome.error is not None:
+                return "failed", outcome, None
         try:
             made = await asyncio.to_thread(self.seal, row, outcome)
         except Exception as err:
