@@ -13,8 +13,9 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from packaging.version import Version
 
-from tests.e2e.conftest import EXAMPLE_RUNS
+from tests.e2e.conftest import AIRFLOW_VERSION, EXAMPLE_RUNS
 from tests.e2e.test_example_dags import SIZES, png_size
 
 if TYPE_CHECKING:
@@ -197,6 +198,11 @@ def _api(call: Any, *args: Any, **kwargs: Any) -> httpx.Response:
     raise AssertionError("unreachable")
 
 
+@pytest.mark.skipif(
+    Version(AIRFLOW_VERSION) < Version("3.2"),
+    reason="a load drill of the provider's own hold (version-independent): it runs on 3.3; 3.1's deferred runs are "
+    "checked by test_deferrable_tasks_were_run_by_the_triggerer",
+)
 def test_every_deferrable_example_dag_succeeds_five_times_on_a_busy_machine(
     airflow_services: AirflowServices, services_emulator: EmulatorServer
 ):
