@@ -47,8 +47,9 @@ Key paths (public packages first; names starting with ``_`` are private)::
         emulator/                 an offline emulator of the Cloudflare API, for laptops, CI and tests
 
 Where is the wire? :mod:`~airflow_provider_imagen._cloudflare`. Where are retries decided? Within a try,
-:mod:`~airflow_provider_imagen._cloudflare.retry`; between tries, :mod:`~airflow_provider_imagen.retry_policy`. What does an operator do? It checks its rendered inputs
-(:mod:`~airflow_provider_imagen.operators`) and runs one try in :mod:`~airflow_provider_imagen._task.job`.
+:mod:`~airflow_provider_imagen._cloudflare.retry`; between tries, :mod:`~airflow_provider_imagen.retry_policy`.
+What does an operator do? It checks its rendered inputs (:mod:`~airflow_provider_imagen.operators`) and runs
+one try in :mod:`~airflow_provider_imagen._task.job`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from airflow_provider_imagen.exceptions import (
 )
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 from airflow_provider_imagen.retry_policy import RETRY_POLICIES_SUPPORTED, ImagenRetryPolicy
-from tests.conftest import register_dag
+from tests.conftest import REPO, register_dag
 
 needs_3_3 = pytest.mark.skipif(not RETRY_POLICIES_SUPPORTED, reason="retry policies arrived in Airflow 3.3")
 
@@ -313,3 +313,18 @@ def test_a_rate_limited_task_is_retried_after_the_policys_wait(imagen_emulator, 
         )
     # The refusal was not billed: one image, made by the second try.
     assert (imagen_emulator.api_requests, imagen_emulator.generations) == (2, 1)
+
+
+def test_the_example_dags_with_retries_use_the_policy_where_airflow_has_it(airflow_db):
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag
+
+    dagbag = DagBag(dag_folder=str(REPO / "dags"))
+    assert dagbag.import_errors == {}
+    for dag_id in ("imagen_deferrable_mapped", "imagen_taskflow", "imagen_fallback"):
+        for task in dagbag.get_dag(dag_id).tasks:
+            assert task.retries == 2
+            policy = getattr(task, "retry_policy", None)
+            assert isinstance(policy, ImagenRetryPolicy) is RETRY_POLICIES_SUPPORTED, f"{dag_id}.{task.task_id}"
