@@ -89,7 +89,7 @@ class ImagenRetryPolicy(RetryPolicy):
             raise ImagenError(
                 f"ImagenRetryPolicy needs Airflow 3.3 or later, where tasks take retry_policy=; this is Airflow "
                 f"{__version__}. Build one only when airflow_provider_imagen.retry_policy.RETRY_POLICIES_SUPPORTED "
-                "is true"
+                "is true."
             )
         self.min_delay = _seconds("min_delay", min_delay)
         self.max_delay = _seconds("max_delay", max_delay)
