@@ -14,6 +14,7 @@ Key paths (public packages first; names starting with ``_`` are private)::
         triggers/imagen.py        the deferred generation, in the triggerer's event loop
         decorators/imagen.py      ``@task.imagen``: a TaskFlow function returns what to draw
         exceptions.py             the exceptions a caller can branch on, under one root
+        retry_policy.py           between tries (Airflow 3.3+): fail at once, wait longer, or use ``retries``
         models.py                 the typed shapes of what goes to Cloudflare and what comes back
         constants.py              plain constants, importable at DAG-parse time
         get_provider_info.py      the provider metadata Airflow discovers
@@ -45,9 +46,10 @@ Key paths (public packages first; names starting with ``_`` are private)::
         plugins/                  the Airflow UI plugin: an "Images" view of each DAG run and task instance
         emulator/                 an offline emulator of the Cloudflare API, for laptops, CI and tests
 
-Where is the wire? :mod:`~airflow_provider_imagen._cloudflare`. Where are retries decided?
-:mod:`~airflow_provider_imagen._cloudflare.retry`. What does an operator do? It checks its rendered inputs
-(:mod:`~airflow_provider_imagen.operators`) and runs one try in :mod:`~airflow_provider_imagen._task.job`.
+Where is the wire? :mod:`~airflow_provider_imagen._cloudflare`. Where are retries decided? Within a try,
+:mod:`~airflow_provider_imagen._cloudflare.retry`; between tries, :mod:`~airflow_provider_imagen.retry_policy`.
+What does an operator do? It checks its rendered inputs (:mod:`~airflow_provider_imagen.operators`) and runs
+one try in :mod:`~airflow_provider_imagen._task.job`.
 """
 
 from __future__ import annotations

@@ -25,13 +25,18 @@ from typing import Any
 from airflow.sdk import DAG, task
 
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator
+from airflow_provider_imagen.retry_policy import RETRY_POLICIES_SUPPORTED, ImagenRetryPolicy
 
 FLUX = "@cf/black-forest-labs/flux-1-schnell"
 
+# A deferred task whose trigger fires very fast can be failed by a race in Airflow's scheduler
+# (apache/airflow#66374): a retry then costs nothing, as the image it paid for is reused (durable=True).
+RETRIES: dict[str, Any] = {"retries": 2, "retry_delay": timedelta(seconds=10)}
+if RETRY_POLICIES_SUPPORTED:  # Airflow 3.3+: a refusal no retry changes fails at once, a rate limit waits 30 s+
+    RETRIES["retry_policy"] = ImagenRetryPolicy()
+
 with DAG(
-    # A deferred task whose trigger fires very fast can be failed by a race in Airflow's scheduler
-    # (apache/airflow#66374): a retry then costs nothing, as the image it paid for is reused (durable=True).
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
+    default_args=RETRIES,
     dag_id="imagen_fallback",
     schedule=None,
     start_date=datetime(2025, 1, 1),
