@@ -63,9 +63,10 @@ def check_proxy(value: Any, what: str = "extra 'proxy'") -> str:
         text = "http://" + text
     try:
         url = httpx.URL(text)
-        url.port  # noqa: B018 - a port out of range raises here
     except (httpx.InvalidURL, ValueError):
-        raise ConnectionConfigError(f"{what} is not a valid URL: it must be {allowed}") from None
+        url = None
+    if url is None or not 0 < (url.port or 80) < 65536:
+        raise ConnectionConfigError(f"{what} is not a valid URL: it must be {allowed}")
     shown = redact(text)
     if url.scheme not in ("http", "https"):
         raise ConnectionConfigError(f"{what} has the scheme {url.scheme!r}: it must be {allowed}")
@@ -261,11 +262,16 @@ class Network:
     def httpx_proxy(self, url: str | httpx.URL) -> httpx.Proxy | None:
         """Return :meth:`proxy_for` as an ``httpx.Proxy`` whose own TLS (an https proxy) trusts the same CAs."""
         proxy = self.proxy_for(url)
-        return None if proxy is None else httpx.Proxy(proxy, ssl_context=self.ssl_context())
+        return None if proxy is None else _httpx_proxy(proxy, self.ssl_context())
 
     def transport(self, before_proxy: Callable[[httpx.URL], None] | None = None) -> RoutingTransport:
         """Return a sync transport that routes each request as :meth:`proxy_for` says; see :class:`RoutingTransport`."""
         return RoutingTransport(self, before_proxy)
+
+
+def _httpx_proxy(proxy: str, context: ssl.SSLContext) -> httpx.Proxy:
+    # httpcore refuses a TLS context for a plain-http proxy: only an https proxy has a certificate to check.
+    return httpx.Proxy(proxy, ssl_context=context if proxy.startswith("https:") else None)
 
 
 class RoutingTransport(httpx.BaseTransport):
@@ -292,7 +298,7 @@ class RoutingTransport(httpx.BaseTransport):
             pool = self._pools.get(proxy)
             if pool is None:
                 context = self.network.ssl_context()
-                route = None if proxy is None else httpx.Proxy(proxy, ssl_context=context)
+                route = None if proxy is None else _httpx_proxy(proxy, context)
                 pool = self._pools[proxy] = httpx.HTTPTransport(verify=context, proxy=route)
         return pool.handle_request(request)
 
