@@ -27,7 +27,13 @@ import pytest
 from airflow.sdk import DAG, task
 
 from airflow_provider_imagen._cloudflare import network
-from airflow_provider_imagen.exceptions import ConnectionConfigError, ImageDownloadError, InvalidInputError
+from airflow_provider_imagen.exceptions import (
+    CloudflareServerError,
+    CloudflareWorkersAIError,
+    ConnectionConfigError,
+    ImageDownloadError,
+    InvalidInputError,
+)
 from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
 from airflow_provider_imagen.operators import ImagenGenerateImageOperator
 from tests.conftest import task_deferred_class
@@ -268,6 +274,23 @@ def test_the_proxy_extra_carries_the_hook_calls_and_the_image_download(imagen_em
     assert imagen_emulator.generations == 3
 
 
+def test_a_dataset_run_downloads_each_row_through_the_proxy(imagen_emulator, proxy, monkeypatch, tmp_path):
+    from datetime import datetime
+
+    from airflow_provider_imagen.operators import ImagenDatasetOperator
+    from tests.test_durable import FakeTaskStateStore, TaskInstance
+
+    connect(monkeypatch, imagen_emulator, proxy=proxy.url)
+    items = tmp_path / "products.jsonl"
+    items.write_text("".join(json.dumps({"key": f"SKU-{n}", "prompt": f"Item {n}"}) + "\n" for n in range(3)))
+    with DAG(dag_id="catalog", schedule=None, start_date=datetime(2025, 1, 1)):
+        op = ImagenDatasetOperator(task_id="images", items=str(items), output_path=f"{tmp_path}/out/")
+    ti = TaskInstance(dag_id="catalog", task_id="images", run_id="manual__1")
+    summary = op.execute({"ti": ti, "task_state_store": FakeTaskStateStore()})
+    assert summary["generated"] == 3
+    assert (len(proxy.api_calls()), len(proxy.downloads())) == (3, 3)
+
+
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
 def test_the_environment_proxy_is_honoured_and_no_proxy_bypasses_it(
     imagen_emulator, proxy, monkeypatch, tmp_path, variable
@@ -350,7 +373,7 @@ def test_proxy_credentials_reach_the_proxy_only_and_are_masked(imagen_emulator, 
 
         # A wrong password: the proxy refuses (407), and no message quotes either password.
         connect(monkeypatch, imagen_emulator, proxy=f"http://user:wrong-{PASSWORD}@{proxy.url[7:]}")
-        with pytest.raises(Exception) as refused:
+        with pytest.raises(CloudflareWorkersAIError) as refused:
             CloudflareWorkersAIHook(max_retries=0).generate_image("A lighthouse")
         assert "407" in str(refused.value) and PASSWORD not in str(refused.value)
     assert imagen_emulator.generations == 2
@@ -378,6 +401,12 @@ def test_a_bad_proxy_or_ca_bundle_is_refused_naming_the_field_before_any_request
         CloudflareWorkersAIHook().generate_image("A lighthouse")
     assert "cloudflare_workers_ai_default" in str(refused.value) and PASSWORD not in str(refused.value)
     assert imagen_emulator.api_requests == 0
+
+
+def test_messages_show_a_proxy_without_its_credentials():
+    assert network.redact(f"http://user:{PASSWORD}@proxy:3128") == "http://***@proxy:3128"
+    assert network.redact("http://user:pa/ss@word@proxy:3128") == "http://***@proxy:3128"
+    assert "pa/ss" not in repr(network.Network("http://user:pa/ss@word@proxy:3128"))
 
 
 def test_a_ca_bundle_without_certificates_and_a_bad_environment_proxy_are_refused(
@@ -451,7 +480,7 @@ def test_an_https_api_is_tunnelled_so_the_proxy_never_sees_the_token(imagen_emul
     with _Proxy(credentials="user:other") as proxy:
         proxy_url = f"http://user:{PASSWORD}@127.0.0.1:{proxy.server_address[1]}"
         connect(monkeypatch, imagen_emulator, host=f"{tls_front.url}/client/v4", ca_bundle=ca[0], proxy=proxy_url)
-        with pytest.raises(Exception, match="could not reach") as refused:
+        with pytest.raises(CloudflareServerError, match="could not reach") as refused:
             CloudflareWorkersAIHook(max_retries=1, retry_backoff=0.01).generate_image("A lighthouse")
         assert PASSWORD not in str(refused.value) and len(proxy.seen) == 2
     assert imagen_emulator.generations == 2

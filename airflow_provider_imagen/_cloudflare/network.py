@@ -69,7 +69,8 @@ def check_proxy(value: Any, what: str = "extra 'proxy'") -> str:
         raise ConnectionConfigError(f"{what} is not a valid URL: it must be {allowed}")
     shown = redact(text)
     if url.scheme not in ("http", "https"):
-        raise ConnectionConfigError(f"{what} has the scheme {url.scheme!r}: it must be {allowed}")
+        scheme = url.scheme if url.scheme.isalnum() else "?"  # never a piece of what may be credentials
+        raise ConnectionConfigError(f"{what} has the scheme {scheme!r}: it must be {allowed}")
     if not url.host:
         raise ConnectionConfigError(f"{what} {shown!r} has no host: it must be {allowed}")
     if url.path not in ("", "/") or url.query or url.fragment:
@@ -126,10 +127,9 @@ def redact(proxy: str) -> str:
     scheme, sep, rest = proxy.partition("://")
     if not sep:
         scheme, rest = "", proxy
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}{sep}{authority}{slash}{tail}"
+    if "@" in rest:  # up to the last "@": a password may hold an unescaped "/" or "@"
+        rest = "***@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
 
 
 def proxy_secrets(proxy: str | None) -> list[str]:
