@@ -22,6 +22,8 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "extra": '{"account_id": "...", "gateway_id": "my-gateway"}',
         "account_id": "0123456789abcdef0123456789abcdef",
         "gateway_id": "default",
+        "proxy": "http://proxy.example.com:3128 (empty: HTTPS_PROXY / NO_PROXY of the environment)",
+        "ca_bundle": "/etc/ssl/certs/company-ca.pem",
     },
 }
 
@@ -53,6 +55,19 @@ CONN_FIELDS: dict[str, Any] = {
         "description": "The account's rate limit, if known: never exceeded. If empty, the pace is learned from "
         "Cloudflare's 429 answers.",
         "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_REQUESTS_PER_MINUTE},
+    },
+    "proxy": {
+        "label": "Proxy",
+        "description": "Optional http(s) proxy for the API calls and the image downloads, such as "
+        "http://proxy.example.com:3128; NO_PROXY still applies. If empty, HTTPS_PROXY / HTTP_PROXY of the "
+        "environment. Credentials in it are visible to whoever can edit this connection.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "ca_bundle": {
+        "label": "CA bundle",
+        "description": "Optional absolute path, on the workers and triggerer, of a PEM file of CA certificates "
+        "to trust instead of the default ones (a TLS-intercepting proxy, a private CA).",
+        "schema": {"type": ["string", "null"]},
     },
 }
 

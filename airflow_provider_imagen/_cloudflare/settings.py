@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_imagen.constants import CLOUDFLARE_MODEL_PREFIXES, MAX_MAX_RETRIES, MAX_REQUESTS_PER_MINUTE
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable, Mapping
 
     import httpx
     from airflow.sdk import Connection
 
+    from airflow_provider_imagen._cloudflare.network import Network
     from airflow_provider_imagen.exceptions import ConnectionConfigError
     from airflow_provider_imagen.models import GatewayOptions
 
@@ -48,14 +50,37 @@ class ConnectionSettings:
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     requests_per_minute: float | None = None
+    #: The ``proxy`` extra (it may hold credentials: kept out of ``repr``); see ``_cloudflare/network.py``.
+    proxy: str | None = field(default=None, repr=False)
+    #: The ``ca_bundle`` extra: the PEM file TLS trusts instead of the default CAs.
+    ca_bundle: str | None = None
     _run_urls: dict[str, httpx.URL] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def masked(self) -> ConnectionSettings:
-        """Return these settings, with the token registered with Airflow's log masker."""
+        """Return these settings, with the token and any proxy credentials registered with Airflow's log masker."""
         from airflow.sdk.log import mask_secret
 
+        from airflow_provider_imagen._cloudflare.network import proxy_secrets
+
         mask_secret(self.api_token)
+        for secret in proxy_secrets(self.proxy) + proxy_secrets(self.proxy_for(self.base_url)):
+            mask_secret(secret)
         return self
+
+    @property
+    def network(self) -> Network:
+        """The connection's proxy and CA bundle, as every client of it uses them."""
+        from airflow_provider_imagen._cloudflare.network import Network
+
+        return Network(self.proxy, self.ca_bundle)
+
+    def proxy_for(self, url: str | httpx.URL) -> str | None:
+        """Return the proxy a request to ``url`` goes through (``None``: direct): see ``_cloudflare/network.py``."""
+        return self.network.proxy_for(url)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Return the TLS context of every client: the ``ca_bundle`` extra's CAs, else the defaults; loaded once."""
+        return self.network.ssl_context()
 
     def client_kwargs(self, timeout: float | None = None) -> dict[str, Any]:
         """``httpx.Client`` / ``AsyncClient`` arguments; ``timeout`` overrides the connection's."""
@@ -204,7 +229,9 @@ class ConnectionSettings:
                 raise fail(f"extra 'requests_per_minute' {problem}")
             requests_per_minute = float(requests_per_minute)
 
-        return cls(
+        from airflow_provider_imagen._cloudflare import network
+
+        settings = cls(
             conn_id=conn_id,
             base_url=_base_url(conn, fail),
             account_id=account_id,
@@ -213,7 +240,10 @@ class ConnectionSettings:
             timeout=timeout,
             max_retries=max_retries,
             requests_per_minute=requests_per_minute,
+            **network.read_extras(get_extra, fail),
         )
+        network.check_route(settings.base_url, settings.network, fail)
+        return settings
 
 
 def requests_per_minute_problem(value: Any) -> str | None:

@@ -75,16 +75,22 @@ class SpreadTransport(httpx.AsyncBaseTransport):
     Send each request through the least busy of up to ``max_pools`` small ``AsyncHTTPTransport`` pools.
 
     :param proxy: the proxy every pool goes through (``None``: direct). A transport given to
-        ``httpx.AsyncClient`` replaces its own environment-proxy handling, so pass
-        :func:`environment_proxy` of the base URL to keep honouring ``HTTPS_PROXY``.
+        ``httpx.AsyncClient`` replaces its own environment-proxy handling: pass the connection's
+        (:meth:`~airflow_provider_imagen._cloudflare.network.Network.httpx_proxy`, which honours ``HTTPS_PROXY``).
     :param per_pool: requests in flight per pool before another pool is opened.
     :param max_pools: the most pools it opens; past that, requests queue in the least busy pool.
+    :param verify: the TLS context (the connection's ``ca_bundle``); the process's shared default one if unset.
     """
 
     def __init__(
-        self, proxy: str | None = None, per_pool: int = CONNECTIONS_PER_POOL, max_pools: int = MAX_POOLS
+        self,
+        proxy: httpx.Proxy | str | None = None,
+        per_pool: int = CONNECTIONS_PER_POOL,
+        max_pools: int = MAX_POOLS,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self._proxy = proxy
+        self._verify = verify
         self._per_pool = per_pool
         self._max_pools = max_pools
         self._pools: list[httpx.AsyncHTTPTransport] = []
@@ -106,7 +112,9 @@ class SpreadTransport(httpx.AsyncBaseTransport):
             if self._in_flight[index] < self._per_pool or len(self._pools) >= self._max_pools:
                 return index
         limits = httpx.Limits(max_connections=self._per_pool, max_keepalive_connections=self._per_pool)
-        self._pools.append(httpx.AsyncHTTPTransport(verify=shared_ssl_context(), limits=limits, proxy=self._proxy))
+        self._pools.append(
+            httpx.AsyncHTTPTransport(verify=self._verify or shared_ssl_context(), limits=limits, proxy=self._proxy)
+        )
         self._in_flight.append(0)
         return len(self._pools) - 1
 
@@ -134,7 +142,7 @@ class SpreadTransport(httpx.AsyncBaseTransport):
 # --- Failures on the wire: httpx mapped to the provider's exceptions ------------------------------------
 
 #: Never sent: no connection was made, so Cloudflare cannot have seen (or billed) the request.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)  # a refused CONNECT
 
 
 def transport_error(exc: httpx.TransportError | httpx.DecodingError, host: str) -> Exception:

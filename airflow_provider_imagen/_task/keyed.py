@@ -186,14 +186,14 @@ class DatasetJob(ImageJob):
         """
         import httpx
 
-        from airflow_provider_imagen._cloudflare.transport import shared_ssl_context
         from airflow_provider_imagen._task.download import DEFAULT_DOWNLOAD_TIMEOUT, MAX_REDIRECTS
+        from airflow_provider_imagen._task.egress import image_transport
 
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
             with self._lock:
                 client = httpx.Client(
-                    verify=shared_ssl_context(),
+                    transport=image_transport(self._api_host()),  # the connection's proxy and CAs
                     follow_redirects=True,
                     max_redirects=MAX_REDIRECTS,
                     timeout=DEFAULT_DOWNLOAD_TIMEOUT,

@@ -141,10 +141,9 @@ def imagen_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any
     The task returns and pushes exactly what :class:`ImagenGenerateImageOperator` does (the image URL, or the
     stored URI for models that return bytes; XComs ``image`` and ``stored_uri``), defers, stores and maps
     (``.partial()`` / ``.expand()``) the same way. Keyword arguments are the operator's (``aspect_ratio``,
-    ``person_generation``, ``output_path``, ``deferrable``, ``model``, ``fallback_models``, ``model_inputs``,
-    ``gateway_options``,
-    ``timeout``, ``max_retries``, ``durable``, ...) and any ``BaseOperator`` argument; a returned dict's values
-    take precedence.
+    ``person_generation``, ``output_path``, ``deferrable``, ``defer_timeout``, ``model``, ``fallback_models``,
+    ``model_inputs``, ``gateway_options``, ``timeout``, ``max_retries``, ``durable``, ...) and any
+    ``BaseOperator`` argument; a returned dict's values take precedence.
 
     .. code-block:: python
 

@@ -21,7 +21,7 @@ from airflow_provider_imagen._cloudflare.fallback import (
 from airflow_provider_imagen._cloudflare.response import image_from_result
 from airflow_provider_imagen._cloudflare.rules import model_chain
 from airflow_provider_imagen._cloudflare.settings import ConnectionSettings, aread_settings, check_hook_arguments
-from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy
+from airflow_provider_imagen._cloudflare.transport import SpreadTransport
 from airflow_provider_imagen._cloudflare.verify import check_connection
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
@@ -128,7 +128,10 @@ class CloudflareWorkersAIHook(BaseHook):
     def get_conn(self) -> httpx.Client:
         """Return the hook's pooled synchronous client, created on first use."""
         if self._client is None:
-            self._client = httpx.Client(**self.settings.client_kwargs(self.timeout))
+            # Routed per request: the proxy and CAs of the connection (``_cloudflare/network.py``), as every client.
+            self._client = httpx.Client(
+                transport=self.settings.network.transport(), **self.settings.client_kwargs(self.timeout)
+            )
         return self._client
 
     async def aget_conn(self) -> httpx.AsyncClient:
@@ -139,14 +142,15 @@ class CloudflareWorkersAIHook(BaseHook):
             def make() -> httpx.AsyncClient:
                 # Many small pools instead of one big one: see airflow_provider_imagen._cloudflare.transport for why and
                 # by how much.
-                transport = SpreadTransport(proxy=environment_proxy(settings.base_url))
+                network = settings.network  # the proxy and CAs, as every client's (_cloudflare/network.py)
+                transport = SpreadTransport(proxy=network.httpx_proxy(settings.base_url), verify=network.ssl_context())
                 return httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
 
             # Concurrent first calls all awaited the settings above: only the first one makes the client.
             if self._async_client is None:
                 if self.share_async_client:
                     timeout = self.timeout or settings.timeout
-                    fingerprint = (settings.base_url, settings.api_token)
+                    fingerprint = (settings.base_url, settings.api_token, settings.network)
                     self._async_client = shared_async_clients.acquire(settings.conn_id, timeout, fingerprint, make)
                 else:
                     self._async_client = make()

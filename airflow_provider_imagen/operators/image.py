@@ -44,6 +44,9 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
     :param prompt: what to draw (templated).
     :param deferrable: wait for Cloudflare in the triggerer instead of a worker slot; defaults to
         ``[operators] default_deferrable``.
+    :param defer_timeout: the longest the deferred generation may wait in the triggerer, in seconds or as a
+        ``timedelta``, before the task fails (``TaskDeferralTimeout``, retried as any failure); the task's
+        ``execution_timeout`` when unset and set (Airflow does not apply it to a deferral itself), else one hour.
     :param kwargs: the parameters every Imagen operator takes (:class:`ImagenBaseOperator`): the connection,
         ``model``, ``fallback_models``, ``gateway_options``, ``output_path``, limits, ``durable``.
     """
@@ -56,9 +59,11 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         *,
         prompt: str,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        defer_timeout: float | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.defer_timeout = check_defer_timeout(defer_timeout)
         check_literal_inputs(
             prompt, self.aspect_ratio, self.person_generation, self.model, self.fallback_models, self.model_inputs
         )
@@ -120,7 +125,7 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
                     hold_until=time.time() + deferral_min_seconds(),
                 ),
                 method_name="execute_complete",
-                timeout=timedelta(seconds=DEFER_TIMEOUT_SECONDS),
+                timeout=self.defer_timeout or self.execution_timeout or timedelta(seconds=DEFER_TIMEOUT_SECONDS),
             )
 
         with self.get_hook() as hook:
@@ -182,3 +187,22 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         self.image_link = web_url(stored) or web_url(image.url) or ""
         # With output_path, what a pipeline keeps is the stored copy, whichever model made it: always return that.
         return stored if stored is not None else image.url
+
+
+def check_defer_timeout(value: object) -> timedelta | None:
+    """
+    Return ``defer_timeout`` as a ``timedelta`` (``None`` when unset).
+
+    :raises InvalidInputError: unless it is a positive, finite number of seconds or ``timedelta``.
+    """
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf"):
+        raise InvalidInputError(
+            f"defer_timeout must be a positive, finite number of seconds or a timedelta, got {value!r}"
+        )
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # finite, yet beyond what a timedelta holds (over 2.7 million years)
+        raise InvalidInputError(f"defer_timeout is too long: {value!r} seconds") from None
