@@ -8,8 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from airflow.sdk import DAG, task
@@ -22,6 +21,9 @@ from airflow_provider_imagen.operators import (
 )
 from tests.conftest import task_deferred_class
 from tests.test_durable import FakeTaskStateStore, TaskInstance, run_trigger
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 try:  # the S3 fixtures need moto[server] and s3fs (the dev extra)
     from tests.test_s3_storage import bucket, s3_endpoint  # noqa: F401 - fixtures
@@ -247,3 +249,79 @@ def test_the_sidecar_is_readable(imagen_emulator, tmp_path):
     record = json.loads((tmp_path / sidecar).read_text())
     assert record["image"] == "SKU-0001.png" and record["prompt"] == "A blue mug"
     assert record["model"] == "google/imagen-4" and record["bytes"] == (tmp_path / "SKU-0001.png").stat().st_size
+
+
+# --- The batch operator, keyed items -----------------------------------------------------------------------
+
+
+def batch(**kwargs: Any) -> ImagenGenerateImagesOperator:
+    with DAG(dag_id="reuse", schedule=None, start_date=datetime(2025, 1, 1)):
+        return ImagenGenerateImagesOperator(task_id="gen", retries=3, **kwargs)
+
+
+ITEMS = [
+    {"key": "SKU-0001", "prompt": "A blue mug"},
+    {"key": "SKU-0002", "prompt": "A brass lamp", "aspect_ratio": "9:16"},
+    {"key": "SKU-0003", "prompt": "A wool scarf", "person_generation": "dont_allow", "colour": "red"},
+]
+
+
+def test_a_keyed_batch_stores_each_key_and_a_rerun_pays_nothing(imagen_emulator, tmp_path):
+    out = tmp_path / "out"
+    context = new_run()
+    returned = batch(items=ITEMS, output_path=f"{out}/", max_concurrency=2).execute(context)
+    assert returned == {item["key"]: f"file://{out}/{item['key']}.png" for item in ITEMS}
+    assert sorted(p.name for p in out.glob("*.png")) == ["SKU-0001.png", "SKU-0002.png", "SKU-0003.png"]
+    assert imagen_emulator.generations == 3
+    pushed = context["ti"].pushed
+    assert pushed["stored_uri"] == returned and pushed["failures"] == []
+    lamp = pushed["images"]["SKU-0002"]
+    assert lamp["status"] == "generated" and lamp["key"] == "SKU-0002" and lamp["height"] > lamp["width"]
+
+    # The same items from a file: the same inputs, so nothing is generated (one listing of the folder).
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(item) + "\n" for item in ITEMS))
+    again = new_run()
+    assert batch(items=str(items), output_path=f"{out}/").execute(again) == returned
+    assert imagen_emulator.generations == 3 and imagen_emulator.api_requests == 3
+    summaries = again["ti"].pushed["images"]
+    assert {s["status"] for s in summaries.values()} == {"reused"} and summaries["SKU-0002"]["height"] == 1408
+    assert again["ti"].pushed["billing"]["generated"] == 0
+
+    changed = [{**ITEMS[0], "prompt": "A green mug"}, *ITEMS[1:]]
+    third = new_run()
+    batch(items=changed, output_path=f"{out}/").execute(third)
+    assert imagen_emulator.generations == 4
+    assert [s["status"] for s in third["ti"].pushed["images"].values()] == ["replaced", "reused", "reused"]
+
+
+def test_bad_keyed_items_are_refused_before_any_request(imagen_emulator, tmp_path):
+    items = [{"key": "ok", "prompt": "fine"}, {"prompt": "no key"}, {"key": "../up", "prompt": "x"}, {"key": "ok"}]
+    with pytest.raises(InvalidInputError) as refused:
+        batch(items=items, output_path=f"{tmp_path}/out/").execute(new_run())
+    message = str(refused.value)
+    assert "3 of 4 rows refused before any request" in message and "line 2: key: missing" in message
+    assert "line 3: key: '../up' is not a safe file name" in message
+    assert "line 4: key: 'ok' appears more than once" in message
+    assert imagen_emulator.api_requests == 0 and not (tmp_path / "out").exists()
+    with pytest.raises(InvalidInputError, match="holds no item"):
+        batch(items=[], output_path=f"{tmp_path}/out/").execute(new_run())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "give exactly one, prompts= .* got neither"),
+        ({"prompts": ["a"], "items": ITEMS, "output_path": "/tmp/out/"}, "got both"),
+        ({"items": ITEMS}, "items= stores each image at <output_path>/<key>.<ext>"),
+    ],
+)
+def test_a_batch_takes_prompts_or_items_not_both(kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        batch(**kwargs)
+
+
+def test_keyed_items_need_a_folder(imagen_emulator, tmp_path):
+    with pytest.raises(InvalidInputError, match="must be a folder"):
+        batch(items=ITEMS, output_path=f"{tmp_path}/one.png").execute(new_run())
+    assert imagen_emulator.api_requests == 0
