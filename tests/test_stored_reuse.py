@@ -74,6 +74,21 @@ def test_a_second_run_with_the_same_inputs_pays_nothing_and_returns_the_same_uri
     assert path.stat().st_mtime_ns == written  # not rewritten
 
 
+@pytest.mark.parametrize("form", ["path", "file_uri", "object_storage_path"])
+def test_every_form_of_a_local_file_is_reused(imagen_emulator, tmp_path, form):
+    from airflow.sdk import ObjectStoragePath
+
+    path = tmp_path / "SKU-0001.png"
+    target = {
+        "path": str(path),
+        "file_uri": f"file://{path}",
+        "object_storage_path": ObjectStoragePath(f"file://{path}"),
+    }
+    for _ in range(2):
+        assert single(prompt="A blue mug", output_path=target[form]).execute(new_run()) == f"file://{path}"
+    assert imagen_emulator.generations == 1
+
+
 @pytest.mark.parametrize(
     "changed",
     [{"prompt": "A red mug"}, {"aspect_ratio": "1:1"}, {"fallback_models": ["@cf/black-forest-labs/flux-1-schnell"]}],
@@ -325,3 +340,15 @@ def test_keyed_items_need_a_folder(imagen_emulator, tmp_path):
     with pytest.raises(InvalidInputError, match="must be a folder"):
         batch(items=ITEMS, output_path=f"{tmp_path}/one.png").execute(new_run())
     assert imagen_emulator.api_requests == 0
+
+
+def test_max_images_counts_only_what_a_keyed_batch_must_generate(imagen_emulator, tmp_path):
+    from airflow_provider_imagen.exceptions import SpendLimitError
+
+    batch(items=ITEMS[:2], output_path=f"{tmp_path}/").execute(new_run())
+    batch(items=ITEMS, output_path=f"{tmp_path}/", max_images=1).execute(new_run())  # two reused, one new
+    assert imagen_emulator.generations == 3
+    more = [*ITEMS, {"key": "SKU-0004", "prompt": "A desk"}, {"key": "SKU-0005", "prompt": "A chair"}]
+    with pytest.raises(SpendLimitError, match="max_images=1"):
+        batch(items=more, output_path=f"{tmp_path}/", max_images=1).execute(new_run())
+    assert imagen_emulator.generations == 3
