@@ -142,8 +142,9 @@ class StoredFile:
             return None
         raise InvalidInputError(
             f"Invalid output_path {self.target}: a file is already there, and nothing records that this provider "
-            "made it (it has no sidecar naming its inputs), so it is not overwritten. Set regenerate=True to "
-            "replace it with a new image, or choose another output_path"
+            "made it (no sidecar of its matches the file's name and size: someone put it there, or changed it "
+            "since), so it is not overwritten. Set regenerate=True to replace it with a new image, or choose "
+            "another output_path"
         )
 
     def forget(self) -> None:
