@@ -371,8 +371,7 @@ def job_for(
     It knows what earlier tries of the same request left (:mod:`~airflow_provider_imagen._task.durable`), and has a
     store that names each image after its inputs and task instance (:mod:`~airflow_provider_imagen._task.storage`).
 
-    :param before_store: called before each image is stored (a file ``output_path`` drops its old records of what
-        made it: :mod:`~airflow_provider_imagen._task.stored_file`).
+    :param before_store: called before each image is stored (:mod:`~airflow_provider_imagen._task.stored_file`).
     """
     from airflow_provider_imagen._cloudflare.rules import model_chain, unset_if_empty
     from airflow_provider_imagen._task.download import api_authority
@@ -387,9 +386,8 @@ def job_for(
         max_bytes=operator.max_image_bytes,
         identity=task_instance_identity(context),
         api_host=host,
+        before=before_store,
     )
-    if before_store is not None:
-        store = _preceded(store, before_store)
     return ImageJob(
         Ledger.open(context, retries=operator.retries, durable=operator.durable, log=operator.log),
         model=operator.model,
@@ -403,15 +401,3 @@ def job_for(
         max_images=max_images,
         model_inputs=unset_if_empty(operator.model_inputs),
     )
-
-
-def _preceded(
-    store: Callable[[GeneratedImage, int | None], str | None], first: Callable[[], None]
-) -> Callable[[GeneratedImage, int | None], str | None]:
-    """Return ``store`` calling ``first`` before each image it stores."""
-
-    def store_after(image: GeneratedImage, index: int | None) -> str | None:
-        first()
-        return store(image, index)
-
-    return store_after
