@@ -163,14 +163,14 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
             raise error
         if not (is_unavailable(error) or is_unserved_error(error)):  # nothing ran: the worker's models may serve
             raise error
-        job, item, stored_file = file_job(self, context)
+        job, item, stored = file_job(self, context)
         reused, regenerations = job.reuse(item, single=True)
         if reused is not None:
-            return self._finish(context, job, reused, stored_file)
+            return self._finish(context, job, reused, stored)
         self.log.warning("The triggerer's models were unavailable (%s): trying %s on this worker", error, on_worker)
         with self.get_hook() as hook:
             outcome = job.generate_one(hook, item, regenerations, skipped=passed_over(error))
-        return self._finish(context, job, outcome, stored_file)
+        return self._finish(context, job, outcome, stored)
 
     def _finish(self, context: Context, job: ImageJob, outcome: Outcome, file: StoredFile | None) -> str | None:
         from airflow_provider_imagen._task.stored_file import REUSED
