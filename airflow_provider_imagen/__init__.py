@@ -23,6 +23,7 @@ Key paths (public packages first; names starting with ``_`` are private)::
             connection_form.py    the fields the Airflow UI shows for the connection
             call.py               one call: sent, re-sent as retry.py decides, at the pace pacing.py keeps
             transport.py          the HTTP transport, and httpx's errors mapped to the provider's
+            network.py            which proxy each request takes, and which CAs TLS trusts
             clients.py            one pooled async client per connection and event loop, shared by triggers
             response.py           every answer Cloudflare can give, parsed into a result or an exception
             retry.py              where retries are decided: what, how long, and when a re-send could bill twice
@@ -40,8 +41,11 @@ Key paths (public packages first; names starting with ``_`` are private)::
             record_stores.py      where those records live: the task state store, or an ObjectStorage folder
             storage.py            store an image atomically, named after its inputs; keep bytes until stored
             download.py           fetch an image from its URL: streamed, capped, never from a private address
+            egress.py             the way out for image downloads: proxy, CAs, no proxy resolving a host for us
             dataset.py            a dataset's items read streaming, its run, and its manifest
             keyed.py              keyed images in a folder: one listing, sidecars recording what made each
+            keyed_batch.py        a batch of keyed items: the dataset's rows and rule, results keyed by key
+            stored_file.py        a file output_path: reused when its sidecar names the same inputs, else replaced
             lineage.py            the stored images as OpenLineage output datasets
         plugins/                  the Airflow UI plugin: an "Images" view of each DAG run and task instance
         emulator/                 an offline emulator of the Cloudflare API, for laptops, CI and tests

@@ -359,12 +359,19 @@ class ImageJob:
         return f"Generated {self.generated} image{plural}, reused {self.reused} from earlier tries ({where})"
 
 
-def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | None = None) -> ImageJob:
+def job_for(
+    operator: ImagenBaseOperator,
+    context: Context,
+    max_images: int | None = None,
+    before_store: Callable[[], None] | None = None,
+) -> ImageJob:
     """
     Set up the images of one try of an Imagen ``operator``.
 
     It knows what earlier tries of the same request left (:mod:`~airflow_provider_imagen._task.durable`), and has a
     store that names each image after its inputs and task instance (:mod:`~airflow_provider_imagen._task.storage`).
+
+    :param before_store: called before each image is stored (:mod:`~airflow_provider_imagen._task.stored_file`).
     """
     from airflow_provider_imagen._cloudflare.rules import model_chain, unset_if_empty
     from airflow_provider_imagen._task.download import api_authority
@@ -379,6 +386,7 @@ def job_for(operator: ImagenBaseOperator, context: Context, max_images: int | No
         max_bytes=operator.max_image_bytes,
         identity=task_instance_identity(context),
         api_host=host,
+        before=before_store,
     )
     return ImageJob(
         Ledger.open(context, retries=operator.retries, durable=operator.durable, log=operator.log),

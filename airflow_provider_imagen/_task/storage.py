@@ -181,6 +181,7 @@ def image_store(
     max_bytes: int,
     identity: dict[str, Any],
     api_host: str,
+    before: Callable[[], None] | None = None,
 ) -> Callable[[GeneratedImage, int | None], str | None]:
     """
     Return how a task stores one image: at ``output_path``, named after its inputs and task instance.
@@ -192,11 +193,14 @@ def image_store(
     :param max_bytes: refuse a larger image.
     :param identity: the task instance (:func:`task_instance_identity`), part of every name.
     :param api_host: the API's host (the emulator's may be private; an image on that same host is allowed).
+    :param before: called before each image is stored (a file ``output_path`` drops its old records first).
     """
 
     def store(image: GeneratedImage, index: int | None) -> str | None:
         if output_path is None:
             return None
+        if before is not None:
+            before()
         inputs = {**image.model_dump(include={"model", "aspect_ratio", "person_generation"}), **identity}
         if index is not None:
             inputs["index"] = index

@@ -142,12 +142,14 @@ def imagen_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any
     stored URI for models that return bytes; XComs ``image`` and ``stored_uri``), defers, stores and maps
     (``.partial()`` / ``.expand()``) the same way. Keyword arguments are the operator's (``aspect_ratio``,
     ``person_generation``, ``output_path``, ``deferrable``, ``defer_timeout``, ``model``, ``fallback_models``,
-    ``model_inputs``, ``gateway_options``, ``timeout``, ``max_retries``, ``durable``, ...) and any
-    ``BaseOperator`` argument; a returned dict's values take precedence.
+    ``model_inputs``, ``gateway_options``, ``timeout``, ``max_retries``, ``durable``, ``regenerate``, ...) and any
+    ``BaseOperator`` argument; a returned dict's values take precedence. With a file ``output_path``, an image stored
+    there from the same inputs is reused without a request (the function is still called: it says what to draw); see
+    :class:`ImagenGenerateImageOperator`.
 
     .. code-block:: python
 
-        @task.imagen(aspect_ratio="16:9", output_path="/data/images/")
+        @task.imagen(aspect_ratio="16:9", output_path="/data/posters/{{ params.film_id }}.png")
         def poster(film: str) -> str:
             return f"A minimalist poster for {film}"
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_imagen._task.job import ImageJob, Outcome
+    from airflow_provider_imagen._task.stored_file import StoredFile
 
 
 class ImagenGenerateImageOperator(ImagenBaseOperator):
@@ -28,8 +29,14 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
 
     The return value (XCom ``return_value``) is always of one kind for one configuration: with ``output_path``,
     the stored copy's URI (whichever model of a fallback chain made the image); without it, Cloudflare's URL,
-    which may expire. A JSON summary (model, inputs, size, attempts, timing, ``url``, ``stored_uri``) is pushed
-    under the key ``image``.
+    which may expire. A JSON summary (model, inputs, size, attempts, timing, ``url``, ``stored_uri``, ``status``) is
+    pushed under the key ``image``.
+
+    With a file ``output_path`` (not a folder), an image stored there from the same inputs (model chain, prompt,
+    aspect ratio, person generation, model inputs, the gateway options that change the answer) is reused without a
+    request: the log says so, the summary has ``"reused": true, "reused_from": "stored_file"``, and the task returns
+    the file's URI. Other inputs generate a new image that replaces it atomically (``"status": "replaced"``, logged).
+    A file that nothing records the provider made is refused before any request, unless ``regenerate=True``.
 
     .. code-block:: python
 
@@ -42,6 +49,8 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         )
 
     :param prompt: what to draw (templated).
+    :param regenerate: with a file ``output_path``, generate (and pay for) a new image and replace the file, even when
+        it was made from the same inputs or by someone else.
     :param deferrable: wait for Cloudflare in the triggerer instead of a worker slot; defaults to
         ``[operators] default_deferrable``.
     :param defer_timeout: the longest the deferred generation may wait in the triggerer, in seconds or as a
@@ -60,10 +69,14 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         prompt: str,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         defer_timeout: float | timedelta | None = None,
+        regenerate: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.defer_timeout = check_defer_timeout(defer_timeout)
+        if not isinstance(regenerate, bool):
+            raise InvalidInputError(f"Invalid regenerate: must be True or False, got {type(regenerate).__name__}")
+        self.regenerate = regenerate
         check_literal_inputs(
             prompt, self.aspect_ratio, self.person_generation, self.model, self.fallback_models, self.model_inputs
         )
@@ -79,7 +92,7 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         Rendered templates are checked before anything is sent or deferred.
         """
         from airflow_provider_imagen._cloudflare.fallback import split_for_triggerer
-        from airflow_provider_imagen._task.job import job_for
+        from airflow_provider_imagen._task.stored_file import file_job
         from airflow_provider_imagen.models import GatewayOptions, ImagenInput
 
         # Rendered templates are checked here, before anything is sent or deferred.
@@ -96,11 +109,13 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
 
             refuse_bytes(inputs_taken_by(split_for_triggerer(chain)[0], unset_if_empty(self.model_inputs)))
 
-        job = job_for(self, context)
-        (item,) = job.items([self.prompt])
+        job, item, stored = file_job(self, context)
+        # Before any request or deferral: an image stored at output_path from the same inputs is reused.
+        if stored is not None and (kept := stored.decide(job, item, self.regenerate)) is not None:
+            return self._finish(context, job, kept, stored)
         reused, regenerations = job.reuse(item, single=True)
         if reused is not None:  # an earlier try paid for it
-            return self._finish(context, job, reused)
+            return self._finish(context, job, reused, stored)
 
         if self.deferrable:
             from airflow_provider_imagen.triggers.imagen import ImagenGenerateImageTrigger
@@ -129,44 +144,50 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
             )
 
         with self.get_hook() as hook:
-            return self._finish(context, job, job.generate_one(hook, item, regenerations))
+            return self._finish(context, job, job.generate_one(hook, item, regenerations), stored)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         """Resume after the trigger: its image, or its error (models that answer in bytes may follow, here)."""
-        from airflow_provider_imagen._task.job import job_for
+        from airflow_provider_imagen._task.stored_file import file_job
         from airflow_provider_imagen.exceptions import error_from_dict
 
         if not isinstance(event, dict) or event.get("status") != "success":
             error = error_from_dict(event.get("error") if isinstance(event, dict) else None)
             return self._after_triggerer(context, error)
-        job = job_for(self, context)
+        job, item, stored = file_job(self, context)
         # The trigger's image is recorded first, so a failure from here on costs no second generation.
-        return self._finish(context, job, job.resume(job.items([self.prompt])[0], event["image"]))
+        return self._finish(context, job, job.resume(item, event["image"]), stored)
 
     def _after_triggerer(self, context: Context, error: Exception) -> str | None:
         from airflow_provider_imagen._cloudflare.fallback import is_unserved_error, passed_over, split_for_triggerer
         from airflow_provider_imagen._cloudflare.retry import is_unavailable
-        from airflow_provider_imagen._task.job import job_for
+        from airflow_provider_imagen._task.stored_file import file_job
 
         on_worker = split_for_triggerer(model_chain(self.model, self.fallback_models))[1]
         if not on_worker or not isinstance(error, CloudflareWorkersAIError):
             raise error
         if not (is_unavailable(error) or is_unserved_error(error)):  # nothing ran: the worker's models may serve
             raise error
-        job = job_for(self, context)
-        (item,) = job.items([self.prompt])
+        job, item, stored = file_job(self, context)
         reused, regenerations = job.reuse(item, single=True)
         if reused is not None:
-            return self._finish(context, job, reused)
+            return self._finish(context, job, reused, stored)
         self.log.warning("The triggerer's models were unavailable (%s): trying %s on this worker", error, on_worker)
         with self.get_hook() as hook:
             outcome = job.generate_one(hook, item, regenerations, skipped=passed_over(error))
-        return self._finish(context, job, outcome)
+        return self._finish(context, job, outcome, stored)
 
-    def _finish(self, context: Context, job: ImageJob, outcome: Outcome) -> str | None:
+    def _finish(self, context: Context, job: ImageJob, outcome: Outcome, file: StoredFile | None) -> str | None:
+        from airflow_provider_imagen._task.stored_file import REUSED
+
+        from_file = file is not None and file.status == REUSED
+        if file is not None and not from_file:
+            file.seal(outcome)  # the record of what made it, so that the next run reuses it
         image, stored = outcome.image, outcome.stored
         assert image is not None
         summary = {**image.to_xcom(), "stored_uri": stored, "reused": outcome.reused, "billing": job.billing()}
+        summary["status"] = "reused" if outcome.reused else file.status if file is not None else "generated"
+        summary["reused_from"] = "stored_file" if from_file else "earlier_try" if outcome.reused else None
         context["ti"].xcom_push(key="image", value=summary)
         if stored is not None:
             context["ti"].xcom_push(key="stored_uri", value=stored)
@@ -178,8 +199,8 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
             image.model,
             image.elapsed_seconds,
             image.attempts,
-            image.url or "(bytes)",
-            f", stored at {stored}" if stored else "",
+            image.url or ("(the stored file)" if from_file else "(bytes)"),
+            f", {'replacing the file' if summary['status'] == 'replaced' else 'stored'} at {stored}" if stored else "",
         )
         for skipped in image.skipped_models:
             self.log.warning("%s was passed over for %s: %s", skipped.model, image.model, skipped.reason)

@@ -1,0 +1,152 @@
+"""
+One try of a batch of keyed items (``ImagenGenerateImagesOperator(items=...)``): a dataset's rows, a batch's results.
+
+The rows are read and checked as a dataset's (:mod:`~airflow_provider_imagen._task.dataset`), each image is stored at
+``<output_path>/<key>.<ext>`` and reused, generated or replaced by the same rule, with one listing of the folder
+(:mod:`~airflow_provider_imagen._task.keyed`). Unlike a dataset, a batch writes no manifest and returns its results
+keyed by ``key``: a batch is as large as an XCom can hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_imagen._task.dataset import MAX_NAMED, ItemSource, check_items, to_row
+from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, InvalidInputError, error_to_dict
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_imagen._task.dataset import Row
+    from airflow_provider_imagen._task.job import Outcome
+    from airflow_provider_imagen._task.keyed import DatasetJob, Made
+
+#: What each row came to: its status (``generated``, ``reused``, ``replaced``, ``failed``), outcome, stored image.
+Result = tuple[str, "Outcome", "Made | None"]
+
+
+def keyed_rows(operator: Any, chain: tuple[str, ...]) -> list[Row]:
+    """
+    Read and check every item of ``operator.items`` before any request, with the operator's defaults.
+
+    :param chain: the model and its fallbacks: with the gateway options and model inputs, what a row's inputs digest.
+    :raises InvalidInputError: naming up to 20 bad rows by line, or an empty ``items``.
+    """
+    from airflow_provider_imagen._cloudflare.rules import unset_if_empty
+    from airflow_provider_imagen._task.durable import fingerprint
+    from airflow_provider_imagen.models import GatewayOptions
+
+    source = ItemSource(operator.items)
+    if not check_items(source):
+        raise InvalidInputError(f"Invalid items: {source} holds no item; give at least one with key and prompt")
+    gateway = GatewayOptions.parse(operator.gateway_options)
+    model_inputs = unset_if_empty(operator.model_inputs)
+    defaults = {name: unset_if_empty(getattr(operator, name)) for name in ("aspect_ratio", "person_generation")}
+
+    def digest_inputs(prompt: str, ratio: str | None, people: str | None) -> str:
+        # The digest of a dataset's sidecars and of a single file's: one rule for every stored image.
+        return fingerprint(chain[0], prompt, ratio, people, gateway, chain[1:], model_inputs=model_inputs)
+
+    return [to_row(index, line, raw, defaults, digest_inputs) for index, (line, raw) in enumerate(source)]
+
+
+def run_keyed_batch(
+    operator: Any, context: Context, rows: list[Row], chain: tuple[str, ...]
+) -> tuple[list[Result], DatasetJob]:
+    """
+    Obtain every row's image at ``<output_path>/<key>.<ext>``, at most ``max_concurrency`` at a time.
+
+    Each is reused from the folder (one listing), from an earlier try's records, or generated.
+
+    :return: each row's result, in order, and the job (its accounting).
+    :raises SpendLimitError: when ``max_images`` would be exceeded (before any request, or once those in flight end).
+    """
+    from airflow_provider_imagen._cloudflare.batch import run_each
+    from airflow_provider_imagen._cloudflare.rules import unset_if_empty
+    from airflow_provider_imagen._task.download import api_authority
+    from airflow_provider_imagen._task.durable import Ledger
+    from airflow_provider_imagen._task.job import Outcome
+    from airflow_provider_imagen._task.keyed import DatasetJob, FolderIndex
+    from airflow_provider_imagen._task.storage import resolve_output_path
+    from airflow_provider_imagen.exceptions import SpendLimitError
+    from airflow_provider_imagen.models import GatewayOptions
+
+    op = operator
+    folder, _ = resolve_output_path(op.output_path)
+    index = FolderIndex(folder)
+    host = api_authority(op.get_hook().settings.base_url)  # on the task's thread: see run_dataset
+    job: DatasetJob = DatasetJob(
+        index,
+        chain,
+        op.max_image_bytes,
+        lambda: host,
+        ledger=Ledger.open(context, retries=op.retries, durable=op.durable, log=op.log),
+        model=chain[0],
+        fallback_models=chain[1:],
+        aspect_ratio=unset_if_empty(op.aspect_ratio),
+        person_generation=unset_if_empty(op.person_generation),
+        gateway_options=GatewayOptions.parse(op.gateway_options),
+        output_path=str(folder),
+        log=op.log,
+        max_images=op.max_images,
+        model_inputs=unset_if_empty(op.model_inputs),
+    )
+    job.rows = {row.index: row for row in rows}
+    if op.max_images is not None:  # before any request: what is neither in the folder nor in the try's records
+        unmade = [row for row in rows if index.made(row) is None]
+        job.check_budget(sum(1 for row in unmade if (job.ledger.get(row.fingerprint) or {}).get("image") is None))
+    hook = op.get_hook()
+    hook.settings  # noqa: B018 - read synchronously: see CloudflareWorkersAIHook.generate_images
+
+    def failed(_: Row, err: CloudflareWorkersAIError) -> Result:
+        return "failed", Outcome(error=err), None
+
+    async def run_all() -> list[Result]:
+        # Storing blocks (downloads, uploads, fsync): a thread for each row in flight, as a dataset's.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(op.max_concurrency, 64)))
+        try:
+            return await run_each(rows, lambda row: job.obtain(hook, row), failed, op.max_concurrency)
+        finally:
+            await hook.aclose()  # the client belongs to this loop, which ends here
+            job.close()
+
+    results = asyncio.run(run_all())
+    for _, outcome, _ in results:
+        if isinstance(outcome.error, SpendLimitError):
+            raise outcome.error
+    replaced = [made.uri for status, _, made in results if status == "replaced" and made is not None]
+    for uri in replaced[:MAX_NAMED]:
+        op.log.info("Replaced %s: its inputs changed since it was made", uri)
+    return results, job
+
+
+def keyed_results(
+    rows: list[Row], results: list[Result], chain: tuple[str, ...]
+) -> tuple[dict[str, dict[str, Any] | None], list[dict[str, Any]], dict[str, str | None]]:
+    """Return a keyed batch's XComs: a summary per key (``None`` if it failed), the failures, the stored URIs."""
+    from airflow_provider_imagen.models import GeneratedImage
+
+    summaries: dict[str, dict[str, Any] | None] = {}
+    failures: list[dict[str, Any]] = []
+    returned: dict[str, str | None] = {}
+    for row, (status, outcome, made) in zip(rows, results, strict=True):
+        if status == "failed" or made is None:
+            error = outcome.error or CloudflareWorkersAIError("no image")
+            failures.append({"key": row.key, "prompt": row.prompt, "error": error_to_dict(error), "reason": str(error)})
+            summaries[row.key] = returned[row.key] = None
+            continue
+        image = outcome.image or GeneratedImage(  # reused from the folder: what its sidecar and the row say
+            model=chain[made.model] if made.model < len(chain) else chain[0],
+            prompt=row.prompt,
+            aspect_ratio=row.aspect_ratio,
+            person_generation=row.person_generation,
+            width=made.width or None,
+            height=made.height or None,
+            attempts=0,
+        )
+        summary = {**image.to_xcom(), "key": row.key, "stored_uri": made.uri, "reused": outcome.reused}
+        summaries[row.key] = {**summary, "status": status}
+        returned[row.key] = made.uri
+    return summaries, failures, returned
