@@ -22,6 +22,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "extra": '{"account_id": "...", "gateway_id": "my-gateway"}',
         "account_id": "0123456789abcdef0123456789abcdef",
         "gateway_id": "default",
+        "prices": '{"google/imagen-4": 0.04, "@cf/leonardo/phoenix-1.0": 0.0058}',
     },
 }
 
@@ -53,6 +54,12 @@ CONN_FIELDS: dict[str, Any] = {
         "description": "The account's rate limit, if known: never exceeded. If empty, the pace is learned from "
         "Cloudflare's 429 answers.",
         "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_REQUESTS_PER_MINUTE},
+    },
+    "prices": {
+        "label": "Prices (USD per image)",
+        "description": "Optional JSON object of model id to what one image costs you, for the estimated_cost_usd "
+        "figures and max_cost_usd; models left out use the published defaults (docs: cost.md), or have no estimate.",
+        "schema": {"type": ["string", "null"]},
     },
 }
 

@@ -48,6 +48,8 @@ class ConnectionSettings:
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     requests_per_minute: float | None = None
+    #: US dollars per image by model id (the ``prices`` extra), over the catalog's defaults: see ``prices.py``.
+    prices: Mapping[str, float] = field(default_factory=dict, compare=False)
     _run_urls: dict[str, httpx.URL] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def masked(self) -> ConnectionSettings:
@@ -204,6 +206,13 @@ class ConnectionSettings:
                 raise fail(f"extra 'requests_per_minute' {problem}")
             requests_per_minute = float(requests_per_minute)
 
+        from airflow_provider_imagen._cloudflare.prices import parse_prices
+
+        try:
+            prices = parse_prices(get_extra("prices"))
+        except ValueError as err:
+            raise fail(f"extra 'prices' {err}") from None
+
         return cls(
             conn_id=conn_id,
             base_url=_base_url(conn, fail),
@@ -213,6 +222,7 @@ class ConnectionSettings:
             timeout=timeout,
             max_retries=max_retries,
             requests_per_minute=requests_per_minute,
+            prices=prices,
         )
 
 

@@ -100,6 +100,8 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         if self.deferrable:
             from airflow_provider_imagen.triggers.imagen import ImagenGenerateImageTrigger
 
+            job.check_budget(1)  # max_cost_usd: before the triggerer pays for it
+
             in_triggerer, on_worker = split_for_triggerer(chain)
             self.defer(
                 trigger=ImagenGenerateImageTrigger(
@@ -161,7 +163,8 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
     def _finish(self, context: Context, job: ImageJob, outcome: Outcome) -> str | None:
         image, stored = outcome.image, outcome.stored
         assert image is not None
-        summary = {**image.to_xcom(), "stored_uri": stored, "reused": outcome.reused, "billing": job.billing()}
+        summary = {**image.to_xcom(), "stored_uri": stored, "reused": outcome.reused}
+        summary.update(estimated_cost_usd=job.spend.cost_of(outcome), billing=job.billing())
         context["ti"].xcom_push(key="image", value=summary)
         if stored is not None:
             context["ti"].xcom_push(key="stored_uri", value=stored)
