@@ -3,8 +3,9 @@ The estimated cost of a task instance's images, and its ``max_cost_usd``: a hard
 
 What all tries spent comes from the durable ledger (:mod:`~airflow_provider_imagen._task.durable`); what each image
 costs from the connection's prices over the catalog's defaults (:mod:`~airflow_provider_imagen._cloudflare.prices`).
-A generation about to start reserves the most one image of the model chain can cost, so that concurrent
-generations can never together overshoot the limit.
+Before any request, the known need (the images to generate, at the model's price) is checked; then each generation
+about to start reserves the most one image of the model chain can cost (a fallback model may make it), so that
+concurrent generations can never together overshoot the limit.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Spend:
         self.ledger = ledger
         self.prices = PriceList(prices or {})
         self.max_cost_usd = max_cost_usd
+        self.first = self.prices.of(chain[0])
         self.each = self.prices.most(chain)  # the most one generation can cost
         self.this_try = 0.0
         self.unpriced = 0  # images this try generated with a model that has no price
@@ -62,12 +64,14 @@ class Spend:
         """
         Fail before generating ``needed`` more images could take all tries' cost over ``max_cost_usd``.
 
-        :param reserve: hold their cost for generations about to start, until :meth:`release`.
+        :param reserve: hold their cost for generations about to start, until :meth:`release`: the most an image of
+            the chain can cost. Without it, the check is of the known need: ``needed`` images of the first model.
         :raises SpendLimitError: naming the limit, what was spent, what is in flight and what is needed.
         """
-        if self.max_cost_usd is None or needed <= 0 or self.each is None:
+        if self.max_cost_usd is None or needed <= 0 or self.each is None or self.first is None:
             return
-        cost = needed * self.each
+        each = self.each if reserve else self.first
+        cost = needed * each
         with self._lock:
             spent = self.ledger.spent[0]
             if spent + self._reserved + cost <= self.max_cost_usd + _EPSILON:
@@ -77,8 +81,8 @@ class Spend:
         flight = f" and ${usd(reserved)} is in flight" if reserved else ""
         raise SpendLimitError(
             f"max_cost_usd={self.max_cost_usd:g}: this task instance's tries have spent an estimated ${usd(spent)}"
-            f"{flight}; {needed} more image(s) at up to ${usd(self.each)} each would need ${usd(cost)}, "
-            f"over the limit; not generating them"
+            f"{flight}; {needed} more image(s) at {'up to ' if reserve else ''}${usd(each)} each would need "
+            f"${usd(cost)}, over the limit; not generating them"
         )
 
     def release(self) -> None:

@@ -100,7 +100,7 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         if self.deferrable:
             from airflow_provider_imagen.triggers.imagen import ImagenGenerateImageTrigger
 
-            job.check_budget(1)  # max_cost_usd: before the triggerer pays for it
+            job.check_budget(1, reserve=True)  # max_cost_usd, before the triggerer pays: at its fallbacks' prices too
 
             in_triggerer, on_worker = split_for_triggerer(chain)
             self.defer(
