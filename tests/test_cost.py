@@ -247,3 +247,67 @@ def test_every_default_price_is_in_the_docs_table_with_its_source():
             assert "| none |" in row, model.id
         else:
             assert f"| ${model.price.usd_per_image:g} |" in row and model.price.gathered in row, model.id
+
+
+# --- The Images view ----------------------------------------------------------------------------------------
+
+GALLERY_DAG = "imagen_cost_gallery"
+
+
+@pytest.mark.e2e
+def test_the_images_view_shows_the_runs_and_each_task_instances_estimated_cost(airflow_db, imagen_emulator, prices):
+    import secrets
+
+    from airflow.api_fastapi.app import create_app, purge_cached_app
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import register_dag
+    from tests.test_gallery import bearer, figures
+
+    prices({IMAGEN: 0.04})
+    with DAG(GALLERY_DAG, schedule=None, start_date=datetime(2025, 1, 1), catchup=False) as dag:
+        ImagenGenerateImageOperator(task_id="single", prompt=PROMPTS[0])
+        ImagenGenerateImagesOperator(task_id="batch", prompts=PROMPTS[1:3])
+    register_dag(dag)
+    dag_run = dag.test()
+    assert dag_run.state == "success" and imagen_emulator.generations == 3
+
+    with pytest.MonkeyPatch.context() as patch:
+        manager = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+        patch.setenv("AIRFLOW__CORE__AUTH_MANAGER", manager)
+        patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
+        purge_cached_app()
+        try:
+            api = TestClient(create_app(), base_url="http://127.0.0.1")
+            base = f"/imagen/dags/{GALLERY_DAG}/runs/{dag_run.run_id}/gallery"
+            run_page = api.get(base, headers=bearer()).text
+            single_page = api.get(f"{base}?task_id=single&map_index=-1", headers=bearer()).text
+        finally:
+            purge_cached_app()
+
+    assert "estimated cost $0.12</span>" in run_page  # 3 images at $0.04
+    assert 'batch</a> <span class="muted">(2 · $0.08)' in run_page
+    assert 'single</a> <span class="muted">(1 · $0.04)' in run_page
+    assert all("· $0.04</span>" in card for card in figures(run_page))
+    assert "Images of single" in single_page and "estimated cost $0.04</span>" in single_page
+
+
+def test_the_images_view_reads_a_cost_only_if_it_is_an_amount_and_counts_unpriced_images_apart():
+    from airflow_provider_imagen.plugins.images import CostTotal, parse_summary
+
+    def image(cost: Any) -> Any:
+        return parse_summary("t", -1, 0, {"url": "https://x/y.png", "estimated_cost_usd": cost})
+
+    # An XCom can be written by any task: only a finite amount from 0 up is shown as a cost.
+    assert [image(c).estimated_cost_usd for c in (0.04, 0, -1, math.nan, math.inf, "0.04", True)] == [
+        0.04,
+        0,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+    assert CostTotal.of([image(0.04), image(0.0006336), image(None)]).text == "$0.0406336 (+ 1 image without a price)"
+    assert CostTotal.of([image(None)]).text.startswith("unknown")
+    assert CostTotal.of([image(0.5)]).text == "$0.50"
