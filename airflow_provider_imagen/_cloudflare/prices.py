@@ -70,8 +70,8 @@ def check_max_cost(max_cost_usd: object) -> None:
 
     if max_cost_usd is None:
         return
-    number = isinstance(max_cost_usd, (int, float)) and not isinstance(max_cost_usd, bool)
-    if not number or not math.isfinite(max_cost_usd) or max_cost_usd <= 0:  # type: ignore[arg-type,operator]
+    # NaN is refused too: it compares false.
+    if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float)) or not 0 < max_cost_usd < math.inf:
         raise InvalidInputError(f"Invalid max_cost_usd: must be a number of US dollars above 0, got {max_cost_usd!r}")
 
 
