@@ -23,7 +23,7 @@ from airflow_provider_imagen.operators import (
     ImagenGenerateImagesOperator,
 )
 from tests.conftest import task_deferred_class
-from tests.test_durable import FakeTaskStateStore, TaskInstance
+from tests.test_durable import FakeTaskStateStore, TaskInstance, run_trigger
 
 IMAGEN = "google/imagen-4"
 FLUX = "@cf/black-forest-labs/flux-1-schnell"
@@ -185,15 +185,22 @@ def test_max_cost_usd_with_a_model_that_has_no_price_is_refused_before_any_reque
     assert imagen_emulator.api_requests == 0
 
 
-def test_a_deferred_image_over_max_cost_usd_is_refused_before_deferring(imagen_emulator, prices):
+def test_a_deferred_image_over_max_cost_usd_is_refused_before_deferring_and_one_within_it_is_priced(
+    imagen_emulator, prices
+):
     prices({IMAGEN: 0.04})
     op = operator(ImagenGenerateImageOperator, prompt=PROMPTS[0], deferrable=True, max_cost_usd=0.03)
     with pytest.raises(SpendLimitError, match=r"max_cost_usd=0\.03"):
         run(op, TaskInstance(), FakeTaskStateStore())
-    op.max_cost_usd = 0.04
-    with pytest.raises(task_deferred_class()):
-        run(op, TaskInstance(), FakeTaskStateStore())
     assert imagen_emulator.api_requests == 0
+
+    op.max_cost_usd = 0.04  # it fits: deferred, generated in the triggerer, its cost recorded on resuming
+    ti, store = TaskInstance(), FakeTaskStateStore()
+    with pytest.raises(task_deferred_class()) as deferred:
+        run(op, ti, store)
+    op.execute_complete({"ti": ti, "task_state_store": store}, run_trigger(deferred.value.trigger))
+    assert ti.pushed["image"]["estimated_cost_usd"] == 0.04
+    assert ti.pushed["image"]["billing"]["estimated_cost_usd_by_all_tries"] == 0.04
 
 
 @pytest.mark.parametrize("limit", [0, -1, math.nan, math.inf, True, "1"])
