@@ -78,6 +78,7 @@ def test_each_item_is_stored_at_its_key_and_listed_in_the_manifest(imagen_emulat
         "failed": 0,
         "total": 5,
         "manifest": summary["manifest"],
+        "estimated_cost_usd": None,  # Imagen 4 has no published price: no estimate without the connection's prices
     }
     assert images(tmp_path / "out") == [f"SKU-{n:04d}.png" for n in range(5)]
     assert summary["manifest"].startswith(f"file://{tmp_path}/out/manifests/catalog/")

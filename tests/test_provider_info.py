@@ -25,8 +25,16 @@ def test_form_keys_are_the_dashed_ones_airflow_reads():
     assert set(conn["ui-field-behaviour"]) == {"hidden-fields", "relabeling", "placeholders"}
     assert set(conn["ui-field-behaviour"]["hidden-fields"]) <= ALLOWED_STANDARD_FIELDS
     assert conn["ui-field-behaviour"]["relabeling"]["password"] == "API Token"
-    assert set(conn["conn-fields"]) >= {"account_id", "gateway_id", "timeout", "max_retries", "requests_per_minute"}
-    assert {"proxy", "ca_bundle"} <= set(conn["conn-fields"])
+    assert set(conn["conn-fields"]) == {
+        "account_id",
+        "gateway_id",
+        "timeout",
+        "max_retries",
+        "requests_per_minute",
+        "proxy",
+        "ca_bundle",
+        "prices",
+    }
     for field in conn["conn-fields"].values():
         assert set(field) <= {"label", "description", "schema"}
 

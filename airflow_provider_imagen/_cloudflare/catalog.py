@@ -152,6 +152,23 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class ModelPrice:
+    """
+    What one image of a model costs by default, from its published price, with where and when it was read.
+
+    :param usd_per_image: the estimate, in US dollars, for the image that ``basis`` describes.
+    :param basis: how the published unit prices make that figure (the size and step count it assumes).
+    :param url: the page that publishes the unit prices.
+    :param gathered: the date it was read (ISO).
+    """
+
+    usd_per_image: float
+    basis: str
+    url: str
+    gathered: str
+
+
+@dataclass(frozen=True)
 class TextToImageModel:
     """
     A text-to-image model of Workers AI and the schema of its input.
@@ -172,6 +189,7 @@ class TextToImageModel:
     :param fixed_size: ``(width, height)`` of a model whose size cannot be chosen.
     :param status: what its maker says of its future (e.g. a deprecation), if anything.
     :param notes: what the schema does not say, or says wrongly.
+    :param price: its default price per image, where one is published (``None``: no estimate).
     """
 
     id: str
@@ -189,6 +207,7 @@ class TextToImageModel:
     fixed_size: tuple[int, int] | None = None
     status: str = ""
     notes: str = ""
+    price: ModelPrice | None = None
 
     def __hash__(self) -> int:
         # The generated hash would fail on the fields mapping; a model is known by its id.

@@ -10,7 +10,7 @@ import json
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imagen._cloudflare.catalog import DATA_FILE, InputField, ModelSource, TextToImageModel
+from airflow_provider_imagen._cloudflare.catalog import DATA_FILE, InputField, ModelPrice, ModelSource, TextToImageModel
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -53,6 +53,7 @@ def _field(name: str, raw: Mapping[str, Any]) -> InputField:
 def _model(raw: Mapping[str, Any]) -> TextToImageModel:
     fields = {name: _field(name, spec) for name, spec in raw["fields"].items()}
     fixed = raw.get("fixed_size")
+    price = raw.get("price")
     model = TextToImageModel(
         id=raw["id"],
         label=raw["label"],
@@ -69,6 +70,7 @@ def _model(raw: Mapping[str, Any]) -> TextToImageModel:
         fixed_size=(int(fixed[0]), int(fixed[1])) if fixed else None,
         status=raw.get("status", ""),
         notes=raw.get("notes", ""),
+        price=ModelPrice(**price) if price is not None else None,
     )
     checks = {
         "route": model.route in ("proxied", "workers-ai"),
@@ -80,6 +82,7 @@ def _model(raw: Mapping[str, Any]) -> TextToImageModel:
         "width_height": not model.takes_size or {"width", "height"} <= set(fields),
         "fixed_size": (model.sizes == "fixed") == (model.fixed_size is not None),
         "route prefix": (model.route == "workers-ai") == model.id.startswith(("@cf/", "@hf/")),
+        "price": model.price is None or (0 <= model.price.usd_per_image < 10 and bool(model.price.basis)),
     }
     broken = [name for name, ok in checks.items() if not ok]
     if broken:

@@ -24,6 +24,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "gateway_id": "default",
         "proxy": "http://proxy.example.com:3128 (empty: HTTPS_PROXY / NO_PROXY of the environment)",
         "ca_bundle": "/etc/ssl/certs/company-ca.pem",
+        "prices": '{"google/imagen-4": 0.04, "@cf/leonardo/phoenix-1.0": 0.0058}',
     },
 }
 
@@ -67,6 +68,12 @@ CONN_FIELDS: dict[str, Any] = {
         "label": "CA bundle",
         "description": "Optional absolute path, on the workers and triggerer, of a PEM file of CA certificates "
         "to trust instead of the default ones (a TLS-intercepting proxy, a private CA).",
+        "schema": {"type": ["string", "null"]},
+    },
+    "prices": {
+        "label": "Prices (USD per image)",
+        "description": "Optional JSON object of model id to what one image costs you, for the estimated_cost_usd "
+        "figures and max_cost_usd; models left out use the published defaults (docs: cost.md), or have no estimate.",
         "schema": {"type": ["string", "null"]},
     },
 }

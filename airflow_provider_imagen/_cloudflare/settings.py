@@ -54,6 +54,8 @@ class ConnectionSettings:
     proxy: str | None = field(default=None, repr=False)
     #: The ``ca_bundle`` extra: the PEM file TLS trusts instead of the default CAs.
     ca_bundle: str | None = None
+    #: US dollars per image by model id (the ``prices`` extra), over the catalog's defaults: see ``prices.py``.
+    prices: Mapping[str, float] = field(default_factory=dict, compare=False)
     _run_urls: dict[str, httpx.URL] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def masked(self) -> ConnectionSettings:
@@ -229,6 +231,13 @@ class ConnectionSettings:
                 raise fail(f"extra 'requests_per_minute' {problem}")
             requests_per_minute = float(requests_per_minute)
 
+        from airflow_provider_imagen._cloudflare.prices import parse_prices
+
+        try:
+            prices = parse_prices(get_extra("prices"))
+        except ValueError as err:
+            raise fail(f"extra 'prices' {err}") from None
+
         from airflow_provider_imagen._cloudflare import network
 
         settings = cls(
@@ -241,6 +250,7 @@ class ConnectionSettings:
             max_retries=max_retries,
             requests_per_minute=requests_per_minute,
             **network.read_extras(get_extra, fail),
+            prices=prices,
         )
         network.check_route(settings.base_url, settings.network, fail)
         return settings

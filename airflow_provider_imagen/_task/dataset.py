@@ -36,7 +36,7 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 #: The fields an item sets for itself; any other field is carried to the manifest untouched.
 INPUT_FIELDS = ("key", "prompt", "aspect_ratio", "person_generation")
 #: Fields the manifest writes: an item may not bring its own.
-MANIFEST_FIELDS = ("status", "stored_uri", "model", "width", "height", "error")
+MANIFEST_FIELDS = ("status", "stored_uri", "model", "width", "height", "error", "estimated_cost_usd")
 #: Bad rows named in the refusal (all are counted).
 MAX_NAMED = 20
 
@@ -268,7 +268,8 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
 
     # Read on the task's own thread: images are stored from worker threads, where Airflow's in-process task
     # runner cannot look a connection up.
-    host = api_authority(op.get_hook().settings.base_url)
+    settings = op.get_hook().settings
+    host = api_authority(settings.base_url)
 
     def api_host() -> str:
         return host
@@ -287,8 +288,10 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
         output_path=str(folder),
         log=log,
         max_images=op.max_images,
+        prices=settings.prices,
+        max_cost_usd=op.max_cost_usd,
     )
-    if op.max_images is not None:  # before any request: what is neither in the folder nor in the try's records
+    if op.max_images is not None or op.max_cost_usd is not None:  # before any request: in neither folder nor records
         unmade = (row for row in rows() if folder_index.made(row) is None)
         job.check_budget(sum(1 for row in unmade if (job.ledger.get(row.fingerprint) or {}).get("image") is None))
     log.info("%d items for shard %d of %d, from %s", total, op.shard_index, op.shard_count, source)
@@ -301,18 +304,19 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
 
     def record(row: Row, status: str, outcome: Outcome, made: Any) -> None:
         counts[status] += 1
-        image = outcome.image
+        image, cost = outcome.image, job.spend.cost_of(outcome)
         if status == "failed":
             error = outcome.error or CloudflareWorkersAIError("no image")
             failures.append((row, error))
-            manifest.add(row, status, error=str(error), model=image.model if image else None)
+            manifest.add(row, status, error=str(error), model=image.model if image else None, estimated_cost_usd=cost)
             return
         if status == "replaced" and counts["replaced"] <= MAX_NAMED:
             log.info("Replaced %s: its inputs changed since it was made", made.uri)
         model = chain[made.model] if made.model < len(chain) else None
         width, height = made.width or None, made.height or None
         aspect = image.aspect_ratio if image else None
-        manifest.add(row, status, stored_uri=made.uri, model=model, width=width, height=height, aspect_ratio=aspect)
+        fields = {"stored_uri": made.uri, "model": model, "width": width, "height": height, "aspect_ratio": aspect}
+        manifest.add(row, status, **fields, estimated_cost_usd=cost)
 
     async def run_all() -> None:
         # Storing blocks (downloads, uploads, fsync): a thread for each row in flight, not the default 6 on 2 cores.
@@ -337,10 +341,11 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
         asyncio.run(run_all())
     finally:
         uri = manifest.publish()  # a failed try's manifest too: what it did, for the retry and for people
-    summary = {**counts, "total": total, "manifest": uri}
+    billing = job.billing()
+    summary = {**counts, "total": total, "manifest": uri, "estimated_cost_usd": billing["estimated_cost_usd"]}
     log.info("%s; manifest at %s", ", ".join(f"{n} {status}" for status, n in counts.items()), uri)
     log.info("%s", job.describe())
-    context["ti"].xcom_push(key="billing", value=job.billing())
+    context["ti"].xcom_push(key="billing", value=billing)
     for _, error in failures:
         if isinstance(error, SpendLimitError):
             raise error

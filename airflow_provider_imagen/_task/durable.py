@@ -198,6 +198,13 @@ class Ledger:
         with self._lock:
             return int(self._load().get("billed", 0))
 
+    @property
+    def spent(self) -> tuple[float, int]:
+        """What all tries of this request generated so far: its estimated US dollars, and the images with no price."""
+        with self._lock:
+            summary = self._load()
+            return float(summary.get("cost_usd", 0.0)), int(summary.get("unpriced", 0))
+
     def get(self, image_fingerprint: str, occurrence: int = 0) -> dict[str, Any] | None:
         """
         Return the record an earlier try of this request left for this image, or ``None``.
@@ -227,6 +234,7 @@ class Ledger:
         generated: bool = False,
         regenerations: int = 0,
         kept: str | None = None,
+        cost_usd: float | None = None,
     ) -> None:
         """
         Keep what this try obtained for one image; count it as billed when it was ``generated`` just now.
@@ -236,11 +244,16 @@ class Ledger:
         :param output_path: the ``output_path`` it was stored under: another one needs storing again.
         :param regenerations: how many times an expired URL made it generate again (part of the cache key).
         :param kept: where its bytes wait on this machine until stored (``storage.keep_bytes``), for bytes models.
+        :param cost_usd: what a ``generated`` image cost (``None``: its model has no price).
         """
         with self._lock:
             summary = self._load()
             if generated:
                 summary["billed"] = int(summary.get("billed", 0)) + 1
+                if cost_usd is None:
+                    summary["unpriced"] = int(summary.get("unpriced", 0)) + 1
+                else:
+                    summary["cost_usd"] = float(summary.get("cost_usd", 0.0)) + cost_usd
             if self.backend is None or self.request is None:
                 return
             key = self._image_key(image_fingerprint, occurrence)

@@ -71,6 +71,8 @@ class ImageJob:
     :param log: the operator's logger.
     :param max_images: the most images all tries of this request may generate, or ``None``.
     :param model_inputs: the model's own inputs (:mod:`~airflow_provider_imagen._cloudflare.catalog_inputs`).
+    :param prices: the connection's price of one image of each model, over the catalog's defaults.
+    :param max_cost_usd: the most all tries of this request may spend, in estimated US dollars, or ``None``.
     """
 
     def __init__(
@@ -87,8 +89,13 @@ class ImageJob:
         max_images: int | None = None,
         fallback_models: tuple[str, ...] = (),
         model_inputs: Mapping[str, Any] | None = None,
+        prices: Mapping[str, float] | None = None,
+        max_cost_usd: float | None = None,
     ) -> None:
+        from airflow_provider_imagen._task.spend import Spend
+
         self.ledger = ledger
+        self.spend = Spend(ledger, prices, (model, *fallback_models), max_cost_usd)
         self.model_inputs = model_inputs
         self.model = model
         self.fallback_models = fallback_models
@@ -202,25 +209,29 @@ class ImageJob:
 
     def check_budget(self, needed: int, *, reserve: bool = False) -> None:
         """
-        Fail before generating ``needed`` more images would exceed ``max_images``.
+        Fail before generating ``needed`` more images would exceed ``max_images`` or ``max_cost_usd``.
 
-        ``reserve`` holds them for generations about to start (a batch runs several at once).
+        ``reserve`` holds them (and their cost) for generations about to start (a batch runs several at once).
 
-        :raises SpendLimitError: saying how many images this task instance has generated.
+        :raises SpendLimitError: saying how many images (or dollars) this task instance has generated.
         """
+        self.spend.check(needed, reserve=reserve)
         if self.max_images is None:
             return
         with self._lock:
             if self.ledger.billed + self._in_flight + needed <= self.max_images:
                 self._in_flight += needed if reserve else 0
                 return
+        if reserve:
+            self.spend.release()
         raise SpendLimitError(
             f"max_images={self.max_images}: this task instance has generated {self.ledger.billed} image(s) "
             f"in its tries so far and would need {needed} more; not generating them"
         )
 
     def release(self) -> None:
-        """Give back a reserved generation that failed: it was not billed."""
+        """Give back a reserved generation that failed (it was not billed), or whose cost is now recorded."""
+        self.spend.release()
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
 
@@ -235,9 +246,8 @@ class ImageJob:
             request = self.ledger.request
             name = request.cache_key(item.fingerprint, item.occurrence, regenerations) if request else uuid.uuid4().hex
             kept = keep_bytes(image.data, name)
-        self.ledger.put(
-            item.fingerprint, item.occurrence, image=image, generated=True, regenerations=regenerations, kept=kept
-        )
+        key, cost = (item.fingerprint, item.occurrence), self.spend.record(image.model)  # a fallback: its own price
+        self.ledger.put(*key, image=image, generated=True, regenerations=regenerations, kept=kept, cost_usd=cost)
         with self._lock:
             self.generated += 1
         self.release()
@@ -344,11 +354,12 @@ class ImageJob:
     # --- Accounting -------------------------------------------------------------------------------------
 
     def billing(self) -> dict[str, Any]:
-        """Return this try's accounting, for XCom: images generated (billed), reused, and all tries' total."""
+        """Return this try's accounting, for XCom: images generated (billed), reused, all tries' total, and cost."""
         return {
             "generated": self.generated,
             "reused": self.reused,
             "generated_by_all_tries": self.ledger.billed,
+            **self.spend.totals(),
             "durable": self.ledger.where,
         }
 
@@ -380,7 +391,8 @@ def job_for(
 
     # The API's host (an image on that same private host is the emulator's): read here, on the task's own thread,
     # as a batch stores from worker threads, where Airflow's in-process task runner cannot look a connection up.
-    host = api_authority(operator.get_hook().settings.base_url) if operator.output_path is not None else ""
+    settings = operator.get_hook().settings
+    host = api_authority(settings.base_url) if operator.output_path is not None else ""
     store = image_store(
         output_path=operator.output_path,
         max_bytes=operator.max_image_bytes,
@@ -400,4 +412,6 @@ def job_for(
         log=operator.log,
         max_images=max_images,
         model_inputs=unset_if_empty(operator.model_inputs),
+        prices=settings.prices,
+        max_cost_usd=operator.max_cost_usd,
     )

@@ -325,6 +325,7 @@ class Manifest:
             "person_generation": row.person_generation,
             "width": fields.get("width"),
             "height": fields.get("height"),
+            "estimated_cost_usd": fields.get("estimated_cost_usd"),
         }
         if status == "failed":
             line["error"] = fields.get("error")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_imagen._cloudflare.prices import check_max_cost
 from airflow_provider_imagen._cloudflare.rules import first_bytes_model, model_chain
 from airflow_provider_imagen._task.lineage import ImagenLineageMixin
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4, MAX_IMAGE_BYTES
@@ -53,6 +54,9 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
         such refusals are not billed and do not count against ``max_retries``.
     :param durable: keep what this task instance paid for until it succeeds, so a retry reuses it instead of
         paying again; a cleared task generates again.
+    :param max_cost_usd: the most this task instance may spend (with ``durable``, over all its tries), in
+        estimated US dollars from the connection's ``prices`` or the published defaults (``docs/cost.md``): the
+        task fails without retries before exceeding it, and refuses a model with no known price.
     """
 
     template_fields: Sequence[str] = (
@@ -84,6 +88,7 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
         requests_per_minute: float | None = None,
         max_rate_limit_wait: float = 600.0,
         durable: bool = True,
+        max_cost_usd: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -102,6 +107,8 @@ class ImagenBaseOperator(ImagenLineageMixin, BaseOperator):
         self.requests_per_minute = requests_per_minute
         self.max_rate_limit_wait = max_rate_limit_wait
         self.durable = durable
+        check_max_cost(max_cost_usd)
+        self.max_cost_usd = max_cost_usd
 
     def get_hook(self) -> CloudflareWorkersAIHook:
         """Return a fresh hook for this task's connection and limits."""

@@ -16,7 +16,7 @@ from airflow_provider_imagen.exceptions import (
 from airflow_provider_imagen.operators.base import ImagenBaseOperator
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from airflow.sdk import Context, ObjectStoragePath
 
@@ -114,12 +114,14 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
         job = job_for(self, context, max_images=self.max_images)
         outcomes = job.run_batch(self.get_hook(), job.items(prompts), self.max_concurrency)  # type: ignore[arg-type]
 
-        summaries, failures, returned = batch_results(prompts, outcomes)  # type: ignore[arg-type]
+        summaries, failures, returned = batch_results(prompts, outcomes, job.spend.cost_of)  # type: ignore[arg-type]
 
         ti = context["ti"]
         ti.xcom_push(key="images", value=summaries)
         ti.xcom_push(key="failures", value=failures)
-        ti.xcom_push(key="billing", value=job.billing())
+        billing = job.billing()
+        ti.xcom_push(key="billing", value=billing)
+        ti.xcom_push(key="estimated_cost_usd", value=billing["estimated_cost_usd"])  # this try's total
         if self.output_path is not None:
             ti.xcom_push(key="stored_uri", value=[s["stored_uri"] if s else None for s in summaries])
             self.emit_asset_events(context, [s for s in summaries if s])
@@ -177,9 +179,13 @@ STATUSES = ("generated", "reused", "replaced")
 
 
 def batch_results(
-    prompts: Sequence[str], outcomes: Sequence[Outcome]
+    prompts: Sequence[str], outcomes: Sequence[Outcome], cost_of: Callable[[Outcome], float | None]
 ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any]], list[str | None]]:
-    """Return a batch's XComs, in prompt order: a summary per image (``None`` if it failed), the failures, the URLs."""
+    """
+    Return a batch's XComs, in prompt order: a summary per image (``None`` if it failed), the failures, the URLs.
+
+    :param cost_of: what an outcome's image cost this try (0 when reused).
+    """
     summaries: list[dict[str, Any] | None] = []
     failures: list[dict[str, Any]] = []
     returned: list[str | None] = []
@@ -190,6 +196,7 @@ def batch_results(
             summaries.append(None)
             returned.append(None)
             continue
-        summaries.append({**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused})
+        summary = {**outcome.image.to_xcom(), "stored_uri": outcome.stored, "reused": outcome.reused}
+        summaries.append({**summary, "estimated_cost_usd": cost_of(outcome)})
         returned.append(outcome.stored or outcome.image.url)  # the stored copy whenever there is one
     return summaries, failures, returned

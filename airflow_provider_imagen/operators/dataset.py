@@ -28,11 +28,12 @@ class ImagenDatasetOperator(ImagenBaseOperator):
     the gateway options that change the answer) is ``reused`` without a request, found with one listing of the
     folder; a row whose inputs changed is ``replaced`` atomically. The manifest, JSONL, has one line per row of this
     task instance: ``key``, ``status`` (``generated``, ``reused``, ``replaced``, ``failed``), ``stored_uri``,
-    ``prompt``, ``model``, ``aspect_ratio``, ``person_generation``, ``width``, ``height``, ``error`` (failed only)
-    and the row's other fields.
+    ``prompt``, ``model``, ``aspect_ratio``, ``person_generation``, ``width``, ``height``, ``estimated_cost_usd`` (0
+    when reused), ``error`` (failed only) and the row's other fields.
 
-    Returns a small dict: the count per status, ``total`` and the ``manifest`` URI; XCom ``billing`` says what the try
-    cost. Pacing, retries, fallback models and durable records are the batch operator's.
+    Returns a small dict: the count per status, ``total``, the ``manifest`` URI and ``estimated_cost_usd`` (this try's);
+    XCom ``billing`` says what the try cost. Pacing, retries, fallback models and durable records are the batch
+    operator's.
 
     :param items: the rows (templated): a ``.jsonl`` or ``.csv`` path or URI (read streaming), an
         ``ObjectStoragePath``, or a list of dicts (e.g. an XComArg).

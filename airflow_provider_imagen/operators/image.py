@@ -120,6 +120,8 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
         if self.deferrable:
             from airflow_provider_imagen.triggers.imagen import ImagenGenerateImageTrigger
 
+            job.check_budget(1, reserve=True)  # max_cost_usd, before the triggerer pays: at its fallbacks' prices too
+
             in_triggerer, on_worker = split_for_triggerer(chain)
             self.defer(
                 trigger=ImagenGenerateImageTrigger(
@@ -185,7 +187,8 @@ class ImagenGenerateImageOperator(ImagenBaseOperator):
             file.seal(outcome)  # the record of what made it, so that the next run reuses it
         image, stored = outcome.image, outcome.stored
         assert image is not None
-        summary = {**image.to_xcom(), "stored_uri": stored, "reused": outcome.reused, "billing": job.billing()}
+        summary = {**image.to_xcom(), "stored_uri": stored, "reused": outcome.reused}
+        summary.update(estimated_cost_usd=job.spend.cost_of(outcome), billing=job.billing())
         summary["status"] = "reused" if outcome.reused else file.status if file is not None else "generated"
         summary["reused_from"] = "stored_file" if from_file else "earlier_try" if outcome.reused else None
         context["ti"].xcom_push(key="image", value=summary)

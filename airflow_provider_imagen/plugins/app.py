@@ -25,7 +25,7 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from airflow_provider_imagen.plugins.images import GalleryImage, find_image, read_gallery, run_exists
+from airflow_provider_imagen.plugins.images import CostTotal, GalleryImage, find_image, read_gallery, run_exists
 from airflow_provider_imagen.plugins.roots import CONFIG_OPTION, CONFIG_SECTION, ENV_VAR, gallery_roots
 from airflow_provider_imagen.plugins.store import GalleryBusy, NotServable, open_image, refusal, thumbnail
 
@@ -157,7 +157,11 @@ def gallery(
         task_id=task_id,
         map_index=index,
         total=len(images),
-        tasks=sorted(tasks.items()),
+        tasks=[
+            (name, count, CostTotal.of([i for i in images if i.task_id == name]))
+            for name, count in sorted(tasks.items())
+        ],
+        cost=CostTotal.of(images),
         images=[_card(image, batch_sizes) for image in shown],
         failures=found.failures[:MAX_FAILURES_SHOWN] if page == 1 else [],
         failures_total=len(found.failures),

@@ -36,6 +36,12 @@ class GalleryImage:
     url: str | None
     stored_uri: str | None
     media_type: str | None
+    estimated_cost_usd: float | None = None  # what this image cost its task instance: 0 when reused
+
+    @property
+    def cost_text(self) -> str | None:
+        """The estimated cost in dollars, for the card; ``None`` when the XCom has no estimate."""
+        return None if self.estimated_cost_usd is None else dollars(self.estimated_cost_usd)
 
     @property
     def web_url(self) -> str | None:
@@ -62,12 +68,46 @@ class RunGallery:
     failures: list[FailedPrompt]
 
 
+@dataclass(frozen=True)
+class CostTotal:
+    """The estimated cost of some images: the sum of those with an estimate, and how many have none."""
+
+    usd: float
+    unpriced: int
+
+    @classmethod
+    def of(cls, images: list[GalleryImage]) -> CostTotal:
+        """Add up the estimates of ``images``."""
+        known = [image.estimated_cost_usd for image in images if image.estimated_cost_usd is not None]
+        return cls(sum(known), len(images) - len(known))
+
+    @property
+    def text(self) -> str:
+        """Say it: ``$0.12``, ``$0.12 (+ 2 images without a price)``, or ``unknown`` when no image has one."""
+        if self.unpriced and self.usd == 0:
+            return "unknown (no price known: set the connection's prices)"
+        more = f" (+ {self.unpriced} image{'' if self.unpriced == 1 else 's'} without a price)" if self.unpriced else ""
+        return dollars(self.usd) + more
+
+
+def dollars(amount: float) -> str:
+    """Write a dollar amount with the cents always shown and sub-cent prices kept: ``$0.04``, ``$0.0006336``."""
+    text = f"{amount:.8f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _cost(value: Any) -> float | None:
+    number = _number(value)  # an XCom can be forged: only a finite amount from 0 up is a cost
+    return number if number is not None and 0 <= number < float("inf") else None
 
 
 def _whole(value: Any) -> int | None:
@@ -101,6 +141,7 @@ def parse_summary(task_id: str, map_index: int, position: int, summary: Any) -> 
         url=url,
         stored_uri=stored,
         media_type=_text(summary.get("media_type")),
+        estimated_cost_usd=_cost(summary.get("estimated_cost_usd")),
     )
 
 
