@@ -25,9 +25,9 @@ A dataset of 10,000 rows calls these helpers per row: the backend is looked up o
 off each helper returns after one global read, building nothing.
 
 Traces: where Airflow 3.3's OpenTelemetry tracing is on (``[traces] otel_on``), a task runs under a
-``worker.<task_id>`` span; each call to a model adds an ``imagen.generate`` span under it (model, attempts, billed,
-AI Gateway cache status). Without a recording span around the call (tracing off, Airflow 3.1 and 3.2, which give task
-code no span, or the triggerer) nothing is made.
+``worker.<task_id>`` span and a trigger under a ``trigger.<task_id>`` one; each call to a model adds an
+``imagen.generate`` span under it (model, attempts, billed, AI Gateway cache status). Without a recording span
+around the call (tracing off; Airflow 3.1 and 3.2, which run task code under no span) nothing is made.
 """
 
 from __future__ import annotations
