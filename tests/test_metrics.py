@@ -156,6 +156,21 @@ def test_a_content_policy_refusal_counts_a_failure_of_that_kind(airflow_db, imag
     assert "airflow.imagen.generations.billed" not in counts
 
 
+def test_a_dataset_rerun_counts_the_folders_images_reused(imagen_emulator, statsd, tmp_path):
+    from tests.test_dataset import dataset, rows, run
+
+    op = dataset(items=rows(3), output_path=f"{tmp_path}/out/")
+    assert run(op)["generated"] == 3
+    counts = statsd.counts()
+    assert counts["airflow.imagen.images.generated"] == counts["airflow.imagen.generations.billed"] == 3
+    sizes = sum(p.stat().st_size for p in (tmp_path / "out").glob("*.png"))
+    assert counts[f"airflow.imagen.images.bytes_stored.{IN_NAME}"] == sizes
+    assert run(op)["reused"] == 3  # a new DAG run: the folder's images, made from the same inputs
+    counts = statsd.counts()
+    assert counts[f"airflow.imagen.images.reused.dataset.{IN_NAME}"] == 3
+    assert counts["airflow.imagen.generations.billed"] == imagen_emulator.generations == 3
+
+
 def test_backends_with_tags_get_the_model_and_kind_as_tags(imagen_emulator, statsd, monkeypatch):
     """StatsD with InfluxDB tags: one name per metric, its dimensions as tags (``@`` is not allowed there)."""
     from unittest import mock
