@@ -171,6 +171,36 @@ def test_a_dataset_rerun_counts_the_folders_images_reused(imagen_emulator, stats
     assert counts["airflow.imagen.generations.billed"] == imagen_emulator.generations == 3
 
 
+@pytest.mark.parametrize("fallback_follows", [False, True])
+def test_the_triggerer_counts_its_calls_and_only_failures_no_worker_model_can_follow(
+    imagen_emulator, statsd, fallback_follows
+):
+    import asyncio
+
+    from airflow_provider_imagen.triggers import ImagenGenerateImageTrigger
+
+    def run(**kwargs):
+        trigger = ImagenGenerateImageTrigger(
+            prompt="A lighthouse at dawn", fallback_follows=fallback_follows, max_retry_wait=1.0, **kwargs
+        )
+
+        async def events():
+            return [event.payload async for event in trigger.run()]
+
+        (payload,) = asyncio.run(events())
+        return payload
+
+    assert run()["status"] == "success"
+    imagen_emulator.inject("content_policy")  # final: no model can change it
+    assert run()["status"] == "error"
+    imagen_emulator.inject("capacity")  # unavailable: models on the worker may still make the image
+    assert run(max_rate_limit_wait=0.0, max_retries=0)["status"] == "error"
+    counts = statsd.counts()
+    assert counts["airflow.imagen.generations.billed"] == 1  # the worker counts the image it gets back
+    assert counts[f"airflow.imagen.images.failed.content_policy.{IN_NAME}"] == 1
+    assert counts.get(f"airflow.imagen.images.failed.rate_limit.{IN_NAME}", 0) == (0 if fallback_follows else 1)
+
+
 def test_backends_with_tags_get_the_model_and_kind_as_tags(imagen_emulator, statsd, monkeypatch):
     """StatsD with InfluxDB tags: one name per metric, its dimensions as tags (``@`` is not allowed there)."""
     from unittest import mock
