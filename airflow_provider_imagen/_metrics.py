@@ -4,14 +4,14 @@ The provider's metrics and traces: every name, and the one-line helpers the wire
 Metrics go through Airflow's own ``Stats``, so they reach whatever the deployment configured (StatsD, Datadog's
 DogStatsD or OpenTelemetry, ``[metrics]``) under Airflow's prefix (``airflow.`` by default)::
 
-    imagen.images.generated        images a try obtained from the API (cache hits included)     model
-    imagen.images.reused           images a try reused instead of generating them               model, source
-    imagen.images.failed           images a try could not obtain or store                       model, kind
-    imagen.images.bytes_stored     bytes of the images written to ``output_path``               model
-    imagen.generations.billed      model runs Cloudflare answered with an image (billed)        model
-    imagen.generations.cache_hits  answers from AI Gateway's cache (not billed)                 model
+    imagen.images.generated          images a try obtained from the API (cache hits included)   model
+    imagen.images.reused             images a try reused instead of generating them             model, source
+    imagen.images.failed             images a try could not obtain or store                     model, kind
+    imagen.images.bytes_stored       bytes of the images written to ``output_path``             model
+    imagen.generations.billed        calls a model answered, not from a cache (billed)          model
+    imagen.generations.cache_hits    answers from AI Gateway's cache (not billed)               model
     imagen.generations.rate_limited  requests refused by a rate limit (not billed, re-sent)     model
-    imagen.generations.duration    timer: a successful call, retries and waits included         model
+    imagen.generations.duration      timer: a successful call, retries and waits included       model
 
 ``source`` is ``durable`` (an earlier try's record), ``stored`` (an earlier try's stored copy, still in place) or
 ``dataset`` (the dataset folder's image, made from the same inputs); ``kind`` one of :data:`FAILURE_KINDS`.
@@ -27,7 +27,7 @@ off each helper returns after one global read, building nothing.
 Traces: where Airflow 3.3's OpenTelemetry tracing is on (``[traces] otel_on``), a task runs under a
 ``worker.<task_id>`` span and a trigger under a ``trigger.<task_id>`` one; each call to a model adds an
 ``imagen.generate`` span under it (model, attempts, billed, AI Gateway cache status). Without a recording span
-around the call (tracing off; Airflow 3.1 and 3.2, which run task code under no span) nothing is made.
+around the call (tracing off; Airflow 3.1, which runs task code under no span) nothing is made.
 """
 
 from __future__ import annotations
