@@ -135,13 +135,19 @@ class _Sink:
 
     def incr(self, metric: str, model: str | None, count: int = 1, **dims: str) -> None:
         names, tags = self._names(metric, model, **dims)
-        for name in names:
-            self.stats.incr(name, count, tags=tags)
+        try:
+            for name in names:
+                self.stats.incr(name, count, tags=tags)
+        except Exception:  # a metric never fails a task, nor hides the error being counted
+            log.debug("The metric %s could not be sent", metric, exc_info=True)
 
     def timing(self, metric: str, model: str | None, seconds: float) -> None:
         names, tags = self._names(metric, model)
-        for name in names:
-            self.stats.timing(name, datetime.timedelta(seconds=seconds), tags=tags)
+        try:
+            for name in names:
+                self.stats.timing(name, datetime.timedelta(seconds=seconds), tags=tags)
+        except Exception:
+            log.debug("The metric %s could not be sent", metric, exc_info=True)
 
 
 _UNSET: Any = object()
@@ -151,7 +157,7 @@ _lock = threading.Lock()
 
 
 def _airflow_stats() -> Any:
-    """Return Airflow's ``Stats``: the Task SDK's (3.2+), else the core's (3.1)."""
+    """Return Airflow's ``Stats``: the Task SDK's where it has one (3.3), else the core's (3.1)."""
     try:
         from airflow.sdk.observability.stats import Stats
     except ImportError:
@@ -266,7 +272,7 @@ def rate_limited(model: str, exc: BaseException) -> None:
 
 def answered(result: RunResult, response: httpx.Response) -> RunResult:
     """
-    Count a call that returned an image (billed, or a cache hit), time it, trace it; return ``result``.
+    Count a call a model answered (billed, or a cache hit), time it, trace it; return ``result``.
 
     :param result: the call's result, with its attempts and elapsed time.
     :param response: the answer, whose ``cf-aig-cache-status`` tells a cache hit.
@@ -333,12 +339,15 @@ def _span(
     """Record one call's span under the current one, from when the call started to now."""
     trace, tracer = tracing
     end = time.time_ns()
-    span = tracer.start_span(
-        SPAN_NAME,
-        start_time=end - int(seconds * 1e9),
-        attributes={"imagen.model": model, "imagen.attempts": attempts, **attributes},
-    )
-    if error is not None:
-        span.record_exception(error)
-        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
-    span.end(end_time=end)
+    try:
+        span = tracer.start_span(
+            SPAN_NAME,
+            start_time=end - int(seconds * 1e9),
+            attributes={"imagen.model": model, "imagen.attempts": attempts, **attributes},
+        )
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
+        span.end(end_time=end)
+    except Exception:  # a span never fails a task
+        log.debug("The span of a call to %s could not be recorded", model, exc_info=True)

@@ -234,6 +234,25 @@ def test_metrics_off_looks_nothing_up_per_image(monkeypatch):
     _metrics.reset()
 
 
+def test_a_failing_backend_never_fails_the_task_nor_hides_its_error(imagen_emulator, monkeypatch):
+    from unittest import mock
+
+    from airflow_provider_imagen.exceptions import ContentPolicyError
+
+    class Down:
+        def incr(self, *args, **kwargs):
+            raise OSError("the metrics agent is down")
+
+        timing = incr
+
+    monkeypatch.setattr(_metrics, "_sink", _metrics._Sink(Down(), in_name=True, influx=False))
+    with DAG(dag_id="t", schedule=None, start_date=datetime(2025, 1, 1)):
+        op = ImagenGenerateImageOperator(task_id="gen", prompt="A lighthouse at dawn")
+    assert op.execute({"ti": mock.Mock()}).startswith(imagen_emulator.url)
+    refused = ContentPolicyError("refused", model=MODEL)
+    assert _metrics.failure(refused) is refused
+
+
 # --- Traces -------------------------------------------------------------------------------------------------
 
 
