@@ -39,7 +39,7 @@ if [ -n "$uv_bin" ] && [ "$resolution" = "lowest-direct" ]; then
   "$uv_bin" venv --quiet --allow-existing --python "$python" "$venv"
   "$uv_bin" pip install --quiet --python "$venv/bin/python" --resolution lowest-direct \
     "apache-airflow==$airflow_version" -e .
-  "$uv_bin" pip install --quiet --python "$venv/bin/python" "pytest>=8" "pytest-xdist>=3" "respx>=0.21" "hypothesis>=6" "pillow>=10"
+  "$uv_bin" pip install --quiet --python "$venv/bin/python" "pytest>=8" "pytest-xdist>=3" "respx>=0.21" "hypothesis>=6" "pillow>=10" "statsd>=3.3"
 elif [ -n "$uv_bin" ]; then
   "$uv_bin" venv --quiet --allow-existing --python "$python" "$venv"
   "$uv_bin" pip install --quiet --python "$venv/bin/python" "apache-airflow==$airflow_version" -e ".[dev${EXTRAS:+,$EXTRAS}]"

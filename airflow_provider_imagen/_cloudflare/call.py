@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import AsyncRetrying, Retrying
 
+from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._cloudflare.pacing import Pacer, pacer_for
 from airflow_provider_imagen._cloudflare.response import parse_response
 from airflow_provider_imagen._cloudflare.retry import CallRecord, annotate, is_idempotent, retry_policy
@@ -125,8 +126,9 @@ def send(
                     raise transport_error(exc, settings.host) from exc
                 result = parse_response(response, model)
     except CloudflareWorkersAIError as err:
-        raise annotate(err, model, attempts, call.record, settings.conn_id)  # noqa: B904 - raised from err's cause
-    return _finished(call, result, attempts)
+        failed = annotate(err, model, attempts, call.record, settings.conn_id)
+        raise _metrics.call_failed(failed, call.started)  # noqa: B904 - raised from err's cause
+    return _metrics.answered(_finished(call, result, attempts), response)
 
 
 async def asend(
@@ -153,5 +155,6 @@ async def asend(
                     raise transport_error(exc, settings.host) from exc
                 result = parse_response(response, model)
     except CloudflareWorkersAIError as err:
-        raise annotate(err, model, attempts, call.record, settings.conn_id)  # noqa: B904 - raised from err's cause
-    return _finished(call, result, attempts)
+        failed = annotate(err, model, attempts, call.record, settings.conn_id)
+        raise _metrics.call_failed(failed, call.started)  # noqa: B904 - raised from err's cause
+    return _metrics.answered(_finished(call, result, attempts), response)

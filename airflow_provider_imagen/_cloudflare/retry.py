@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState, retry_if_exception, wait_exponential, wait_random
 
+from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._cloudflare.response import CAPACITY_CODES, code_number
 from airflow_provider_imagen.exceptions import (
     CloudflareAuthenticationError,
@@ -187,6 +188,7 @@ def retry_policy(
         return state.attempt_number - len(refused) >= attempts
 
     def should_retry(exc: BaseException) -> bool:
+        _metrics.rate_limited(model, exc)  # every failed attempt comes here once
         if isinstance(exc, GenerationOutcomeUnknownError):
             call.maybe_billed = True
             return idempotent and exc.answer_started

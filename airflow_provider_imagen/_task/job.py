@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._cloudflare.batch import as_item_error, run_each
 from airflow_provider_imagen._cloudflare.fallback import with_earlier
 from airflow_provider_imagen._task.storage import discard_kept, exists_at, keep_bytes, read_kept, storage_failure
@@ -170,6 +171,7 @@ class ImageJob:
             stored = None
         with self._lock:
             self.reused += 1
+        _metrics.reused(image.model, "stored" if in_place else "durable")
         return Outcome(image, stored, reused=True), regenerations
 
     # --- Generation -------------------------------------------------------------------------------------
@@ -250,6 +252,7 @@ class ImageJob:
         self.ledger.put(*key, image=image, generated=True, regenerations=regenerations, kept=kept, cost_usd=cost)
         with self._lock:
             self.generated += 1
+        _metrics.generated(image.model)
         self.release()
         return kept
 
@@ -284,6 +287,7 @@ class ImageJob:
             image = hook.generate_image(**self.request_for(item, regenerations))
         except CloudflareWorkersAIError as err:
             self.release()
+            _metrics.failure(err, self.model)
             # The trigger's attempts come first, as it reported them.
             passed = with_earlier(skipped, [SkippedModel.model_validate(s) for s in err.skipped_models])
             raise err.replace(skipped_models=[s.model_dump(mode="json") for s in passed])  # noqa: B904
@@ -312,8 +316,9 @@ class ImageJob:
         await asyncio.to_thread(self.check_budget, 1, reserve=True)
         try:
             image = await hook.agenerate_image(**self.request_for(item, regenerations))
-        except BaseException:
+        except BaseException as err:
             self.release()
+            _metrics.failure(err, self.model)
             raise
         kept = await asyncio.to_thread(self.generated_one, item, image, regenerations)
         try:  # fsspec writes and state store calls block: keep them off the loop

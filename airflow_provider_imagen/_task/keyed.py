@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._cloudflare.batch import as_item_error
 from airflow_provider_imagen._task.job import ImageJob, Outcome
 
@@ -232,7 +233,7 @@ class DatasetJob(ImageJob):
             local = store_image(
                 output_path=scratch + "/",
                 prompt="image",
-                inputs={},
+                inputs={"model": image.model},  # counted in the bytes stored per model
                 url=image.url,
                 data=image.data,
                 client=self._client() if image.url is not None else None,
@@ -280,6 +281,7 @@ class DatasetJob(ImageJob):
         :return: the row's status, the outcome, and the stored image once its sidecar is written.
         """
         if (made := self.index.made(row)) is not None:
+            _metrics.reused(self.chain[made.model] if made.model < len(self.chain) else None, "dataset")
             return "reused", Outcome(stored=made.uri, reused=True), made
         outcome, regenerations = await asyncio.to_thread(self.reuse, row)
         # An image this request's earlier try stored (and died before sealing) is its own, not one it replaced.
@@ -292,6 +294,7 @@ class DatasetJob(ImageJob):
         try:
             made = await asyncio.to_thread(self.seal, row, outcome)
         except Exception as err:
+            _metrics.failure(err, outcome.image.model if outcome.image else self.model, "storage")
             return "failed", Outcome(outcome.image, error=as_item_error(err)), None
         return status, outcome, made
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
+from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._cloudflare.response import sniff_image_type
 from airflow_provider_imagen._cloudflare.retry import backoff_wait
 from airflow_provider_imagen._task.download import (
@@ -172,6 +173,7 @@ def store_image(
         if is_folder:
             target = target / file_name_for(prompt, inputs, EXTENSIONS.get(media_type or "", ".img"))
         _publish(local, target)
+        _metrics.stored(local, inputs.get("model"))
     return target
 
 
@@ -342,6 +344,7 @@ def storage_failure(
     err: Exception, image: GeneratedImage, output_path: object, kept: str | None = None
 ) -> CloudflareWorkersAIError:
     """Turn a failed write into a typed error that says what was kept: the image's URL, or where its bytes wait."""
+    _metrics.failure(err, image.model, None if isinstance(err, CloudflareWorkersAIError) else "storage")
     if isinstance(err, CloudflareWorkersAIError):
         return err
     if image.url:

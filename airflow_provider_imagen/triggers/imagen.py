@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._cloudflare.rules import first_bytes_model, model_chain
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.exceptions import InvalidInputError, error_to_dict
@@ -216,6 +217,7 @@ class ImagenGenerateImageTrigger(BaseTrigger):
                     fallback_follows=self.fallback_follows,
                 )
         except Exception as err:
+            _metrics.failure(err, self.model, handed_over=self.fallback_follows)  # the task counts what it goes on with
             # Every failure, a missing connection included, fails the task through one event, never the
             # triggerer; the message names the connection when the cause is not Cloudflare's answer. The inputs
             # go back too: a task that goes on with models that answer in bytes needs them.
