@@ -18,6 +18,7 @@ Key paths (public packages first; names starting with ``_`` are private)::
         models.py                 the typed shapes of what goes to Cloudflare and what comes back
         constants.py              plain constants, importable at DAG-parse time
         get_provider_info.py      the provider metadata Airflow discovers
+        _metrics.py               the provider's metrics and traces, emitted through Airflow's Stats and OpenTelemetry
         _cloudflare/              the wire: validated input to Cloudflare's parsed answer, nothing about tasks
             settings.py           the connection, validated, and the request built from it
             connection_form.py    the fields the Airflow UI shows for the connection
@@ -35,9 +36,11 @@ Key paths (public packages first; names starting with ``_`` are private)::
             catalog.py            the text-to-image models Workers AI serves (text_to_image_models.json)
             catalog_data.py       reading and checking the catalog's data file, on first use
             catalog_inputs.py     a model's own inputs, checked against its schema and shaped into a request
+            prices.py             what an image costs: the connection's prices over the catalog's published ones
         _task/                    one try of a task, around the hook
             job.py                one try: reuse what earlier tries paid for, generate the rest, store, account
             durable.py            the records of what a task instance paid for, kept across its tries
+            spend.py              the images' estimated cost, and max_cost_usd: a hard stop, reserved per generation
             record_stores.py      where those records live: the task state store, or an ObjectStorage folder
             storage.py            store an image atomically, named after its inputs; keep bytes until stored
             download.py           fetch an image from its URL: streamed, capped, never from a private address
