@@ -328,3 +328,52 @@ def test_the_example_dags_with_retries_use_the_policy_where_airflow_has_it(airfl
             assert task.retries == 2
             policy = getattr(task, "retry_policy", None)
             assert isinstance(policy, ImagenRetryPolicy) is RETRY_POLICIES_SUPPORTED, f"{dag_id}.{task.task_id}"
+
+
+def _failed_batch(imagen_emulator, *faults: tuple[str, dict[str, object]]) -> CloudflareWorkersAIError:
+    """Run a three-prompt batch whose first prompts meet ``faults``; return the error that fails its task."""
+    from unittest import mock
+
+    from airflow.sdk import DAG
+
+    from airflow_provider_imagen.operators import ImagenGenerateImagesOperator
+
+    for preset, fields in faults:
+        imagen_emulator.inject(preset, **fields)
+    with DAG(dag_id="imagen_batch_policy", schedule=None, start_date=datetime(2025, 1, 1)):
+        op = ImagenGenerateImagesOperator(
+            task_id="batch", prompts=["one", "two", "three"], max_concurrency=1, max_rate_limit_wait=0, max_retries=0
+        )
+    with pytest.raises(CloudflareWorkersAIError, match=rf"{len(faults)} of 3 images failed") as info:
+        op.execute({"ti": mock.Mock()})
+    return info.value
+
+
+@needs_3_3
+def test_a_batch_refused_only_by_rate_limits_waits_their_longest_retry_after(imagen_emulator):
+    from airflow.sdk.definitions.retry_policy import RetryAction
+
+    # Short waits: the batch's later prompts are paced after each refusal, and this test should not wait long.
+    error = _failed_batch(imagen_emulator, ("capacity", {"retry_after": "3"}), ("capacity", {"retry_after": "2"}))
+    decision = ImagenRetryPolicy(min_delay=1).evaluate(error, try_number=1, max_tries=3)
+
+    assert isinstance(error, CloudflareRateLimitError) and error.retry_after == 3
+    assert (decision.action, decision.retry_delay) == (RetryAction.RETRY, timedelta(seconds=3))
+    assert imagen_emulator.generations == 1  # the third prompt's image; the refusals were not billed
+
+
+@needs_3_3
+def test_a_batch_with_a_final_refusal_and_a_lost_answer_waits_as_for_a_maybe_billed_image(imagen_emulator):
+    from airflow.sdk.definitions.retry_policy import RetryAction
+
+    error = _failed_batch(imagen_emulator, ("content_policy", {}), ("drop", {"times": 1}))
+    decision = ImagenRetryPolicy().evaluate(error, try_number=1, max_tries=3)
+
+    assert not isinstance(error, AirflowFailException) and error.maybe_billed
+    assert (decision.action, decision.retry_delay) == (RetryAction.RETRY, timedelta(seconds=30))
+
+
+def test_a_batch_refused_only_in_ways_no_retry_changes_fails_at_once(imagen_emulator):
+    error = _failed_batch(imagen_emulator, ("content_policy", {}), ("daily_limit", {}))
+
+    assert isinstance(error, ImagesRefusedError) and isinstance(error, AirflowFailException)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, TypeVar
 
-from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
+from airflow_provider_imagen.exceptions import CloudflareRateLimitError, CloudflareWorkersAIError, ImagesRefusedError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +31,35 @@ def as_item_error(err: Exception) -> CloudflareWorkersAIError:
     if isinstance(err, CloudflareWorkersAIError):
         return err
     return CloudflareWorkersAIError(f"{type(err).__name__}: {err}", maybe_billed=True)
+
+
+def is_final(errors: Sequence[CloudflareWorkersAIError]) -> bool:
+    """Say whether no retry of the task can change any of ``errors`` (input, policy, quota)."""
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    return all(isinstance(error, AirflowFailException) for error in errors)
+
+
+def batch_error(errors: Sequence[CloudflareWorkersAIError], message: str) -> CloudflareWorkersAIError:
+    """
+    Return the error that fails a task because some of its items failed, saying what a retry of the task can expect.
+
+    Every failure final: :class:`ImagesRefusedError`, which fails the task at once (a retry would only pay again).
+    Every failure a retryable rate limit or capacity refusal: a :class:`CloudflareRateLimitError` carrying the longest
+    ``Retry-After``, so that a retry policy waits as long. Otherwise a retryable error, maybe billed when any item's
+    generation may have been.
+
+    :param errors: the failed items' errors (at least one).
+    :param message: what failed, item by item.
+    """
+    if is_final(errors):
+        return ImagesRefusedError(message)
+    waits = [error.retry_after for error in errors if error.retry_after is not None]
+    retry_after = max(waits) if waits else None
+    if all(isinstance(error, CloudflareRateLimitError) and error.retryable for error in errors):
+        return CloudflareRateLimitError(message, retryable=True, retry_after=retry_after)
+    maybe_billed = any(error.maybe_billed for error in errors)
+    return CloudflareWorkersAIError(message, retryable=True, retry_after=retry_after, maybe_billed=maybe_billed)
 
 
 async def run_each(

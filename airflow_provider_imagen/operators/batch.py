@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException
-
+from airflow_provider_imagen._cloudflare.batch import batch_error, is_final
 from airflow_provider_imagen._cloudflare.rules import check_literal_inputs, check_max_images, unset_if_empty
 from airflow_provider_imagen.exceptions import (
     CloudflareWorkersAIError,
-    ImagesRefusedError,
     InvalidInputError,
     error_to_dict,
 )
@@ -130,11 +128,10 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
         self.log.info("%s", job.describe())
         if failures and self.fail_on_error:
             lines = "\n".join(f"  [{f['index']}] {f['prompt']!r}: {f['reason']}" for f in failures)
-            # When no failure can succeed on a retry (input, policy, quota), a task retry would only pay again.
-            final = all(isinstance(o.error, AirflowFailException) for o in outcomes if o.error is not None)
-            raise (ImagesRefusedError if final else CloudflareWorkersAIError)(
-                f"{len(failures)} of {len(prompts)} images failed (the others succeeded"
-                f"{', and a retry reuses them' if job.ledger.where and not final else ''}):\n{lines}"
+            errors = [o.error for o in outcomes if o.error is not None]
+            reuse = ", and a retry reuses them" if job.ledger.where and not is_final(errors) else ""
+            raise batch_error(
+                errors, f"{len(failures)} of {len(prompts)} images failed (the others succeeded{reuse}):\n{lines}"
             )
         return returned
 
@@ -166,10 +163,11 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
         if failures and self.fail_on_error:
             lines = "\n".join(f"  {f['key']}: {f['reason']}" for f in failures[:20])
             more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-            final = all(isinstance(o.error, AirflowFailException) for _, o, _ in results if o.error is not None)
-            raise (ImagesRefusedError if final else CloudflareWorkersAIError)(
+            errors = [o.error for _, o, _ in results if o.error is not None]
+            raise batch_error(
+                errors,
                 f"{len(failures)} of {len(rows)} images failed (the others are stored, and a rerun reuses them):"
-                f"\n{lines}{more}"
+                f"\n{lines}{more}",
             )
         return returned
 
