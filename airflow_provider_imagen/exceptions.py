@@ -18,7 +18,7 @@ The exceptions this provider raises: one root, and the tree a caller can branch 
         ├── ImageDownloadError               the image could not be fetched from its URL
         ├── StorageError                     the image could not be stored; the message says what was kept
         ├── ImagesRefusedError               (+ AirflowFailException) a batch's failures all final
-        └── SpendLimitError                  (+ AirflowFailException) ``max_images`` would be exceeded
+        └── SpendLimitError                  (+ AirflowFailException) ``max_images`` or ``max_cost_usd`` reached
 
 Errors derived from ``AirflowFailException`` fail a task at once instead of burning its retries: the same
 input would be refused (and a refused generation may be billed) again. Which of the others are retried is decided in
@@ -259,7 +259,7 @@ class StorageError(CloudflareWorkersAIError):
 
 class SpendLimitError(AirflowFailException, CloudflareWorkersAIError):
     """
-    Generating more would exceed the task's ``max_images``; the message says how many were generated.
+    Generating more would exceed the task's ``max_images`` or ``max_cost_usd``; the message says what was spent.
 
     Fails the task without retries: every try of the task instance counts toward the same limit.
     """
