@@ -266,7 +266,10 @@ def test_a_literal_file_path_shared_by_a_mapped_task_is_refused_before_any_reque
     assert {states[("same", i)] for i in range(3)} == {"failed"}
     assert {states[("templated", i)] for i in range(2)} == {"success"}
     assert imagen_emulator.generations == 2  # the refused ones sent nothing
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png", "1.png"]
+    stored = sorted(p.name for p in tmp_path.iterdir())
+    # Each image, and the sidecar that records what made it (a rerun reuses the file instead of paying again).
+    assert [name for name in stored if not name.endswith(".json")] == ["0.png", "1.png"]
+    assert [name.split(".")[0] for name in stored if name.endswith(".json")] == ["0", "1"]
 
 
 # --- 11, 12. A token from a file; header-unsafe cache keys -------------------------------------------------
