@@ -45,10 +45,14 @@ with DAG(dag_id="bench", schedule=None, start_date=datetime(2025, 1, 1)):
                                shard_index=shard, shard_count=shards, durable=False,
                                fail_on_error=False)
 started = time.perf_counter()
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu_before, sys_before = usage.ru_utime + usage.ru_stime, usage.ru_stime
 summary = op.execute({"ti": TaskInstance()})
 elapsed = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak, **summary}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu = usage.ru_utime + usage.ru_stime - cpu_before
+system = usage.ru_stime - sys_before
+print(json.dumps({"seconds": elapsed, "cpu_s": cpu, "system_cpu_s": system, "peak_rss_mb": usage.ru_maxrss / 1024, **summary}))
 """
 
 
@@ -91,6 +95,7 @@ def main() -> None:
             results[name] = {
                 "seconds": round(seconds, 2),
                 "vs_ideal": round(seconds / ideal, 2) if name == "first" else None,
+                "cpu_s": round(sum(float(r["cpu_s"]) for r in runs), 2),  # type: ignore[arg-type]
                 "peak_rss_mb": round(max(float(r["peak_rss_mb"]) for r in runs), 1),  # type: ignore[arg-type]
                 "generated": sum(int(r["generated"]) for r in runs),  # type: ignore[call-overload]
                 "reused": sum(int(r["reused"]) for r in runs),  # type: ignore[call-overload]

@@ -229,6 +229,7 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
     """
     from airflow_provider_imagen._cloudflare.batch import run_each
     from airflow_provider_imagen._cloudflare.rules import model_chain
+    from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
     from airflow_provider_imagen._task.durable import Ledger, fingerprint
     from airflow_provider_imagen._task.job import Outcome
     from airflow_provider_imagen._task.keyed import DatasetJob, FolderIndex, Manifest, default_manifest_name
@@ -317,6 +318,7 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
     async def run_all() -> None:
         # Storing blocks (downloads, uploads, fsync): a thread for each row in flight, not the default 6 on 2 cores.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(op.max_concurrency, 64)))
+        AIOHTTP_WANTED.set(True)  # this loop's API and image clients: aiohttp, ~4x less CPU a request than httpcore
         pending = iter(rows())
         try:
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(pending, CHUNK_ROWS))):
@@ -330,7 +332,8 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
                 for row, (status, outcome, made) in zip(chunk, results, strict=True):
                     record(row, status, outcome, made)
         finally:
-            await hook.aclose()  # the client belongs to this loop, which ends here
+            await hook.aclose()  # the clients belong to this loop, which ends here
+            await job.aclose()
             job.close()
 
     try:

@@ -21,7 +21,7 @@ from airflow_provider_imagen._cloudflare.fallback import (
 from airflow_provider_imagen._cloudflare.response import image_from_result
 from airflow_provider_imagen._cloudflare.rules import model_chain
 from airflow_provider_imagen._cloudflare.settings import ConnectionSettings, aread_settings, check_hook_arguments
-from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy
+from airflow_provider_imagen._cloudflare.transport import SpreadTransport, async_transport, environment_proxy
 from airflow_provider_imagen._cloudflare.verify import check_connection
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
@@ -137,9 +137,11 @@ class CloudflareWorkersAIHook(BaseHook):
             settings = await self.aget_settings()
 
             def make() -> httpx.AsyncClient:
-                # Many small pools instead of one big one: see airflow_provider_imagen._cloudflare.transport for why and
-                # by how much.
-                transport = SpreadTransport(proxy=environment_proxy(settings.base_url))
+                # The triggerer's shared client: many small pools instead of one big one; a batch's or a dataset's:
+                # aiohttp unless a proxy applies. Why and by how much: airflow_provider_imagen._cloudflare.transport.
+                proxy = environment_proxy(settings.base_url)
+                shared = self.share_async_client
+                transport = SpreadTransport(proxy=proxy) if shared else async_transport(proxy=proxy)
                 return httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
 
             # Concurrent first calls all awaited the settings above: only the first one makes the client.
