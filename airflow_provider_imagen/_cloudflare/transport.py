@@ -230,6 +230,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await self._session.close()
 
 
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+def without_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """
+    Make ``client`` keep no cookies, and return it.
+
+    httpx copies every answer's headers into a cookie jar: ~6% of a dataset row's CPU. Neither the API (a bearer
+    token) nor an image URL (signed) needs a cookie.
+    """
+    client._cookies = _NoCookies()  # the public setter would copy the cookies into a plain jar
+    return client
+
+
 def aiohttp_error(exc: BaseException) -> httpx.TransportError:
     """
     Return the httpx error for what aiohttp raised, so that :func:`transport_error` decides as it does for httpcore.

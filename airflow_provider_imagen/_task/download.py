@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from airflow_provider_imagen._cloudflare.response import sniff_image_type
-from airflow_provider_imagen._cloudflare.transport import async_transport, shared_ssl_context
+from airflow_provider_imagen._cloudflare.transport import async_transport, shared_ssl_context, without_cookies
 from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
 from airflow_provider_imagen.exceptions import ImageDownloadError
 
@@ -165,22 +165,28 @@ def async_image_client(api_host: str | None, timeout: float = DEFAULT_DOWNLOAD_T
         return None
     allowed = allowed_image_hosts()  # read once: Airflow's configuration costs ~0.3 ms a read
 
-    async def guard(request: httpx.Request) -> None:
-        url = str(request.url)
-        try:  # an IP address needs no lookup; a name is resolved off the event loop
-            ipaddress.ip_address(request.url.host)
-        except ValueError:
-            await asyncio.to_thread(check_image_url, url, api_host, allowed)
-        else:
-            check_image_url(url, api_host, allowed)
+    passed: set[tuple[str, str, int | None]] = set()  # IP addresses judged already: the verdict cannot change
 
-    return httpx.AsyncClient(
+    async def guard(request: httpx.Request) -> None:
+        url = request.url
+        if (url.scheme, url.host, url.port) in passed:
+            return
+        try:  # an IP address needs no lookup; a name is resolved off the event loop, every time
+            ipaddress.ip_address(url.host)
+        except ValueError:
+            await asyncio.to_thread(check_image_url, str(url), api_host, allowed)
+            return
+        check_image_url(str(url), api_host, allowed)
+        passed.add((url.scheme, url.host, url.port))
+
+    client = httpx.AsyncClient(
         transport=async_transport(),
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
         timeout=timeout,
         event_hooks={"request": [guard]},
     )
+    return without_cookies(client)
 
 
 async def adownload(url: str, client: httpx.AsyncClient, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[bytes, str]:

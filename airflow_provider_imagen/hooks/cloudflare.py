@@ -21,7 +21,13 @@ from airflow_provider_imagen._cloudflare.fallback import (
 from airflow_provider_imagen._cloudflare.response import image_from_result
 from airflow_provider_imagen._cloudflare.rules import model_chain
 from airflow_provider_imagen._cloudflare.settings import ConnectionSettings, aread_settings, check_hook_arguments
-from airflow_provider_imagen._cloudflare.transport import SpreadTransport, async_transport, environment_proxy
+from airflow_provider_imagen._cloudflare.transport import (
+    AiohttpTransport,
+    SpreadTransport,
+    async_transport,
+    environment_proxy,
+    without_cookies,
+)
 from airflow_provider_imagen._cloudflare.verify import check_connection
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
@@ -142,7 +148,8 @@ class CloudflareWorkersAIHook(BaseHook):
                 proxy = environment_proxy(settings.base_url)
                 shared = self.share_async_client
                 transport = SpreadTransport(proxy=proxy) if shared else async_transport(proxy=proxy)
-                return httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
+                client = httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
+                return without_cookies(client) if isinstance(transport, AiohttpTransport) else client
 
             # Concurrent first calls all awaited the settings above: only the first one makes the client.
             if self._async_client is None:
