@@ -264,7 +264,7 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
                 index += 1
 
     total = check_items(source, selected)  # every row, before any request
-    folder_index = FolderIndex(folder)
+    folder_index = FolderIndex(folder, selected if op.shard_count > 1 else None)  # this shard's keys only
     from airflow_provider_imagen._task.download import api_authority
 
     # Read on the task's own thread: images are stored from worker threads, where Airflow's in-process task

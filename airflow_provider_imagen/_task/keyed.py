@@ -39,7 +39,7 @@ from airflow_provider_imagen._task.storage import storage_failure
 from airflow_provider_imagen.exceptions import ImageDownloadError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     import httpx
     from airflow.sdk import ObjectStoragePath
@@ -83,25 +83,25 @@ class FolderIndex:
     What a folder of keyed images holds, from one listing.
 
     :param folder: the folder (``output_path``).
+    :param selected: keep only the keys it selects (a shard's); every key when ``None``.
     """
 
-    def __init__(self, folder: ObjectStoragePath) -> None:
+    def __init__(self, folder: ObjectStoragePath, selected: Callable[[str], bool] | None = None) -> None:
         self.folder = folder
         self.keys: dict[str, Stored] = {}
-        try:
-            entries = folder.fs.ls(folder.path, detail=True, refresh=True)  # never a cached listing
-        except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            if entry.get("type") == "directory":
-                continue
-            name = os.path.basename(str(entry["name"]).rstrip("/"))
+        path = local_path(folder)
+        # A local folder is scanned as a stream, and only the selected keys are kept: a shard's memory is its
+        # own rows', not the folder's (100,000 images and their sidecars are 200,000 entries).
+        for name, size in _scan(path) if path is not None else _list(folder):
             if name.startswith("."):  # a partial write (``.<name>.<id>.part``), never a key
                 continue
             if (found := _SIDECAR.fullmatch(name)) is not None:
-                self._at(found["key"]).sidecars.append(name)
+                if selected is None or selected(found["key"]):
+                    self._at(found["key"]).sidecars.append(name)
             elif (ext := os.path.splitext(name)[1]) in IMAGE_EXTENSIONS:
-                self._at(name[: -len(ext)]).images[name] = int(entry.get("size") or 0)
+                key = name[: -len(ext)]
+                if selected is None or selected(key):
+                    self._at(key).images[name] = size()
 
     def _at(self, key: str) -> Stored:
         if key not in self.keys:
@@ -131,6 +131,27 @@ class FolderIndex:
         """Tell whether the folder holds an image of ``key`` (whatever made it)."""
         stored = self.keys.get(key)
         return stored is not None and bool(stored.images)
+
+
+def _scan(path: str) -> Iterator[tuple[str, Callable[[], int]]]:
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if not entry.is_dir():
+                    yield entry.name, lambda entry=entry: entry.stat().st_size  # type: ignore[misc]
+    except FileNotFoundError:
+        return
+
+
+def _list(folder: ObjectStoragePath) -> Iterator[tuple[str, Callable[[], int]]]:
+    try:
+        entries = folder.fs.ls(folder.path, detail=True, refresh=True)  # never a cached listing
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.get("type") != "directory":
+            size = int(entry.get("size") or 0)
+            yield os.path.basename(str(entry["name"]).rstrip("/")), lambda size=size: size  # type: ignore[misc]
 
 
 class DatasetJob(ImageJob):
