@@ -9,6 +9,7 @@ import httpx
 from airflow.sdk import BaseHook
 
 from airflow_provider_imagen._cloudflare import connection_form
+from airflow_provider_imagen._cloudflare import transport as wire
 from airflow_provider_imagen._cloudflare.batch import run_each
 from airflow_provider_imagen._cloudflare.call import CallLimits, asend, send
 from airflow_provider_imagen._cloudflare.clients import shared_async_clients
@@ -21,13 +22,7 @@ from airflow_provider_imagen._cloudflare.fallback import (
 from airflow_provider_imagen._cloudflare.response import image_from_result
 from airflow_provider_imagen._cloudflare.rules import model_chain
 from airflow_provider_imagen._cloudflare.settings import ConnectionSettings, aread_settings, check_hook_arguments
-from airflow_provider_imagen._cloudflare.transport import (
-    AiohttpTransport,
-    SpreadTransport,
-    async_transport,
-    environment_proxy,
-    without_cookies,
-)
+from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy
 from airflow_provider_imagen._cloudflare.verify import check_connection
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
@@ -147,9 +142,9 @@ class CloudflareWorkersAIHook(BaseHook):
                 # aiohttp unless a proxy applies. Why and by how much: airflow_provider_imagen._cloudflare.transport.
                 proxy = environment_proxy(settings.base_url)
                 shared = self.share_async_client
-                transport = SpreadTransport(proxy=proxy) if shared else async_transport(proxy=proxy)
+                transport = SpreadTransport(proxy=proxy) if shared else wire.async_transport(proxy=proxy)
                 client = httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
-                return without_cookies(client) if isinstance(transport, AiohttpTransport) else client
+                return wire.without_cookies(client) if isinstance(transport, wire.AiohttpTransport) else client
 
             # Concurrent first calls all awaited the settings above: only the first one makes the client.
             if self._async_client is None:
