@@ -261,6 +261,12 @@ def stored(local_path: str, model: str | None) -> None:
         sink.incr(BYTES_STORED, model, size)
 
 
+def stored_bytes(size: int, model: str | None) -> None:
+    """Count the bytes of an image stored from memory (a dataset's local folder)."""
+    if (sink := _on()) is not None:
+        sink.incr(BYTES_STORED, model, size)
+
+
 # --- The wire: calls ------------------------------------------------------------------------------------------
 
 

@@ -358,3 +358,21 @@ def test_an_image_its_sidecar_does_not_vouch_for_is_never_trusted(imagen_emulato
     assert statuses == {"SKU-0000": "replaced", "SKU-0001": "replaced", "SKU-0002": "reused"}
     assert imagen_emulator.generations == 5
     assert len(list(out.glob("*.json"))) == 3 and len(images(out)) == 3
+
+
+def test_model_inputs_reach_every_request_and_a_changed_one_replaces_the_images(imagen_emulator, tmp_path):
+    from airflow_provider_imagen.exceptions import InvalidInputError
+
+    schnell = "@cf/black-forest-labs/flux-1-schnell"
+    out = f"{tmp_path}/out/"
+    first = run(dataset(items=rows(2), output_path=out, model=schnell, model_inputs={"steps": 4}))
+    sent = [r["input"] for r in imagen_emulator.stats()["recent"] if r["model"] == schnell]
+    assert first["generated"] == 2 and [body["steps"] for body in sent] == [4, 4]
+
+    assert run(dataset(items=rows(2), output_path=out, model=schnell, model_inputs={"steps": 4}))["reused"] == 2
+    again = run(dataset(items=rows(2), output_path=out, model=schnell, model_inputs={"steps": 6}))
+    assert again["replaced"] == 2 and imagen_emulator.generations == 4  # other inputs, other images
+
+    with pytest.raises(InvalidInputError, match=r"model_inputs\['steps'\]: 99"):
+        run(dataset(items=rows(2), output_path=out, model=schnell, model_inputs={"steps": 99}))
+    assert imagen_emulator.generations == 4

@@ -1,7 +1,12 @@
 """
-The HTTP transport, and the one place where httpx's failures become the provider's exceptions.
+The HTTP transports, and the one place where httpx's failures become the provider's exceptions.
 
-:class:`SpreadTransport` spreads concurrent requests over several small connection pools.
+:class:`AiohttpTransport` sends a task's requests over aiohttp, behind httpx's API: httpcore costs about 2 ms of CPU
+per request, aiohttp about a quarter of that, which is the difference between a 10,000-row dataset keeping up with
+its concurrency or not (``benchmarks/dataset.py``). Its failures are mapped to httpx's, keeping what decides billing:
+a request never sent (refused, connect timeout) apart from one whose answer was lost (reset, read timeout).
+:class:`SpreadTransport` (httpcore) spreads concurrent requests over several small connection pools; it serves when a
+proxy applies, and the triggerer's shared client. :func:`async_transport` picks one.
 
 httpcore's pool does bookkeeping on every request and every response that is quadratic in the number of
 connections it holds (encode/httpcore#1035, unfixed in httpcore 1.0.9). With 50 requests in flight over one
@@ -12,6 +17,8 @@ sends each request to the pool with the fewest requests in flight, adding a pool
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import ssl
 import urllib.request
@@ -28,10 +35,16 @@ from airflow_provider_imagen.exceptions import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    import aiohttp
+
 #: Requests in flight per pool before another pool is opened (and connections each pool keeps alive).
 CONNECTIONS_PER_POOL = 10
 #: At most this many pools: 1,000 connections in all, as many as the triggerer's deferred calls need.
 MAX_POOLS = 100
+#: Set in the event loop of a batch or a dataset: its clients use :class:`AiohttpTransport` where it applies.
+AIOHTTP_WANTED: contextvars.ContextVar[bool] = contextvars.ContextVar("imagen_aiohttp_wanted", default=False)
+#: Off: never :class:`AiohttpTransport` (benchmarks turn it off to measure httpcore's transport).
+USE_AIOHTTP = True
 
 
 def environment_proxy(url: str) -> str | None:
@@ -137,6 +150,150 @@ class SpreadTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.aclose()
+
+
+class _AiohttpStream(httpx.AsyncByteStream):
+    """An aiohttp response body, its failures raised as httpx's."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        import aiohttp
+
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise aiohttp_error(exc) from exc
+
+    async def aclose(self) -> None:
+        self._response.release()  # back to the pool when read whole, else the connection is closed
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """
+    Send requests over one aiohttp connection pool, made in the event loop of the first request.
+
+    Requests go as httpx built them (headers, body, no redirects followed, bodies not decoded: httpx decodes them),
+    with httpx's timeouts: connect, read, and pool (the wait for a connection).
+
+    :param proxy: a proxy every request goes through (``None``: direct); :func:`async_transport` gives a proxied
+        client :class:`SpreadTransport` instead.
+    :param verify: the TLS context (``True``: :func:`shared_ssl_context`; ``False``: no verification).
+    :param limit: connections open at most; past that, requests wait for one (within the pool timeout).
+    """
+
+    def __init__(
+        self,
+        proxy: str | None = None,
+        verify: ssl.SSLContext | bool = True,
+        limit: int = MAX_POOLS * CONNECTIONS_PER_POOL,
+    ) -> None:
+        self._proxy = proxy
+        self._ssl: ssl.SSLContext | bool = shared_ssl_context() if verify is True else verify
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl, keepalive_timeout=5.0)
+        # No cookie jar (httpx keeps the client's cookies), no environment proxy (decided by the caller).
+        return aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = self._open()
+        timeout = request.extensions.get("timeout", {})
+        try:
+            response = await self._session.request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=await request.aread() or None,
+                allow_redirects=False,
+                proxy=self._proxy,
+                timeout=aiohttp.ClientTimeout(
+                    connect=timeout.get("pool"), sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
+                ),
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise aiohttp_error(exc) from exc
+        extensions = {"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()}
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=_AiohttpStream(response),
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+def without_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """
+    Make ``client`` keep no cookies, and return it.
+
+    httpx copies every answer's headers into a cookie jar: ~6% of a dataset row's CPU. Neither the API (a bearer
+    token) nor an image URL (signed) needs a cookie.
+    """
+    client._cookies = _NoCookies()  # the public setter would copy the cookies into a plain jar
+    return client
+
+
+def aiohttp_error(exc: BaseException) -> httpx.TransportError:
+    """
+    Return the httpx error for what aiohttp raised, so that :func:`transport_error` decides as it does for httpcore.
+
+    Refused or timed out while connecting: never sent. Reset, disconnected, timed out reading, a malformed answer:
+    it may have been sent. A body cut short reads as h11's words for it: the answer had started.
+    """
+    import aiohttp
+
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # a ServerTimeoutError too: first
+        return httpx.ConnectTimeout(message)
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return httpx.ReadTimeout(message)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unresolved, TLS (its cause says so)
+        return httpx.ConnectError(message)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx.UnsupportedProtocol(message)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError(f"peer closed connection without sending complete message body ({message})")
+    if isinstance(exc, aiohttp.ClientOSError):
+        return httpx.ReadError(message)
+    return httpx.RemoteProtocolError(message)  # disconnected before an answer, a malformed answer
+
+
+def async_transport(
+    proxy: httpx.Proxy | str | None = None, verify: ssl.SSLContext | None = None
+) -> httpx.AsyncBaseTransport:
+    """
+    Return a task's async transport: :class:`AiohttpTransport` where wanted, else :class:`SpreadTransport`.
+
+    Wanted: :data:`AIOHTTP_WANTED` is set in this context (a batch or a dataset sets it in its event loop), and no
+    proxy applies. Elsewhere (a trigger, a single call, a test that mocks httpcore) the client stays on httpcore.
+
+    :param proxy: the proxy that applies (the connection's, by :mod:`~airflow_provider_imagen._cloudflare.network`).
+    :param verify: the TLS context (``None``: :func:`shared_ssl_context`).
+    """
+    if proxy is None and USE_AIOHTTP and AIOHTTP_WANTED.get():
+        return AiohttpTransport(verify=verify or True)
+    return SpreadTransport(proxy=proxy, verify=verify)
 
 
 # --- Failures on the wire: httpx mapped to the provider's exceptions ------------------------------------

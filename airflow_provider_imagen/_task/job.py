@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._cloudflare.batch import as_item_error, run_each
 from airflow_provider_imagen._cloudflare.fallback import with_earlier
+from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
 from airflow_provider_imagen._task.storage import discard_kept, exists_at, keep_bytes, read_kept, storage_failure
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, ImageDownloadError, SpendLimitError
 from airflow_provider_imagen.models import GatewayOptions, GeneratedImage, SkippedModel
@@ -344,6 +345,7 @@ class ImageJob:
             return outcome if outcome is not None else await self.agenerate(hook, item, regenerations)
 
         async def run_all() -> list[Outcome]:
+            AIOHTTP_WANTED.set(True)  # this loop's API client: aiohttp, less CPU a request than httpcore
             try:
                 return await run_each(items, one, lambda _, err: Outcome(error=err), max_concurrency)
             finally:

@@ -149,11 +149,7 @@ def store_image(
         local = os.path.join(scratch, "image")
         with open(local, "wb") as out:
             if data is not None:
-                media_type = sniff_image_type(data)
-                if media_type not in ALLOWED_TYPES:
-                    raise ImageDownloadError("the model returned bytes that are not a PNG, JPEG or WebP image")
-                if len(data) > max_bytes:
-                    raise ImageDownloadError(f"the image is {len(data):,} bytes, over the {max_bytes:,}-byte cap")
+                media_type = checked_bytes(data, max_bytes)
                 out.write(data)
             elif url is not None:
                 for attempt in Retrying(
@@ -175,6 +171,20 @@ def store_image(
         _publish(local, target)
         _metrics.stored(local, inputs.get("model"))
     return target
+
+
+def checked_bytes(data: bytes, max_bytes: int) -> str:
+    """
+    Return the media type of the image bytes a model answered with.
+
+    :raises ImageDownloadError: when they are not a PNG, JPEG or WebP image, or over ``max_bytes``.
+    """
+    media_type = sniff_image_type(data)
+    if media_type not in ALLOWED_TYPES:
+        raise ImageDownloadError("the model returned bytes that are not a PNG, JPEG or WebP image")
+    if len(data) > max_bytes:
+        raise ImageDownloadError(f"the image is {len(data):,} bytes, over the {max_bytes:,}-byte cap")
+    return media_type
 
 
 def image_store(

@@ -9,6 +9,7 @@ import httpx
 from airflow.sdk import BaseHook
 
 from airflow_provider_imagen._cloudflare import connection_form
+from airflow_provider_imagen._cloudflare import transport as wire
 from airflow_provider_imagen._cloudflare.batch import run_each
 from airflow_provider_imagen._cloudflare.call import CallLimits, asend, send
 from airflow_provider_imagen._cloudflare.clients import shared_async_clients
@@ -21,7 +22,6 @@ from airflow_provider_imagen._cloudflare.fallback import (
 from airflow_provider_imagen._cloudflare.response import image_from_result
 from airflow_provider_imagen._cloudflare.rules import model_chain
 from airflow_provider_imagen._cloudflare.settings import ConnectionSettings, aread_settings, check_hook_arguments
-from airflow_provider_imagen._cloudflare.transport import SpreadTransport
 from airflow_provider_imagen._cloudflare.verify import check_connection
 from airflow_provider_imagen.constants import DEFAULT_CONN_ID, IMAGEN_4
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError
@@ -140,11 +140,17 @@ class CloudflareWorkersAIHook(BaseHook):
             settings = await self.aget_settings()
 
             def make() -> httpx.AsyncClient:
-                # Many small pools instead of one big one: see airflow_provider_imagen._cloudflare.transport for why and
-                # by how much.
-                network = settings.network  # the proxy and CAs, as every client's (_cloudflare/network.py)
-                transport = SpreadTransport(proxy=network.httpx_proxy(settings.base_url), verify=network.ssl_context())
-                return httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
+                # The triggerer's shared client: many small pools instead of one big one; a batch's or a dataset's:
+                # aiohttp unless a proxy applies. Why and by how much: airflow_provider_imagen._cloudflare.transport.
+                # The proxy and CAs are every client's (airflow_provider_imagen._cloudflare.network).
+                network = settings.network
+                proxy, verify = network.httpx_proxy(settings.base_url), network.ssl_context()
+                if self.share_async_client:
+                    transport: httpx.AsyncBaseTransport = wire.SpreadTransport(proxy=proxy, verify=verify)
+                else:
+                    transport = wire.async_transport(proxy=proxy, verify=verify)
+                client = httpx.AsyncClient(transport=transport, **settings.client_kwargs(self.timeout))
+                return wire.without_cookies(client) if isinstance(transport, wire.AiohttpTransport) else client
 
             # Concurrent first calls all awaited the settings above: only the first one makes the client.
             if self._async_client is None:

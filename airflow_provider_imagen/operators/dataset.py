@@ -91,5 +91,8 @@ class ImagenDatasetOperator(ImagenBaseOperator):
             raise InvalidInputError(f"Invalid max_concurrency: must be a whole number, got {self.max_concurrency!r}")
         if not 1 <= self.max_concurrency <= 1000:
             raise InvalidInputError(f"Invalid max_concurrency: must be from 1 to 1000, got {self.max_concurrency}")
-        self.check_output(folder=True)
+        chain = self.check_output(folder=True)
+        # The shared inputs, checked against every model of the chain before any request (each row's prompt and
+        # aspect ratio are checked as the rows are read).
+        self.check_model_inputs(chain, ["a prompt"])
         return run_dataset(self, context)
