@@ -78,6 +78,22 @@ class Made:
     width: int
     height: int
 
+    def as_image(
+        self, chain: tuple[str, ...], prompt: str, aspect_ratio: str | None, person_generation: str | None
+    ) -> GeneratedImage:
+        """Describe the stored image as its sidecar and the inputs that made it say (no URL: it was reused)."""
+        from airflow_provider_imagen.models import GeneratedImage
+
+        return GeneratedImage(
+            model=chain[self.model] if self.model < len(chain) else chain[0],
+            prompt=prompt,
+            aspect_ratio=aspect_ratio,
+            person_generation=person_generation,
+            width=self.width or None,
+            height=self.height or None,
+            attempts=0,
+        )
+
 
 class FolderIndex:
     """

@@ -126,8 +126,6 @@ def keyed_results(
     rows: list[Row], results: list[Result], chain: tuple[str, ...]
 ) -> tuple[dict[str, dict[str, Any] | None], list[dict[str, Any]], dict[str, str | None]]:
     """Return a keyed batch's XComs: a summary per key (``None`` if it failed), the failures, the stored URIs."""
-    from airflow_provider_imagen.models import GeneratedImage
-
     summaries: dict[str, dict[str, Any] | None] = {}
     failures: list[dict[str, Any]] = []
     returned: dict[str, str | None] = {}
@@ -137,15 +135,8 @@ def keyed_results(
             failures.append({"key": row.key, "prompt": row.prompt, "error": error_to_dict(error), "reason": str(error)})
             summaries[row.key] = returned[row.key] = None
             continue
-        image = outcome.image or GeneratedImage(  # reused from the folder: what its sidecar and the row say
-            model=chain[made.model] if made.model < len(chain) else chain[0],
-            prompt=row.prompt,
-            aspect_ratio=row.aspect_ratio,
-            person_generation=row.person_generation,
-            width=made.width or None,
-            height=made.height or None,
-            attempts=0,
-        )
+        # Reused from the folder: what its sidecar and the row say.
+        image = outcome.image or made.as_image(chain, row.prompt, row.aspect_ratio, row.person_generation)
         summary = {**image.to_xcom(), "key": row.key, "stored_uri": made.uri, "reused": outcome.reused}
         summaries[row.key] = {**summary, "status": status}
         returned[row.key] = made.uri

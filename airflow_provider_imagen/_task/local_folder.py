@@ -48,12 +48,17 @@ def write_image(folder: str, name: str, data: bytes, *, replacing: bool) -> None
             os.unlink(partial)
         raise
     if replacing:
-        with contextlib.suppress(OSError):  # some filesystems cannot open or sync a folder
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_folder(folder)
+
+
+def fsync_folder(folder: str) -> None:
+    """Make the renames in ``folder`` survive a crash, where the filesystem can."""
+    with contextlib.suppress(OSError):  # some filesystems cannot open or sync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text(folder: str, name: str, text: str) -> None:

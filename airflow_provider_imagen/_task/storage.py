@@ -29,6 +29,7 @@ from airflow_provider_imagen._task.download import (
     DEFAULT_DOWNLOAD_TIMEOUT,
     download_to_file,
 )
+from airflow_provider_imagen._task.local_folder import fsync_folder
 from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
 from airflow_provider_imagen.exceptions import (
     CloudflareWorkersAIError,
@@ -243,7 +244,7 @@ def _publish(local: str, target: ObjectStoragePath) -> None:
                 sink.flush()
                 os.fsync(sink.fileno())  # the bytes are on disk before the name points at them
             os.replace(partial, final)  # atomic on POSIX within one filesystem
-            _fsync_folder(folder)  # and the rename survives a crash
+            fsync_folder(folder)  # and the rename survives a crash
         except BaseException:
             if os.path.exists(partial):
                 os.unlink(partial)
@@ -270,15 +271,6 @@ def _exists(target: ObjectStoragePath) -> bool:
         return bool(target.exists())
     except Exception:
         return False
-
-
-def _fsync_folder(folder: str) -> None:
-    with contextlib.suppress(OSError):  # some filesystems cannot open or sync a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --- Until an image is stored ----------------------------------------------------------------------------

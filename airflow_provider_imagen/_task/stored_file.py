@@ -108,21 +108,12 @@ class StoredFile:
         :raises InvalidInputError: naming the path, when a file with no record of what made it is there.
         """
         from airflow_provider_imagen._task.job import Outcome
-        from airflow_provider_imagen.models import GeneratedImage
 
         if self.size is None:
             return None
         made = None if regenerate else self.made()
         if made is not None:
-            image = GeneratedImage(
-                model=self.chain[made.model] if made.model < len(self.chain) else self.chain[0],
-                prompt=item.prompt,
-                aspect_ratio=job.aspect_ratio,
-                person_generation=job.person_generation,
-                width=made.width or None,
-                height=made.height or None,
-                attempts=0,
-            )
+            image = made.as_image(self.chain, item.prompt, job.aspect_ratio, job.person_generation)
             self.status = REUSED
             job.log.info(
                 "Reused %s: it was made from the same inputs (model, prompt, aspect ratio, person generation, model "
