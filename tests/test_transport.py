@@ -7,7 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from airflow_provider_imagen._cloudflare.transport import SpreadTransport, environment_proxy
+from airflow_provider_imagen._cloudflare.network import proxy_for
+from airflow_provider_imagen._cloudflare.transport import SpreadTransport
 
 
 def run_concurrently(transport: SpreadTransport, url: str, n: int) -> list[int]:
@@ -59,13 +60,13 @@ def test_a_failed_request_is_no_longer_counted_in_flight():
     assert transport.in_flight == 0
 
 
-def test_environment_proxy_follows_https_proxy_and_no_proxy(monkeypatch):
+def test_the_environments_proxy_follows_https_proxy_all_proxy_and_no_proxy(monkeypatch):
     for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    assert environment_proxy("https://api.cloudflare.com/client/v4") is None
+    assert proxy_for("https://api.cloudflare.com/client/v4", None) is None
     monkeypatch.setenv("ALL_PROXY", "http://all.internal:3128")
-    assert environment_proxy("https://api.cloudflare.com/client/v4") == "http://all.internal:3128"
+    assert proxy_for("https://api.cloudflare.com/client/v4", None) == "http://all.internal:3128"
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert environment_proxy("https://api.cloudflare.com/client/v4") == "http://proxy.internal:3128"
+    assert proxy_for("https://api.cloudflare.com/client/v4", None) == "http://proxy.internal:3128"
     monkeypatch.setenv("NO_PROXY", "api.cloudflare.com")
-    assert environment_proxy("https://api.cloudflare.com/client/v4") is None
+    assert proxy_for("https://api.cloudflare.com/client/v4", None) is None

@@ -21,7 +21,6 @@ import asyncio
 import contextvars
 import functools
 import ssl
-import urllib.request
 from typing import TYPE_CHECKING
 
 import httpx
@@ -45,15 +44,6 @@ MAX_POOLS = 100
 AIOHTTP_WANTED: contextvars.ContextVar[bool] = contextvars.ContextVar("imagen_aiohttp_wanted", default=False)
 #: Off: never :class:`AiohttpTransport` (benchmarks turn it off to measure httpcore's transport).
 USE_AIOHTTP = True
-
-
-def environment_proxy(url: str) -> str | None:
-    """Return the proxy the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ...) sets for ``url``, if any."""
-    parsed = httpx.URL(url)
-    if urllib.request.proxy_bypass(parsed.host):
-        return None
-    proxies = urllib.request.getproxies()
-    return proxies.get(parsed.scheme) or proxies.get("all")  # httpx's own client honours ALL_PROXY too
 
 
 @functools.cache
