@@ -168,20 +168,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     Requests go as httpx built them (headers, body, no redirects followed, bodies not decoded: httpx decodes them),
     with httpx's timeouts: connect, read, and pool (the wait for a connection).
 
-    :param proxy: a proxy every request goes through (``None``: direct); :func:`async_transport` gives a proxied
-        client :class:`SpreadTransport` instead.
-    :param verify: the TLS context (``True``: :func:`shared_ssl_context`; ``False``: no verification).
+    Direct only: :func:`async_transport` gives a client that a proxy applies to :class:`SpreadTransport` instead.
+
+    :param verify: the TLS context (the connection's ``ca_bundle``); the process's shared default one if unset.
     :param limit: connections open at most; past that, requests wait for one (within the pool timeout).
     """
 
-    def __init__(
-        self,
-        proxy: str | None = None,
-        verify: ssl.SSLContext | bool = True,
-        limit: int = MAX_POOLS * CONNECTIONS_PER_POOL,
-    ) -> None:
-        self._proxy = proxy
-        self._ssl: ssl.SSLContext | bool = shared_ssl_context() if verify is True else verify
+    def __init__(self, verify: ssl.SSLContext | None = None, limit: int = MAX_POOLS * CONNECTIONS_PER_POOL) -> None:
+        self._ssl = verify or shared_ssl_context()
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
 
@@ -207,7 +201,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers.multi_items(),
                 data=await request.aread() or None,
                 allow_redirects=False,
-                proxy=self._proxy,
                 timeout=aiohttp.ClientTimeout(
                     connect=timeout.get("pool"), sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
                 ),
@@ -282,7 +275,7 @@ def async_transport(
     :param verify: the TLS context (``None``: :func:`shared_ssl_context`).
     """
     if proxy is None and USE_AIOHTTP and AIOHTTP_WANTED.get():
-        return AiohttpTransport(verify=verify or True)
+        return AiohttpTransport(verify=verify)
     return SpreadTransport(proxy=proxy, verify=verify)
 
 

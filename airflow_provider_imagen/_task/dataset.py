@@ -272,15 +272,11 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
     # runner cannot look a connection up.
     settings = op.get_hook().settings
     host = api_authority(settings.base_url)
-
-    def api_host() -> str:
-        return host
-
     job = DatasetJob(
         folder_index,
         chain,
         op.max_image_bytes,
-        api_host,
+        host,
         ledger=Ledger.open(context, retries=op.retries, durable=op.durable, log=log),
         model=chain[0],
         fallback_models=chain[1:],

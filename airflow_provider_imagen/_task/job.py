@@ -308,20 +308,35 @@ class ImageJob:
         self.generated_one(item, image, regenerations)
         return Outcome(image, self.stored_one(item, image, True, regenerations))
 
-    async def agenerate(self, hook: CloudflareWorkersAIHook, item: Any, regenerations: int) -> Outcome:
+    async def agenerate_recorded(
+        self, hook: CloudflareWorkersAIHook, item: Any, regenerations: int
+    ) -> tuple[GeneratedImage, str | None]:
         """
-        Generate, record and store one item of a batch, in the batch's event loop.
+        Reserve one generation within the limits, generate ``item``'s image and record it, in the batch's event loop.
 
-        :return: the image and where it is stored, or the image and the error that kept it from being stored.
+        :return: the image, and where its bytes are kept until stored (:meth:`generated_one`).
         """
-        await asyncio.to_thread(self.check_budget, 1, reserve=True)
+        if self.max_images is None and self.spend.max_cost_usd is None:
+            self.check_budget(1, reserve=True)  # no limit: nothing to read
+        else:  # the limits read the records: off the loop
+            await asyncio.to_thread(self.check_budget, 1, reserve=True)
         try:
             image = await hook.agenerate_image(**self.request_for(item, regenerations))
         except BaseException as err:
             self.release()
             _metrics.failure(err, self.model)
             raise
-        kept = await asyncio.to_thread(self.generated_one, item, image, regenerations)
+        if self.ledger.backend is None and image.data is None:  # a count only: nothing written
+            return image, self.generated_one(item, image, regenerations)
+        return image, await asyncio.to_thread(self.generated_one, item, image, regenerations)
+
+    async def agenerate(self, hook: CloudflareWorkersAIHook, item: Any, regenerations: int) -> Outcome:
+        """
+        Generate, record and store one item of a batch, in the batch's event loop.
+
+        :return: the image and where it is stored, or the image and the error that kept it from being stored.
+        """
+        image, kept = await self.agenerate_recorded(hook, item, regenerations)
         try:  # fsspec writes and state store calls block: keep them off the loop
             stored = await asyncio.to_thread(self.stored_one, item, image, False, regenerations, kept)
         except Exception as err:

@@ -178,12 +178,12 @@ class DatasetJob(ImageJob):
     :param index: the folder's listing.
     :param chain: the model and its fallbacks, in order (a sidecar names the model by its place here).
     :param max_bytes: refuse to store an image larger than this.
-    :param api_host: returns the API's host (an image URL may be on it, when it is private).
+    :param api_host: the API's host, read on the task's thread (an image URL may be on it, when it is private).
     :param kwargs: :class:`~airflow_provider_imagen._task.job.ImageJob`'s arguments.
     """
 
     def __init__(
-        self, index: FolderIndex, chain: tuple[str, ...], max_bytes: int, api_host: Callable[[], str], **kwargs: Any
+        self, index: FolderIndex, chain: tuple[str, ...], max_bytes: int, api_host: str, **kwargs: Any
     ) -> None:
         self.index = index
         self.chain = chain
@@ -217,7 +217,7 @@ class DatasetJob(ImageJob):
         if client is None:
             with self._lock:
                 client = httpx.Client(
-                    transport=image_transport(self._api_host()),  # the connection's proxy and CAs
+                    transport=image_transport(self._api_host),  # the connection's proxy and CAs
                     follow_redirects=True,
                     max_redirects=MAX_REDIRECTS,
                     timeout=DEFAULT_DOWNLOAD_TIMEOUT,
@@ -241,7 +241,7 @@ class DatasetJob(ImageJob):
 
     def api_host(self, image: GeneratedImage) -> str | None:
         """Return the API's host for an image at a URL (it may be private, as the emulator's is)."""
-        return self._api_host() if image.url is not None else None
+        return self._api_host if image.url is not None else None
 
     def request_for(self, item: Any, regenerations: int) -> dict[str, Any]:
         """Return the hook's arguments for ``item``: a row's own aspect ratio and person generation."""
@@ -343,7 +343,7 @@ class DatasetJob(ImageJob):
     async def _image_client(self) -> httpx.AsyncClient | None:
         if not self._images_made:
             self._images_made = True
-            self._images = async_image_client(self._api_host())
+            self._images = async_image_client(self._api_host)
         return self._images
 
     async def _generate_local(
@@ -354,19 +354,7 @@ class DatasetJob(ImageJob):
 
         The order holds: the image recorded as generated, stored, recorded as stored, then sealed.
         """
-        if self.max_images is None and self.spend.max_cost_usd is None:
-            self.check_budget(1, reserve=True)  # nothing to read: no limit
-        else:
-            await asyncio.to_thread(self.check_budget, 1, reserve=True)
-        try:
-            image = await hook.agenerate_image(**self.request_for(row, regenerations))
-        except BaseException:
-            self.release()
-            raise
-        if self.ledger.backend is None and image.data is None:  # a count only: nothing written
-            kept = self.generated_one(row, image, regenerations)
-        else:
-            kept = await asyncio.to_thread(self.generated_one, row, image, regenerations)
+        image, kept = await self.agenerate_recorded(hook, row, regenerations)
         try:
             data, media_type = await self._fetch(image, client)
         except Exception as err:

@@ -81,7 +81,7 @@ def run_keyed_batch(
         index,
         chain,
         op.max_image_bytes,
-        lambda: host,
+        host,
         ledger=Ledger.open(context, retries=op.retries, durable=op.durable, log=op.log),
         model=chain[0],
         fallback_models=chain[1:],
