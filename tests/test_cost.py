@@ -149,6 +149,24 @@ def test_max_cost_usd_refuses_a_batch_whose_known_need_exceeds_it_before_any_req
     assert imagen_emulator.api_requests == 0
 
 
+def test_a_keyed_batch_carries_each_images_cost_and_max_cost_usd_refuses_it_before_any_request(
+    imagen_emulator, prices, tmp_path
+):
+    prices({IMAGEN: 0.04})
+    items = [{"key": f"SKU-{n}", "prompt": prompt} for n, prompt in enumerate(PROMPTS)]
+    over = operator(ImagenGenerateImagesOperator, items=items, output_path=f"{tmp_path}/", max_cost_usd=0.1)
+    with pytest.raises(SpendLimitError, match=r"5 more image\(s\) at \$0.04 each would need \$0.2"):
+        run(over, TaskInstance(), FakeTaskStateStore())
+    assert imagen_emulator.api_requests == 0
+
+    ti = TaskInstance()
+    within = operator(ImagenGenerateImagesOperator, items=items[:2], output_path=f"{tmp_path}/", max_cost_usd=0.1)
+    run(within, ti, FakeTaskStateStore())
+    images = ti.pushed["images"]
+    assert [images[key]["estimated_cost_usd"] for key in ("SKU-0", "SKU-1")] == [0.04, 0.04]
+    assert ti.pushed["estimated_cost_usd"] == pytest.approx(0.08) and imagen_emulator.generations == 2
+
+
 def test_max_cost_usd_stops_mid_run_without_overshooting_and_counts_every_try(imagen_emulator, prices, tmp_path):
     # The known need fits (4 images at Imagen's $0.01), but Imagen is unavailable and each image is made by the
     # $0.05 fallback: each generation in flight holds $0.05, so however many run at once, two fit in $0.10.

@@ -27,9 +27,11 @@ from airflow_provider_imagen._task.job import Item
 from airflow_provider_imagen.exceptions import InvalidInputError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_imagen._task.keyed import DatasetJob, FolderIndex
 
 #: A key is a file name: letters, digits, ``-``, ``_``, ``.``; never ``.``-first (hidden, or ``..``); 200 at most.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
@@ -218,6 +220,73 @@ def to_row(index: int, line: int, raw: dict[str, Any], defaults: dict[str, Any],
 CHUNK_ROWS = 4096
 
 
+def row_digest(operator: Any, chain: tuple[str, ...]) -> Callable[[str, str | None, str | None], str]:
+    """
+    Return what digests a row's prompt, aspect ratio and person generation with ``operator``'s other inputs.
+
+    The digest of a dataset's sidecars, a keyed batch's and a single file's: one rule for every stored image.
+
+    :param chain: the model and its fallbacks.
+    """
+    from airflow_provider_imagen._task.durable import fingerprint
+    from airflow_provider_imagen.models import GatewayOptions
+
+    gateway = GatewayOptions.parse(operator.gateway_options)
+    model_inputs = unset_if_empty(operator.model_inputs)
+
+    def digest(prompt: str, ratio: str | None, people: str | None) -> str:
+        return fingerprint(chain[0], prompt, ratio, people, gateway, chain[1:], model_inputs=model_inputs)
+
+    return digest
+
+
+def rows_job(
+    operator: Any, context: Any, index: FolderIndex, chain: tuple[str, ...], rows: Iterable[Row]
+) -> DatasetJob:
+    """
+    Set up the try of ``operator``'s keyed rows (a dataset's, or a batch's ``items``), its limits checked first.
+
+    Before any request, ``max_images`` and ``max_cost_usd`` are checked against the rows that are neither in the
+    folder nor in the try's records.
+
+    :param index: the folder's listing.
+    :param chain: the model and its fallbacks.
+    :param rows: the rows to obtain (read once, for the limits).
+    :raises SpendLimitError: when the rows to generate would exceed a limit.
+    """
+    from airflow_provider_imagen._task.download import api_authority
+    from airflow_provider_imagen._task.durable import Ledger
+    from airflow_provider_imagen._task.keyed import DatasetJob
+    from airflow_provider_imagen.models import GatewayOptions
+
+    op = operator
+    # Read on the task's own thread: images are stored from worker threads, where Airflow's in-process task
+    # runner cannot look a connection up.
+    settings = op.get_hook().settings
+    job = DatasetJob(
+        index,
+        chain,
+        op.max_image_bytes,
+        api_authority(settings.base_url),
+        ledger=Ledger.open(context, retries=op.retries, durable=op.durable, log=op.log),
+        model=chain[0],
+        fallback_models=chain[1:],
+        aspect_ratio=unset_if_empty(op.aspect_ratio),
+        person_generation=unset_if_empty(op.person_generation),
+        gateway_options=GatewayOptions.parse(op.gateway_options),
+        output_path=str(index.folder),
+        log=op.log,
+        max_images=op.max_images,
+        prices=settings.prices,
+        max_cost_usd=op.max_cost_usd,
+        model_inputs=unset_if_empty(op.model_inputs),
+    )
+    if op.max_images is not None or op.max_cost_usd is not None:
+        unmade = (row for row in rows if index.made(row) is None)
+        job.check_budget(sum(1 for row in unmade if (job.ledger.get(row.fingerprint) or {}).get("image") is None))
+    return job
+
+
 def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
     """
     Run one try of an :class:`~airflow_provider_imagen.operators.dataset.ImagenDatasetOperator`.
@@ -230,12 +299,10 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
     from airflow_provider_imagen._cloudflare.batch import run_each
     from airflow_provider_imagen._cloudflare.rules import model_chain
     from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
-    from airflow_provider_imagen._task.durable import Ledger, fingerprint
     from airflow_provider_imagen._task.job import Outcome
-    from airflow_provider_imagen._task.keyed import DatasetJob, FolderIndex, Manifest, default_manifest_name
+    from airflow_provider_imagen._task.keyed import FolderIndex, Manifest, default_manifest_name
     from airflow_provider_imagen._task.storage import resolve_output_path, task_instance_identity
     from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, SpendLimitError
-    from airflow_provider_imagen.models import GatewayOptions
 
     op, log = operator, operator.log
     chain = model_chain(op.model, op.fallback_models)
@@ -247,15 +314,11 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
     else:
         target = folder / default_manifest_name(task_instance_identity(context))
     source = ItemSource(op.items)
-    gateway = GatewayOptions.parse(op.gateway_options)
-    model_inputs = unset_if_empty(op.model_inputs)
     defaults = {name: unset_if_empty(getattr(op, name)) for name in ("aspect_ratio", "person_generation")}
+    digest_inputs = row_digest(op, chain)
 
     def selected(key: str) -> bool:
         return bool(op.shard_count == 1 or shard_of(key, op.shard_count) == op.shard_index)
-
-    def digest_inputs(prompt: str, ratio: str | None, people: str | None) -> str:
-        return fingerprint(chain[0], prompt, ratio, people, gateway, chain[1:], model_inputs=model_inputs)
 
     def rows() -> Iterator[Row]:
         index = 0
@@ -266,33 +329,7 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
 
     total = check_items(source, selected)  # every row, before any request
     folder_index = FolderIndex(folder, selected if op.shard_count > 1 else None)  # this shard's keys only
-    from airflow_provider_imagen._task.download import api_authority
-
-    # Read on the task's own thread: images are stored from worker threads, where Airflow's in-process task
-    # runner cannot look a connection up.
-    settings = op.get_hook().settings
-    host = api_authority(settings.base_url)
-    job = DatasetJob(
-        folder_index,
-        chain,
-        op.max_image_bytes,
-        host,
-        ledger=Ledger.open(context, retries=op.retries, durable=op.durable, log=log),
-        model=chain[0],
-        fallback_models=chain[1:],
-        aspect_ratio=defaults["aspect_ratio"],
-        person_generation=defaults["person_generation"],
-        gateway_options=gateway,
-        output_path=str(folder),
-        log=log,
-        max_images=op.max_images,
-        prices=settings.prices,
-        max_cost_usd=op.max_cost_usd,
-        model_inputs=model_inputs,
-    )
-    if op.max_images is not None or op.max_cost_usd is not None:  # before any request: in neither folder nor records
-        unmade = (row for row in rows() if folder_index.made(row) is None)
-        job.check_budget(sum(1 for row in unmade if (job.ledger.get(row.fingerprint) or {}).get("image") is None))
+    job = rows_job(op, context, folder_index, chain, rows())
     log.info("%d items for shard %d of %d, from %s", total, op.shard_index, op.shard_count, source)
 
     manifest = Manifest(target)

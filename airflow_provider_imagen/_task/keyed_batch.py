@@ -13,7 +13,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_imagen._task.dataset import MAX_NAMED, ItemSource, check_items, to_row
+from airflow_provider_imagen._task.dataset import MAX_NAMED, ItemSource, check_items, row_digest, rows_job, to_row
 from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, InvalidInputError, error_to_dict
 
 if TYPE_CHECKING:
@@ -35,19 +35,12 @@ def keyed_rows(operator: Any, chain: tuple[str, ...]) -> list[Row]:
     :raises InvalidInputError: naming up to 20 bad rows by line, or an empty ``items``.
     """
     from airflow_provider_imagen._cloudflare.rules import unset_if_empty
-    from airflow_provider_imagen._task.durable import fingerprint
-    from airflow_provider_imagen.models import GatewayOptions
 
     source = ItemSource(operator.items)
     if not check_items(source):
         raise InvalidInputError(f"Invalid items: {source} holds no item; give at least one with key and prompt")
-    gateway = GatewayOptions.parse(operator.gateway_options)
-    model_inputs = unset_if_empty(operator.model_inputs)
     defaults = {name: unset_if_empty(getattr(operator, name)) for name in ("aspect_ratio", "person_generation")}
-
-    def digest_inputs(prompt: str, ratio: str | None, people: str | None) -> str:
-        # The digest of a dataset's sidecars and of a single file's: one rule for every stored image.
-        return fingerprint(chain[0], prompt, ratio, people, gateway, chain[1:], model_inputs=model_inputs)
+    digest_inputs = row_digest(operator, chain)
 
     return [to_row(index, line, raw, defaults, digest_inputs) for index, (line, raw) in enumerate(source)]
 
@@ -61,42 +54,20 @@ def run_keyed_batch(
     Each is reused from the folder (one listing), from an earlier try's records, or generated.
 
     :return: each row's result, in order, and the job (its accounting).
-    :raises SpendLimitError: when ``max_images`` would be exceeded (before any request, or once those in flight end).
+    :raises SpendLimitError: when ``max_images`` or ``max_cost_usd`` would be exceeded (before any request, or once
+        those in flight end).
     """
     from airflow_provider_imagen._cloudflare.batch import run_each
-    from airflow_provider_imagen._cloudflare.rules import unset_if_empty
-    from airflow_provider_imagen._task.download import api_authority
-    from airflow_provider_imagen._task.durable import Ledger
     from airflow_provider_imagen._task.job import Outcome
-    from airflow_provider_imagen._task.keyed import DatasetJob, FolderIndex
+    from airflow_provider_imagen._task.keyed import FolderIndex
     from airflow_provider_imagen._task.storage import resolve_output_path
     from airflow_provider_imagen.exceptions import SpendLimitError
-    from airflow_provider_imagen.models import GatewayOptions
 
     op = operator
     folder, _ = resolve_output_path(op.output_path)
     index = FolderIndex(folder)
-    host = api_authority(op.get_hook().settings.base_url)  # on the task's thread: see run_dataset
-    job: DatasetJob = DatasetJob(
-        index,
-        chain,
-        op.max_image_bytes,
-        host,
-        ledger=Ledger.open(context, retries=op.retries, durable=op.durable, log=op.log),
-        model=chain[0],
-        fallback_models=chain[1:],
-        aspect_ratio=unset_if_empty(op.aspect_ratio),
-        person_generation=unset_if_empty(op.person_generation),
-        gateway_options=GatewayOptions.parse(op.gateway_options),
-        output_path=str(folder),
-        log=op.log,
-        max_images=op.max_images,
-        model_inputs=unset_if_empty(op.model_inputs),
-    )
+    job = rows_job(op, context, index, chain, rows)
     job.rows = {row.index: row for row in rows}
-    if op.max_images is not None:  # before any request: what is neither in the folder nor in the try's records
-        unmade = [row for row in rows if index.made(row) is None]
-        job.check_budget(sum(1 for row in unmade if (job.ledger.get(row.fingerprint) or {}).get("image") is None))
     hook = op.get_hook()
     hook.settings  # noqa: B018 - read synchronously: see CloudflareWorkersAIHook.generate_images
 
@@ -123,9 +94,10 @@ def run_keyed_batch(
 
 
 def keyed_results(
-    rows: list[Row], results: list[Result], chain: tuple[str, ...]
+    rows: list[Row], results: list[Result], job: DatasetJob
 ) -> tuple[dict[str, dict[str, Any] | None], list[dict[str, Any]], dict[str, str | None]]:
     """Return a keyed batch's XComs: a summary per key (``None`` if it failed), the failures, the stored URIs."""
+    chain = job.chain
     summaries: dict[str, dict[str, Any] | None] = {}
     failures: list[dict[str, Any]] = []
     returned: dict[str, str | None] = {}
@@ -138,6 +110,6 @@ def keyed_results(
         # Reused from the folder: what its sidecar and the row say.
         image = outcome.image or made.as_image(chain, row.prompt, row.aspect_ratio, row.person_generation)
         summary = {**image.to_xcom(), "key": row.key, "stored_uri": made.uri, "reused": outcome.reused}
-        summaries[row.key] = {**summary, "status": status}
+        summaries[row.key] = {**summary, "status": status, "estimated_cost_usd": job.spend.cost_of(outcome)}
         returned[row.key] = made.uri
     return summaries, failures, returned

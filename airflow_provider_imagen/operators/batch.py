@@ -148,12 +148,14 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
         )
         self.check_model_inputs(chain, prompts)
         results, job = run_keyed_batch(self, context, rows, chain)
-        summaries, failures, returned = keyed_results(rows, results, chain)
+        summaries, failures, returned = keyed_results(rows, results, job)
 
         ti = context["ti"]
         ti.xcom_push(key="images", value=summaries)
         ti.xcom_push(key="failures", value=failures)
-        ti.xcom_push(key="billing", value=job.billing())
+        billing = job.billing()
+        ti.xcom_push(key="billing", value=billing)
+        ti.xcom_push(key="estimated_cost_usd", value=billing["estimated_cost_usd"])  # this try's total
         ti.xcom_push(key="stored_uri", value=returned)
         self.emit_asset_events(context, [s for s in summaries.values() if s])
         counts = {status: sum(1 for s in summaries.values() if s and s["status"] == status) for status in STATUSES}
