@@ -13,8 +13,9 @@ DogStatsD or OpenTelemetry, ``[metrics]``) under Airflow's prefix (``airflow.`` 
     imagen.generations.rate_limited  requests refused by a rate limit (not billed, re-sent)     model
     imagen.generations.duration      timer: a successful call, retries and waits included       model
 
-``source`` is ``durable`` (an earlier try's record), ``stored`` (an earlier try's stored copy, still in place) or
-``dataset`` (the dataset folder's image, made from the same inputs); ``kind`` one of :data:`FAILURE_KINDS`.
+``source`` is ``durable`` (an earlier try's record), ``stored`` (an earlier try's stored copy, still in place),
+``dataset`` (the dataset folder's image, made from the same inputs) or ``stored_file`` (a file ``output_path``'s
+image, made from the same inputs); ``kind`` one of :data:`FAILURE_KINDS`.
 
 Backends that take tags (OpenTelemetry, Datadog, StatsD with ``statsd_influxdb_enabled``) get the dimensions as
 tags. Plain StatsD drops tags, so each metric is also sent with them in its name, model last and sanitized to
@@ -219,7 +220,7 @@ def reused(model: str | None, source: str) -> None:
     """
     Count an image reused instead of generated.
 
-    :param source: ``durable``, ``stored`` or ``dataset`` (see the module's docstring).
+    :param source: ``durable``, ``stored``, ``dataset`` or ``stored_file`` (see the module's docstring).
     """
     if (sink := _on()) is not None:
         sink.incr(REUSED, model, source=source)

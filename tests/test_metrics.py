@@ -171,6 +171,17 @@ def test_a_dataset_rerun_counts_the_folders_images_reused(imagen_emulator, stats
     assert counts["airflow.imagen.generations.billed"] == imagen_emulator.generations == 3
 
 
+def test_a_rerun_that_finds_its_file_made_from_the_same_inputs_counts_it_reused(imagen_emulator, statsd, tmp_path):
+    from tests.test_stored_reuse import new_run, single
+
+    path = f"{tmp_path}/out/SKU-0001.png"
+    single(prompt="A blue mug", output_path=path).execute(new_run())
+    single(prompt="A blue mug", output_path=path).execute(new_run())  # a rerun: the file is reused, no request
+    counts = statsd.counts()
+    assert counts[f"airflow.imagen.images.reused.stored_file.{IN_NAME}"] == 1
+    assert counts["airflow.imagen.generations.billed"] == imagen_emulator.generations == 1
+
+
 @pytest.mark.parametrize("fallback_follows", [False, True])
 def test_the_triggerer_counts_its_calls_and_only_failures_no_worker_model_can_follow(
     imagen_emulator, statsd, fallback_follows

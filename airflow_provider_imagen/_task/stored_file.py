@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._task.keyed import _SIDECAR, IMAGE_EXTENSIONS, Made, image_size, marker
 from airflow_provider_imagen.exceptions import InvalidInputError
 
@@ -115,6 +116,7 @@ class StoredFile:
         if made is not None:
             image = made.as_image(self.chain, item.prompt, job.aspect_ratio, job.person_generation)
             self.status = REUSED
+            _metrics.reused(image.model, "stored_file")
             job.log.info(
                 "Reused %s: it was made from the same inputs (model, prompt, aspect ratio, person generation, model "
                 "inputs), so no request was sent; regenerate=True makes a new one",
