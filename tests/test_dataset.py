@@ -326,6 +326,22 @@ def test_a_failed_row_is_its_manifest_line_and_the_rerun_pays_only_for_it(imagen
     assert imagen_emulator.generations == 5
 
 
+def test_a_datasets_failure_says_what_a_retry_can_expect_as_a_batchs_does(imagen_emulator, tmp_path):
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_provider_imagen.exceptions import CloudflareWorkersAIError, ImagesRefusedError
+
+    imagen_emulator.inject("content_policy")  # no retry can change it: the task fails at once
+    with pytest.raises(ImagesRefusedError) as refused:
+        run(dataset(items=rows(2), output_path=f"{tmp_path}/a/", max_concurrency=1, max_retries=0))
+    assert isinstance(refused.value, AirflowFailException)
+
+    imagen_emulator.inject("drop")  # the answer was lost: maybe billed, and a retry may succeed
+    with pytest.raises(CloudflareWorkersAIError) as lost:
+        run(dataset(items=rows(2), output_path=f"{tmp_path}/b/", max_concurrency=1, max_retries=0))
+    assert not isinstance(lost.value, AirflowFailException) and lost.value.maybe_billed and lost.value.retryable
+
+
 def test_with_fail_on_error_off_the_task_succeeds_and_counts_the_failures(imagen_emulator, tmp_path):
     imagen_emulator.inject("content_policy")
     summary = run(dataset(items=rows(3), output_path=f"{tmp_path}/out/", max_concurrency=1, fail_on_error=False))

@@ -296,7 +296,7 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
 
     :return: the counts per status and the manifest's URI.
     """
-    from airflow_provider_imagen._cloudflare.batch import run_each
+    from airflow_provider_imagen._cloudflare.batch import batch_error, run_each
     from airflow_provider_imagen._cloudflare.rules import model_chain
     from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
     from airflow_provider_imagen._task.job import Outcome
@@ -390,8 +390,9 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
     if failures and op.fail_on_error:
         lines = "\n".join(f"  {row.key} (line {row.line}): {error}" for row, error in failures[:MAX_NAMED])
         more = f"\n  ... and {len(failures) - MAX_NAMED} more" if len(failures) > MAX_NAMED else ""
-        raise CloudflareWorkersAIError(
+        raise batch_error(
+            [error for _, error in failures],
             f"{len(failures)} of {total} items failed (the others are stored, and a rerun reuses them; "
-            f"manifest at {uri}):\n{lines}{more}"
+            f"manifest at {uri}):\n{lines}{more}",
         )
     return summary
