@@ -16,7 +16,7 @@ from airflow_provider_imagen._cloudflare.transport import (
     async_transport,
     transport_error,
 )
-from airflow_provider_imagen._task.download import adownload, async_image_client
+from airflow_provider_imagen._task.download import AsyncImageFetcher
 from airflow_provider_imagen.exceptions import (
     CloudflareServerError,
     GenerationOutcomeUnknownError,
@@ -152,7 +152,7 @@ def test_a_proxy_or_a_context_that_did_not_ask_keeps_httpcore(monkeypatch):
     assert isinstance(proxied, SpreadTransport)  # no request made: the proxy host is never resolved
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert async_image_client(api_host=None) is None  # downloads go through the proxy-aware sync client
+    assert AsyncImageFetcher.open(api_host=None) is None  # downloads go through the proxy-aware sync client
 
 
 def test_the_image_guard_refuses_a_private_address_before_connecting(monkeypatch):
@@ -177,19 +177,82 @@ def test_the_image_guard_refuses_a_private_address_before_connecting(monkeypatch
         hop, hop_url, _ = await serve(redirect)
         async with server, hop:
             # Not the API's host: a loopback address is refused, and nothing connects to it.
-            anywhere = async_image_client(api_host=None)
-            assert anywhere is not None and isinstance(anywhere._transport, AiohttpTransport)
-            async with anywhere:
-                with pytest.raises(ImageDownloadError, match="not public"):
-                    await adownload(f"{url}/a.png", anywhere)
+            anywhere = AsyncImageFetcher.open(api_host=None)
+            assert anywhere is not None
+            with pytest.raises(ImageDownloadError, match="not public"):
+                await anywhere.fetch(f"{url}/a.png")
+            await anywhere.aclose()
             assert connections == []
             # The API's own private host (the emulator's case) is allowed; a redirect off it is checked again.
-            api = url.removeprefix("http://")
-            async with async_image_client(api_host=api) as same:  # type: ignore[union-attr]
-                data, media_type = await adownload(f"{url}/a.png", same)
-            assert (data, media_type) == (PNG, "image/png")
-            async with async_image_client(api_host=hop_url.removeprefix("http://")) as hopping:  # type: ignore[union-attr]
-                with pytest.raises(ImageDownloadError, match=r"169\.254\.169\.254"):
-                    await adownload(f"{hop_url}/a.png", hopping)
+            same = AsyncImageFetcher.open(api_host=url.removeprefix("http://"))
+            assert same is not None
+            assert await same.fetch(f"{url}/a.png") == (PNG, "image/png")
+            await same.aclose()
+            hopping = AsyncImageFetcher.open(api_host=hop_url.removeprefix("http://"))
+            assert hopping is not None
+            with pytest.raises(ImageDownloadError, match=r"169\.254\.169\.254"):
+                await hopping.fetch(f"{hop_url}/a.png")
+            await hopping.aclose()
 
     asyncio.run(main())
+
+
+ANSWERS = {
+    "/ok": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(PNG) + PNG,
+    "/hop": b"HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 0\r\n\r\n",  # relative: joined to the URL
+    "/loop": b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n",
+    "/declared-big": b"HTTP/1.1 200 OK\r\nContent-Length: 999999\r\n\r\n" + PNG,
+    "/streamed-big": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + PNG * 40,  # no length: read to the end
+    "/unavailable": b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    "/missing": b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    "/page": b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n<html>hi</html>",
+    "/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + PNG,  # the connection closes 470 bytes short
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "expected", "retryable"),
+    [
+        ("/ok", None, None),
+        ("/hop", None, None),
+        ("/loop", "more than 5 redirects", False),
+        ("/declared-big", "999,999 bytes, over the 1,000-byte cap", False),
+        ("/streamed-big", "larger than the 1,000-byte cap", False),
+        ("/unavailable", "HTTP 503", True),
+        ("/missing", "HTTP 404", False),
+        ("/page", "not a PNG, JPEG or WebP image", False),
+        ("/cut", "downloading the image failed: ClientPayloadError", True),
+    ],
+)
+def test_the_image_fetcher_follows_redirects_caps_the_body_and_says_what_a_retry_can_mend(path, expected, retryable):
+    requests: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            head = await reader.readuntil(b"\r\n\r\n")
+            requests.append(head)
+            wanted = head.split(b" ")[1].decode()
+            writer.write(ANSWERS[wanted])
+            await writer.drain()
+            if wanted in ("/streamed-big", "/cut"):
+                break
+        writer.close()
+
+    async def main() -> tuple[bytes, str]:
+        server, url, _ = await serve(answer)
+        async with server:
+            fetcher = AsyncImageFetcher.open(api_host=url.removeprefix("http://"))
+            assert fetcher is not None
+            try:
+                return await fetcher.fetch(url + path, max_bytes=1000)
+            finally:
+                await fetcher.aclose()
+
+    if expected is None:
+        assert asyncio.run(main()) == (PNG, "image/png")
+        assert requests[-1].startswith(b"GET /ok ")
+    else:
+        with pytest.raises(ImageDownloadError, match=expected) as caught:
+            asyncio.run(main())
+        assert caught.value.retryable is retryable
+    assert not any(b"authorization" in head.lower() for head in requests)  # the image host never sees a token

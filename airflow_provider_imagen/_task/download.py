@@ -16,22 +16,28 @@ import asyncio
 import ipaddress
 import socket
 import urllib.request
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from airflow_provider_imagen._cloudflare.network import for_api
 from airflow_provider_imagen._cloudflare.response import sniff_image_type
-from airflow_provider_imagen._cloudflare.transport import async_transport, without_cookies
+from airflow_provider_imagen._cloudflare.transport import CONNECTIONS_PER_POOL, MAX_POOLS
 from airflow_provider_imagen._task.egress import image_transport
 from airflow_provider_imagen.constants import MAX_IMAGE_BYTES
 from airflow_provider_imagen.exceptions import ImageDownloadError
+
+if TYPE_CHECKING:
+    import ssl
+
+    import aiohttp
 
 DEFAULT_DOWNLOAD_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
 CHUNK_SIZE = 256 * 1024
 ALLOWED_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def api_authority(base_url: str) -> str:
@@ -153,86 +159,121 @@ def download_to_file(
             http.event_hooks["request"] = [hook for hook in http.event_hooks["request"] if hook is not guard]
 
 
-def async_image_client(api_host: str | None, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT) -> httpx.AsyncClient | None:
+class AsyncImageFetcher:
     """
-    Return an async client for the image downloads of one task, every hop checked by :func:`check_image_url`.
+    Fetch the images of one event loop over one aiohttp pool, every hop checked by :func:`check_image_url`.
 
-    ``None`` when the connection or the environment sets a proxy (``proxy``, ``HTTPS_PROXY``, ...): a URL's proxy
-    is decided per host, which the synchronous client of :func:`download_to_file` does. Close it in the event loop
-    that used it.
+    A dataset fetches an image a row in its event loop, where CPU is what limits it: aiohttp alone costs about half
+    of what an httpx client over :class:`~airflow_provider_imagen._cloudflare.transport.AiohttpTransport` does
+    (``benchmarks/dataset.py``). Redirects are followed here, so that each hop is checked before it is connected to.
+    Make it with :meth:`open`; close it in the event loop that used it.
 
     :param api_host: the API's host, as for :func:`check_image_url`.
-    :param timeout: seconds to wait for the image host.
+    :param context: the TLS context (the connection's ``ca_bundle``).
+    :param allowed: :func:`allowed_image_hosts`.
+    :param timeout: seconds to wait for the image host: to connect, and between two reads.
     """
-    network = for_api(api_host)  # the connection's proxy and CAs
-    if network.proxy is not None or any(scheme != "no" for scheme in urllib.request.getproxies()):
-        return None
-    allowed = allowed_image_hosts()  # read once: Airflow's configuration costs ~0.3 ms a read
 
-    passed: set[tuple[str, str, int | None]] = set()  # IP addresses judged already: the verdict cannot change
+    def __init__(
+        self, api_host: str | None, context: ssl.SSLContext, allowed: frozenset[str], timeout: float
+    ) -> None:
+        self._api_host = api_host
+        self._context = context
+        self._allowed = allowed
+        self._timeout = timeout
+        self._passed: set[tuple[str, str, int | None]] = set()  # IP addresses judged already: it cannot change
+        self._session: aiohttp.ClientSession | None = None
 
-    async def guard(request: httpx.Request) -> None:
-        url = request.url
-        if (url.scheme, url.host, url.port) in passed:
+    @classmethod
+    def open(cls, api_host: str | None, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT) -> AsyncImageFetcher | None:
+        """
+        Return a fetcher for the images of the API at ``api_host``; ``None`` when a proxy applies.
+
+        A URL's proxy is decided per host, which the synchronous client of :func:`download_to_file` does.
+        """
+        network = for_api(api_host)  # the connection's proxy and CAs
+        if network.proxy is not None or any(scheme != "no" for scheme in urllib.request.getproxies()):
+            return None
+        # Read once: Airflow's configuration costs ~0.3 ms a read.
+        return cls(api_host, network.ssl_context(), allowed_image_hosts(), timeout)
+
+    async def _check(self, url: str) -> None:
+        parts = urlsplit(url)
+        key = (parts.scheme, (parts.hostname or "").lower(), parts.port)
+        if key in self._passed:
             return
         try:  # an IP address needs no lookup; a name is resolved off the event loop, every time
-            ipaddress.ip_address(url.host)
+            ipaddress.ip_address(key[1])
         except ValueError:
-            await asyncio.to_thread(check_image_url, str(url), api_host, allowed)
+            await asyncio.to_thread(check_image_url, url, self._api_host, self._allowed)
             return
-        check_image_url(str(url), api_host, allowed)
-        passed.add((url.scheme, url.host, url.port))
+        check_image_url(url, self._api_host, self._allowed)
+        self._passed.add(key)
 
-    client = httpx.AsyncClient(
-        transport=async_transport(verify=network.ssl_context()),
-        follow_redirects=True,
-        max_redirects=MAX_REDIRECTS,
-        timeout=timeout,
-        event_hooks={"request": [guard]},
-    )
-    return without_cookies(client)
+    def _open_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=MAX_POOLS * CONNECTIONS_PER_POOL, ssl=self._context)
+        # No cookies (a signed URL needs none), no environment proxy (open() found none applies).
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+    async def fetch(self, url: str, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[bytes, str]:
+        """
+        Fetch ``url``: return its bytes and sniffed media type.
+
+        No Cloudflare token is sent: the image host is not the API.
+
+        :param url: the image's URL.
+        :param max_bytes: refuse an image larger than this.
+        :raises ImageDownloadError: as :func:`download_to_file` does.
+        """
+        import aiohttp
+
+        if not isinstance(url, str):
+            raise ImageDownloadError("refusing to download the image: its URL is not a string")
+        if self._session is None or self._session.closed:
+            self._session = self._open_session()
+        timeout = aiohttp.ClientTimeout(sock_connect=self._timeout, sock_read=self._timeout)
+        for _ in range(MAX_REDIRECTS + 1):
+            await self._check(url)  # before each hop is connected to
+            try:
+                async with self._session.get(url, allow_redirects=False, timeout=timeout) as response:
+                    location = response.headers.get("Location")
+                    if response.status in _REDIRECTS and location:
+                        url = urljoin(url, location)
+                        continue
+                    _check_answer(response.status, response.headers.get("Content-Length"), max_bytes)
+                    body = bytearray()
+                    async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+                        body += chunk
+                        if len(body) > max_bytes:
+                            raise ImageDownloadError(f"the image is larger than the {max_bytes:,}-byte cap")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                raise ImageDownloadError(f"downloading the image failed: {detail}", retryable=True) from exc
+            return bytes(body), _checked_type(bytes(body[:12]))
+        raise ImageDownloadError(f"more than {MAX_REDIRECTS} redirects while downloading the image")
+
+    async def aclose(self) -> None:
+        """Close the pool, in the event loop that used it."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-async def adownload(url: str, client: httpx.AsyncClient, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[bytes, str]:
-    """
-    Fetch ``url`` with ``client`` (from :func:`async_image_client`): return its bytes and sniffed media type.
-
-    :param url: the image's URL.
-    :param client: the client, whose hook checks every hop.
-    :param max_bytes: refuse an image larger than this.
-    :raises ImageDownloadError: as :func:`download_to_file` does.
-    """
-    if not isinstance(url, str):
-        raise ImageDownloadError("refusing to download the image: its URL is not a string")
-    body = bytearray()
-    try:
-        async with client.stream("GET", url) as response:
-            _check_answer(response, max_bytes)
-            async for chunk in response.aiter_bytes(CHUNK_SIZE):
-                body += chunk
-                if len(body) > max_bytes:
-                    raise ImageDownloadError(f"the image is larger than the {max_bytes:,}-byte cap")
-    except httpx.TooManyRedirects:
-        raise ImageDownloadError(f"more than {MAX_REDIRECTS} redirects while downloading the image") from None
-    except httpx.TransportError as exc:
-        raise ImageDownloadError(f"downloading the image failed: {type(exc).__name__}: {exc}", retryable=True) from exc
-    return bytes(body), _checked_type(bytes(body[:12]))
-
-
-def _check_answer(response: httpx.Response, max_bytes: int) -> None:
-    if response.status_code >= 400:
+def _check_answer(status: int, declared: str | None, max_bytes: int) -> None:
+    if status >= 400:
         raise ImageDownloadError(
-            f"downloading the image failed with HTTP {response.status_code}",
-            status_code=response.status_code,
-            retryable=response.status_code >= 500 or response.status_code == 429,
+            f"downloading the image failed with HTTP {status}",
+            status_code=status,
+            retryable=status >= 500 or status == 429,
         )
-    declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ImageDownloadError(f"the image is {int(declared):,} bytes, over the {max_bytes:,}-byte cap")
 
 
 def _receive(response: httpx.Response, destination: Any, max_bytes: int) -> str:
-    _check_answer(response, max_bytes)
+    _check_answer(response.status_code, response.headers.get("content-length"), max_bytes)
     media_type: str | None = None
     received = 0
     head = b""

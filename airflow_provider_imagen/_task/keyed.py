@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagen import _metrics
 from airflow_provider_imagen._cloudflare.batch import as_item_error
-from airflow_provider_imagen._task.download import async_image_client
+from airflow_provider_imagen._task.download import AsyncImageFetcher
 from airflow_provider_imagen._task.image_header import image_size, size_of
 from airflow_provider_imagen._task.job import ImageJob, Outcome
 from airflow_provider_imagen._task.local_folder import local_path, remove, write_image, write_text
@@ -195,7 +195,7 @@ class DatasetJob(ImageJob):
         self._clients: list[httpx.Client] = []
         self.folder = local_path(index.folder)  # a local folder is written with plain file calls
         self._base_uri = str(index.folder).rstrip("/") + "/"
-        self._images: httpx.AsyncClient | None = None
+        self._images: AsyncImageFetcher | None = None
         self._images_made = False
         super().__init__(store=self._store_row, **kwargs)
 
@@ -234,7 +234,7 @@ class DatasetJob(ImageJob):
             client.close()
 
     async def aclose(self) -> None:
-        """Close the async image client, in the event loop that used it."""
+        """Close the image fetcher, in the event loop that used it."""
         if self._images is not None:
             await self._images.aclose()
             self._images = None
@@ -325,8 +325,8 @@ class DatasetJob(ImageJob):
         # An image this request's earlier try stored (and died before sealing) is its own, not one it replaced.
         ours = outcome is not None and outcome.stored is not None and outcome.stored in self.index.uris(row.key)
         status = "replaced" if self.index.has(row.key) and not ours else "generated"
-        if outcome is None and self.folder is not None and (client := await self._image_client()) is not None:
-            return await self._generate_local(hook, row, regenerations, status, client)
+        if outcome is None and self.folder is not None and (fetcher := self._fetcher()) is not None:
+            return await self._generate_local(hook, row, regenerations, status, fetcher)
         if outcome is None:
             outcome = await self.agenerate(hook, row, regenerations)
             if outcome.error is not None:
@@ -340,14 +340,14 @@ class DatasetJob(ImageJob):
 
     # --- The fast path: a local folder, images fetched in the event loop ------------------------------------
 
-    async def _image_client(self) -> httpx.AsyncClient | None:
-        if not self._images_made:
+    def _fetcher(self) -> AsyncImageFetcher | None:
+        if not self._images_made:  # once: None (a proxy applies) is an answer too
             self._images_made = True
-            self._images = async_image_client(self._api_host)
+            self._images = AsyncImageFetcher.open(self._api_host)
         return self._images
 
     async def _generate_local(
-        self, hook: CloudflareWorkersAIHook, row: Row, regenerations: int, status: str, client: httpx.AsyncClient
+        self, hook: CloudflareWorkersAIHook, row: Row, regenerations: int, status: str, fetcher: AsyncImageFetcher
     ) -> tuple[str, Outcome, Made | None]:
         """
         Do what :meth:`agenerate`, then :meth:`seal`, do, with one thread hop for the disk instead of four.
@@ -356,20 +356,19 @@ class DatasetJob(ImageJob):
         """
         image, kept = await self.agenerate_recorded(hook, row, regenerations)
         try:
-            data, media_type = await self._fetch(image, client)
+            data, media_type = await self._fetch(image, fetcher)
         except Exception as err:
             return "failed", Outcome(image, error=storage_failure(err, image, self.output_path, kept)), None
         return await asyncio.to_thread(self._put_local, row, image, data, media_type, regenerations, kept, status)
 
-    async def _fetch(self, image: GeneratedImage, client: httpx.AsyncClient) -> tuple[bytes, str]:
-        from airflow_provider_imagen._task.download import adownload
+    async def _fetch(self, image: GeneratedImage, fetcher: AsyncImageFetcher) -> tuple[bytes, str]:
         from airflow_provider_imagen._task.storage import DOWNLOAD_ATTEMPTS, checked_bytes
 
         if image.url is None:
             return image.data or b"", checked_bytes(image.data or b"", self.max_bytes)
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
-                return await adownload(image.url, client, self.max_bytes)
+                return await fetcher.fetch(image.url, self.max_bytes)
             except ImageDownloadError as err:
                 if not err.retryable or attempt == DOWNLOAD_ATTEMPTS:
                     raise
