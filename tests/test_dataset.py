@@ -392,3 +392,35 @@ def test_model_inputs_reach_every_request_and_a_changed_one_replaces_the_images(
     with pytest.raises(InvalidInputError, match=r"model_inputs\['steps'\]: 99"):
         run(dataset(items=rows(2), output_path=out, model=schnell, model_inputs={"steps": 99}))
     assert imagen_emulator.generations == 4
+
+
+def test_max_concurrency_bounds_generations_not_rows_storing_their_images(imagen_emulator, tmp_path, monkeypatch):
+    """A row writing its image does not hold a generation's place: the next row is generated meanwhile."""
+    from airflow_provider_imagen._task import keyed
+    from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+
+    real_write, real_generate = keyed.write_image, CloudflareWorkersAIHook.agenerate_image
+    seen_while_storing: list[int] = []
+    generating, most = 0, 0
+
+    def slow_first_write(folder: str, name: str, data: bytes, *, replacing: bool) -> None:
+        if name.startswith("SKU-0000."):  # hold the first row's write until the second row is generated
+            seen_while_storing.append(imagen_emulator.wait_for_generations(2, timeout=20))
+        real_write(folder, name, data, replacing=replacing)
+
+    async def counted(self: CloudflareWorkersAIHook, *args: Any, **kwargs: Any) -> Any:
+        nonlocal generating, most
+        generating += 1
+        most = max(most, generating)
+        try:
+            return await real_generate(self, *args, **kwargs)
+        finally:
+            generating -= 1
+
+    monkeypatch.setattr(keyed, "write_image", slow_first_write)
+    monkeypatch.setattr(CloudflareWorkersAIHook, "agenerate_image", counted)
+    summary = run(dataset(items=rows(3), output_path=f"{tmp_path}/images/", max_concurrency=1))
+    assert summary["generated"] == 3
+    assert seen_while_storing == [2]  # the second row was generated while the first was being stored
+    assert most == 1  # and never two generations at once
+    assert [line["key"] for line in manifest(summary)] == ["SKU-0000", "SKU-0001", "SKU-0002"]  # the rows' order

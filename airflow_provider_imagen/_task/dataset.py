@@ -296,7 +296,7 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
 
     :return: the counts per status and the manifest's URI.
     """
-    from airflow_provider_imagen._cloudflare.batch import batch_error, run_each
+    from airflow_provider_imagen._cloudflare.batch import as_item_error, batch_error, in_flight
     from airflow_provider_imagen._cloudflare.rules import model_chain
     from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
     from airflow_provider_imagen._task.job import Outcome
@@ -358,18 +358,42 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
         # Storing blocks (downloads, uploads, fsync): a thread for each row in flight, not the default 6 on 2 cores.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(op.max_concurrency, 64)))
         AIOHTTP_WANTED.set(True)  # this loop's API and image clients: aiohttp, ~4x less CPU a request than httpcore
+        job.generations = asyncio.Semaphore(op.max_concurrency)
+        places = asyncio.Semaphore(in_flight(op.max_concurrency))  # rows read ahead wait for a place here
+
+        async def one(row: Row) -> tuple[str, Outcome, Any]:
+            try:
+                return await job.obtain(hook, row)
+            except Exception as err:  # one row's failure, whatever it is, is that row's result
+                return "failed", Outcome(error=as_item_error(err)), None
+            finally:
+                places.release()
+
+        async def started(chunk: list[Row]) -> list[asyncio.Task[tuple[str, Outcome, Any]]]:
+            job.rows.update((row.index, row) for row in chunk)
+            tasks = []
+            for row in chunk:
+                await places.acquire()
+                tasks.append(asyncio.create_task(one(row)))
+            return tasks
+
+        async def recorded(chunk: list[Row], tasks: list[asyncio.Task[tuple[str, Outcome, Any]]]) -> None:
+            for row, (status, outcome, made) in zip(chunk, await asyncio.gather(*tasks), strict=True):
+                record(row, status, outcome, made)
+                del job.rows[row.index]
+
         pending = iter(rows())
+        running: tuple[list[Row], list[asyncio.Task[tuple[str, Outcome, Any]]]] | None = None
         try:
+            # The next chunk starts while the last rows of the one before finish: the API never waits for a
+            # chunk's slowest row. The manifest keeps the rows' order (two chunks in memory at most).
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(pending, CHUNK_ROWS))):
-                job.rows = {row.index: row for row in chunk}
-                results = await run_each(
-                    chunk,
-                    lambda row: job.obtain(hook, row),
-                    lambda _, err: ("failed", Outcome(error=err), None),
-                    op.max_concurrency,
-                )
-                for row, (status, outcome, made) in zip(chunk, results, strict=True):
-                    record(row, status, outcome, made)
+                tasks = await started(chunk)
+                if running is not None:
+                    await recorded(*running)
+                running = chunk, tasks
+            if running is not None:
+                await recorded(*running)
         finally:
             await hook.aclose()  # the clients belong to this loop, which ends here
             await job.aclose()

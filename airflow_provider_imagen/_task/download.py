@@ -174,9 +174,7 @@ class AsyncImageFetcher:
     :param timeout: seconds to wait for the image host: to connect, and between two reads.
     """
 
-    def __init__(
-        self, api_host: str | None, context: ssl.SSLContext, allowed: frozenset[str], timeout: float
-    ) -> None:
+    def __init__(self, api_host: str | None, context: ssl.SSLContext, allowed: frozenset[str], timeout: float) -> None:
         self._api_host = api_host
         self._context = context
         self._allowed = allowed

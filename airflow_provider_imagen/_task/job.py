@@ -8,13 +8,14 @@ what is missing, store it, and keep a record of each image the moment it exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagen import _metrics
-from airflow_provider_imagen._cloudflare.batch import as_item_error, run_each
+from airflow_provider_imagen._cloudflare.batch import as_item_error, in_flight, run_each
 from airflow_provider_imagen._cloudflare.fallback import with_earlier
 from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
 from airflow_provider_imagen._task.storage import discard_kept, exists_at, keep_bytes, read_kept, storage_failure
@@ -111,6 +112,9 @@ class ImageJob:
         self.generated = 0
         self.reused = 0
         self._in_flight = 0
+        #: Set in a batch's event loop: at most this many generations at once, however many items are in flight
+        #: (the others download and store what was generated, without holding a generation's place).
+        self.generations: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
 
     def items(self, prompts: Sequence[str]) -> list[Item]:
@@ -316,19 +320,20 @@ class ImageJob:
 
         :return: the image, and where its bytes are kept until stored (:meth:`generated_one`).
         """
-        if self.max_images is None and self.spend.max_cost_usd is None:
-            self.check_budget(1, reserve=True)  # no limit: nothing to read
-        else:  # the limits read the records: off the loop
-            await asyncio.to_thread(self.check_budget, 1, reserve=True)
-        try:
-            image = await hook.agenerate_image(**self.request_for(item, regenerations))
-        except BaseException as err:
-            self.release()
-            _metrics.failure(err, self.model)
-            raise
-        if self.ledger.backend is None and image.data is None:  # a count only: nothing written
-            return image, self.generated_one(item, image, regenerations)
-        return image, await asyncio.to_thread(self.generated_one, item, image, regenerations)
+        async with self.generations or contextlib.nullcontext():  # held until the image is recorded
+            if self.max_images is None and self.spend.max_cost_usd is None:
+                self.check_budget(1, reserve=True)  # no limit: nothing to read
+            else:  # the limits read the records: off the loop
+                await asyncio.to_thread(self.check_budget, 1, reserve=True)
+            try:
+                image = await hook.agenerate_image(**self.request_for(item, regenerations))
+            except BaseException as err:
+                self.release()
+                _metrics.failure(err, self.model)
+                raise
+            if self.ledger.backend is None and image.data is None:  # a count only: nothing written
+                return image, self.generated_one(item, image, regenerations)
+            return image, await asyncio.to_thread(self.generated_one, item, image, regenerations)
 
     async def agenerate(self, hook: CloudflareWorkersAIHook, item: Any, regenerations: int) -> Outcome:
         """
@@ -361,8 +366,9 @@ class ImageJob:
 
         async def run_all() -> list[Outcome]:
             AIOHTTP_WANTED.set(True)  # this loop's API client: aiohttp, less CPU a request than httpcore
+            self.generations = asyncio.Semaphore(max_concurrency)
             try:
-                return await run_each(items, one, lambda _, err: Outcome(error=err), max_concurrency)
+                return await run_each(items, one, lambda _, err: Outcome(error=err), in_flight(max_concurrency))
             finally:
                 await hook.aclose()  # the client belongs to this loop, which ends here
 

@@ -42,7 +42,8 @@ class ImagenGenerateImagesOperator(ImagenBaseOperator):
     :param prompts: what to draw, one image each (templated).
     :param items: keyed items instead of ``prompts`` (templated): a list of dicts (e.g. an XComArg), or a ``.jsonl`` or
         ``.csv`` path, URI or ``ObjectStoragePath``.
-    :param max_concurrency: how many generations run at once (1..1000, default 8).
+    :param max_concurrency: how many generations run at once (1..1000, default 8); as many more prompts may be
+        downloading and storing their images meanwhile.
     :param fail_on_error: fail the task after the batch if any prompt failed (default) or return the failures.
     :param max_images: the most images this task instance may generate (with ``durable``, over all its tries):
         the task fails before exceeding it, saying how many were generated.

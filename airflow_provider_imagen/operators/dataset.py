@@ -41,7 +41,8 @@ class ImagenDatasetOperator(ImagenBaseOperator):
     :param manifest_path: where to write the manifest (templated); by default
         ``<output_path>/manifests/<dag>/<run>/<task>[.<map index>].jsonl``. Give each shard its own
         (``{{ ti.map_index }}``) when you set it.
-    :param max_concurrency: how many rows are in flight at once (1..1000, default 8).
+    :param max_concurrency: how many generations are in flight at once (1..1000, default 8); as many more rows may
+        be downloading and storing their images meanwhile.
     :param fail_on_error: fail the task after every row if any failed (default), or succeed and count them.
     :param max_images: the most images this task instance may generate (over all its tries, with ``durable``).
     :param shard_index: which shard of the rows this task makes (``.expand(shard_index=range(n))``).
