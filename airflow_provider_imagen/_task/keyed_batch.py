@@ -49,7 +49,7 @@ def run_keyed_batch(
     operator: Any, context: Context, rows: list[Row], chain: tuple[str, ...]
 ) -> tuple[list[Result], DatasetJob]:
     """
-    Obtain every row's image at ``<output_path>/<key>.<ext>``, at most ``max_concurrency`` at a time.
+    Obtain every row's image at ``<output_path>/<key>.<ext>``, at most ``max_concurrency`` generations at a time.
 
     Each is reused from the folder (one listing), from an earlier try's records, or generated.
 
@@ -57,7 +57,8 @@ def run_keyed_batch(
     :raises SpendLimitError: when ``max_images`` or ``max_cost_usd`` would be exceeded (before any request, or once
         those in flight end).
     """
-    from airflow_provider_imagen._cloudflare.batch import run_each
+    from airflow_provider_imagen._cloudflare.batch import in_flight, run_each
+    from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
     from airflow_provider_imagen._task.job import Outcome
     from airflow_provider_imagen._task.keyed import FolderIndex
     from airflow_provider_imagen._task.storage import resolve_output_path
@@ -77,10 +78,13 @@ def run_keyed_batch(
     async def run_all() -> list[Result]:
         # Storing blocks (downloads, uploads, fsync): a thread for each row in flight, as a dataset's.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(op.max_concurrency, 64)))
+        AIOHTTP_WANTED.set(True)  # this loop's API client: aiohttp, as a dataset's
+        job.generations = asyncio.Semaphore(op.max_concurrency)
         try:
-            return await run_each(rows, lambda row: job.obtain(hook, row), failed, op.max_concurrency)
+            return await run_each(rows, lambda row: job.obtain(hook, row), failed, in_flight(op.max_concurrency))
         finally:
-            await hook.aclose()  # the client belongs to this loop, which ends here
+            await hook.aclose()  # the clients belong to this loop, which ends here
+            await job.aclose()
             job.close()
 
     results = asyncio.run(run_all())
