@@ -9,6 +9,7 @@ context holding Airflow 3.3's task state store or, before 3.3, ``[imagen] durabl
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -403,3 +404,46 @@ def test_batch_max_images_is_checked_at_parse_time():
 
     with pytest.raises(InvalidInputError, match="max_images"):
         batch(prompts=["a"], max_images=0)
+
+
+def test_threads_recording_generated_images_at_once_share_one_write_of_the_billed_count():
+    """Each put returns once the count it added is stored; a thread whose count a later write holds writes none."""
+    import threading
+
+    from airflow_provider_imagen._task.durable import KEY_PREFIX, Ledger, Request
+    from airflow_provider_imagen._task.record_stores import TaskStateStore
+    from airflow_provider_imagen.models import GeneratedImage
+
+    first_write_started, first_write_may_end = threading.Event(), threading.Event()
+    summaries: list[int] = []
+
+    class SlowStore(FakeTaskStateStore):
+        def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+            if key == f"{KEY_PREFIX}_ledger":
+                if not first_write_started.is_set():
+                    first_write_started.set()
+                    assert first_write_may_end.wait(20)
+                summaries.append(value["billed"])
+            super().set(key, value)
+
+    store = SlowStore()
+    ledger = Ledger(TaskStateStore(store), Request("dag", "run", "task", -1, 1, 1))
+    image = GeneratedImage(model="google/imagen-4", prompt="p", url="https://images.example/a.png")
+    threads = [
+        threading.Thread(target=ledger.put, args=(f"{n:032x}", 0), kwargs={"image": image, "generated": True})
+        for n in range(3)
+    ]
+    threads[0].start()
+    assert first_write_started.wait(20)  # its count (1) taken, its write under way
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while sum(key.startswith(f"{KEY_PREFIX}_image_") for key in list(store.values)) < 3:
+        assert time.monotonic() < deadline  # the other two count theirs, write their records, wait for the write
+        threading.Event().wait(0.01)
+    first_write_may_end.set()
+    for thread in threads:
+        thread.join(20)
+    assert summaries == [1, 3]  # the first write, then one write for the other two
+    assert ledger.billed == 3 and store.get(f"{KEY_PREFIX}_ledger")["billed"] == 3
+    assert all(store.get(f"{KEY_PREFIX}_image_{n:032x}_0") for n in range(3))  # every image's own record

@@ -137,7 +137,10 @@ class Ledger:
     """
     The records of one request of a task instance: each image it paid for, and how many it paid for.
 
-    Thread-safe: a batch records each prompt's image as it completes, from worker threads.
+    Thread-safe: a batch records each prompt's image as it completes, from worker threads. Each image's record is
+    written by the thread that made it; the running count of what was billed is written by one thread at a time,
+    the newest count each time, so that a thread whose count a later write already holds returns without writing
+    (a 10,000-row dataset's threads would otherwise queue for a write each).
 
     :param backend: where records live; ``None`` keeps nothing.
     :param request: the request; ``None`` outside a real task run.
@@ -149,6 +152,9 @@ class Ledger:
         self._lock = threading.Lock()
         self._summary: dict[str, Any] = {"first_try": request.first_try if request else 0, "billed": 0}
         self._loaded = False
+        self._changes = 0  # changes made to the summary (under _lock)
+        self._saving = threading.Lock()
+        self._saved = 0  # changes the backend holds (under _saving)
 
     @classmethod
     def open(cls, context: Context, *, retries: int | None, durable: bool, log: Any) -> Ledger:
@@ -216,7 +222,7 @@ class Ledger:
             return None
         with self._lock:
             self._load()
-            record = self.backend.get(self._image_key(image_fingerprint, occurrence))
+        record = self.backend.get(self._image_key(image_fingerprint, occurrence))
         if not isinstance(record, dict) or record.get("first_try") != self.request.first_try:
             return None
         if record.get("fingerprint") != image_fingerprint:
@@ -254,13 +260,27 @@ class Ledger:
                     summary["unpriced"] = int(summary.get("unpriced", 0)) + 1
                 else:
                     summary["cost_usd"] = float(summary.get("cost_usd", 0.0)) + cost_usd
-            if self.backend is None or self.request is None:
+                self._changes += 1
+            change = self._changes
+        if self.backend is None or self.request is None:
+            return
+        key = self._image_key(image_fingerprint, occurrence)
+        # Image bytes are never kept here: a stored copy of them, or their copy kept on the machine, is reused.
+        if image is None or image.url is not None or stored_uri is not None or kept is not None:
+            self._write_image(key, image_fingerprint, image, stored_uri, output_path, regenerations, kept)
+        if generated:
+            self._save_summary(change)
+
+    def _save_summary(self, change: int) -> None:
+        """Return once the backend holds the summary as of ``change``: written now, or by a thread before."""
+        assert self.backend is not None
+        with self._saving:
+            if self._saved >= change:  # a later summary was written while this thread waited
                 return
-            key = self._image_key(image_fingerprint, occurrence)
-            # Image bytes are never kept here: a stored copy of them, or their copy kept on the machine, is reused.
-            if image is None or image.url is not None or stored_uri is not None or kept is not None:
-                self._write_image(key, image_fingerprint, image, stored_uri, output_path, regenerations, kept)
+            with self._lock:
+                summary, newest = dict(self._summary), self._changes
             self.backend.set(f"{KEY_PREFIX}_ledger", summary)
+            self._saved = newest
 
     def _write_image(
         self,
