@@ -43,8 +43,10 @@ def get_provider_info() -> dict[str, Any]:
                     "durable_cache_path": {
                         "description": (
                             "Where durable=True keeps the images a task instance paid for until it succeeds, so a "
-                            "retry reuses them (an ObjectStorage URI or local path). Only used before Airflow 3.3, "
-                            "which keeps them in the task state store. Empty: a retry generates them again."
+                            "retry reuses them (an ObjectStorage URI or local path). Empty: Airflow 3.3+ keeps "
+                            "them in the task state store, and before 3.3 a retry generates them again. Set, it is "
+                            "used on 3.3 too: a folder takes many records at once, which a dataset of thousands of "
+                            "rows is faster with."
                         ),
                         "version_added": "0.1.0",
                         "type": "string",

@@ -424,3 +424,39 @@ def test_max_concurrency_bounds_generations_not_rows_storing_their_images(imagen
     assert seen_while_storing == [2]  # the second row was generated while the first was being stored
     assert most == 1  # and never two generations at once
     assert [line["key"] for line in manifest(summary)] == ["SKU-0000", "SKU-0001", "SKU-0002"]  # the rows' order
+
+
+def test_a_first_try_reads_no_record_a_row_and_a_retry_does(imagen_emulator, tmp_path, monkeypatch):
+    """Each read is a call to the task state store: a request's first try has no earlier records to read."""
+    from airflow_provider_imagen._task import keyed
+
+    reads: list[str] = []
+
+    class CountedStore(FakeTaskStateStore):
+        def get(self, key: str, default: Any = None) -> Any:
+            reads.append(key)
+            return super().get(key, default)
+
+    store, ti = CountedStore(), TaskInstance(dag_id="catalog", task_id="images")
+    real_write = keyed.write_text
+    calls = 0
+
+    def dies_at_the_sixth_sidecar(folder: str, name: str, text: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            raise SystemExit("worker killed")
+        real_write(folder, name, text)
+
+    op = dataset(items=rows(10), output_path=f"{tmp_path}/images/", max_concurrency=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(keyed, "write_text", dies_at_the_sixth_sidecar)
+        with pytest.raises(SystemExit):
+            run(op, ti, store)
+    assert [key for key in reads if "_image_" in key] == []  # the first try: the summary only
+    reads.clear()
+    ti.retry()
+    summary = run(op, ti, store)
+    assert summary["generated"] + summary["reused"] == 10
+    assert imagen_emulator.generations == 10  # the sixth row's image, paid for before the crash, is not paid again
+    assert len([key for key in reads if "_image_" in key]) == 5  # the rows the folder does not vouch for

@@ -411,13 +411,17 @@ def test_threads_recording_generated_images_at_once_share_one_write_of_the_bille
     import threading
 
     from airflow_provider_imagen._task.durable import KEY_PREFIX, Ledger, Request
-    from airflow_provider_imagen._task.record_stores import TaskStateStore
     from airflow_provider_imagen.models import GeneratedImage
 
     first_write_started, first_write_may_end = threading.Event(), threading.Event()
     summaries: list[int] = []
 
-    class SlowStore(FakeTaskStateStore):
+    class SlowStore(FakeTaskStateStore):  # a folder's records: written by several threads at once
+        name = "a folder"
+
+        def forget_earlier(self) -> None:
+            pass
+
         def set(self, key: str, value: Any, *, retention: Any = None) -> None:
             if key == f"{KEY_PREFIX}_ledger":
                 if not first_write_started.is_set():
@@ -427,7 +431,7 @@ def test_threads_recording_generated_images_at_once_share_one_write_of_the_bille
             super().set(key, value)
 
     store = SlowStore()
-    ledger = Ledger(TaskStateStore(store), Request("dag", "run", "task", -1, 1, 1))
+    ledger = Ledger(store, Request("dag", "run", "task", -1, 1, 1))
     image = GeneratedImage(model="google/imagen-4", prompt="p", url="https://images.example/a.png")
     threads = [
         threading.Thread(target=ledger.put, args=(f"{n:032x}", 0), kwargs={"image": image, "generated": True})
@@ -447,3 +451,46 @@ def test_threads_recording_generated_images_at_once_share_one_write_of_the_bille
     assert summaries == [1, 3]  # the first write, then one write for the other two
     assert ledger.billed == 3 and store.get(f"{KEY_PREFIX}_ledger")["billed"] == 3
     assert all(store.get(f"{KEY_PREFIX}_image_{n:032x}_0") for n in range(3))  # every image's own record
+
+
+def test_the_task_state_store_gets_one_call_at_a_time_from_a_batchs_threads():
+    """dag.test()'s in-process channel answers one call at a time, and removes itself while it does."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow_provider_imagen._task.record_stores import TaskStateStore
+
+    busy, overlaps = threading.Lock(), []
+
+    class OneAtATime(FakeTaskStateStore):
+        def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+            if not busy.acquire(blocking=False):
+                overlaps.append(key)
+                return
+            try:
+                threading.Event().wait(0.002)  # a call under way: another thread's would find no channel
+                super().set(key, value)
+            finally:
+                busy.release()
+
+    store = OneAtATime()
+    records = TaskStateStore(store)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: records.set(f"key-{n}", {"n": n}), range(64)))
+    assert overlaps == []
+    assert all(records.get(f"key-{n}") == {"n": n} for n in range(64))
+
+
+def test_durable_cache_path_when_set_wins_over_the_task_state_store(tmp_path, monkeypatch):
+    """An admin who set a folder gets it on 3.3 too: it takes many records at once, the store one call at a time."""
+    import logging
+
+    from airflow_provider_imagen._task.durable import Ledger
+
+    ti = TaskInstance()
+    context = {"ti": ti, "task_state_store": FakeTaskStateStore()}
+    monkeypatch.delenv("AIRFLOW__IMAGEN__DURABLE_CACHE_PATH", raising=False)
+    assert Ledger.open(context, retries=1, durable=True, log=logging.getLogger()).where == "the task state store"
+    monkeypatch.setenv("AIRFLOW__IMAGEN__DURABLE_CACHE_PATH", str(tmp_path / "records"))
+    where = Ledger.open(context, retries=1, durable=True, log=logging.getLogger()).where
+    assert where is not None and where.startswith(f"durable_cache_path file://{tmp_path}/records/durable/")

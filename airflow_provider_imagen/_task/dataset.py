@@ -283,7 +283,10 @@ def rows_job(
     )
     if op.max_images is not None or op.max_cost_usd is not None:
         unmade = (row for row in rows if index.made(row) is None)
-        job.check_budget(sum(1 for row in unmade if (job.ledger.get(row.fingerprint) or {}).get("image") is None))
+        if not job.ledger.earlier_tries:  # a first try: nothing recorded to reuse
+            job.check_budget(sum(1 for _ in unmade))
+        else:
+            job.check_budget(sum(1 for row in unmade if (job.ledger.get(row.fingerprint) or {}).get("image") is None))
     return job
 
 

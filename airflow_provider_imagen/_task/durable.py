@@ -7,9 +7,9 @@ fingerprint of the inputs that made it; the next try of the same request reuses 
 
 Where the records live:
 
-- Airflow 3.3+: the task state store (``context["task_state_store"]``), scoped to the task instance.
-- Before 3.3: an ObjectStorage folder from ``[imagen] durable_cache_path``, one subfolder per DAG, run,
-  task and map index.
+- ``[imagen] durable_cache_path``, when set (on every Airflow version): an ObjectStorage folder, one subfolder
+  per DAG, run, task and map index.
+- Otherwise, Airflow 3.3+: the task state store (``context["task_state_store"]``), scoped to the task instance.
 - Neither: nothing is kept; the log says so once per try.
 
 A retry and a rerun are told apart by the *request*: the first try number of the current series of tries,
@@ -197,6 +197,17 @@ class Ledger:
                 self.backend.forget_earlier()
         self._loaded = True
         return self._summary
+
+    @property
+    def earlier_tries(self) -> bool:
+        """
+        Tell whether an earlier try of this request may have left records: not on its first try.
+
+        A dataset asks before reading a record a row: each read is a call to the task state store.
+        """
+        return (
+            self.backend is not None and self.request is not None and self.request.try_number > self.request.first_try
+        )
 
     @property
     def billed(self) -> int:

@@ -318,7 +318,7 @@ class DatasetJob(ImageJob):
         if (made := self.index.made(row)) is not None:
             _metrics.reused(self.chain[made.model] if made.model < len(self.chain) else None, "dataset")
             return "reused", Outcome(stored=made.uri, reused=True), made
-        if self.ledger.backend is None:  # no records of earlier tries to look up
+        if not self.ledger.earlier_tries:  # a first try: no records of earlier tries to look up
             outcome, regenerations = None, 0
         else:
             outcome, regenerations = await asyncio.to_thread(self.reuse, row)

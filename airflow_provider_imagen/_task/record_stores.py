@@ -1,5 +1,5 @@
 """
-Where durable records live: Airflow 3.3's task state store, or before it an ObjectStorage folder.
+Where durable records live: a folder (``[imagen] durable_cache_path``), or Airflow 3.3's task state store.
 
 :mod:`~airflow_provider_imagen._task.durable` decides what a record holds and when it is read; this module only
 stores JSON values by key, and never lets a storage failure fail the task (:class:`BestEffort`).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -37,6 +38,12 @@ class Backend(Protocol):
     def forget_earlier(self) -> None: ...
 
 
+#: One task state store call at a time from this process's threads (a batch records from several). A worker's
+#: channel to its supervisor serializes them anyway; ``dag.test()``'s in-process one does not, and while it answers
+#: one call it removes the channel that another thread's call looks up (ImportError: SUPERVISOR_COMMS).
+_ONE_CALL_AT_A_TIME = threading.Lock()
+
+
 class TaskStateStore:
     """Airflow 3.3's task state store: kept across retries, dropped when a person clears the task."""
 
@@ -46,13 +53,16 @@ class TaskStateStore:
         self._store = store
 
     def get(self, key: str) -> Any:
-        return self._store.get(key, None)
+        with _ONE_CALL_AT_A_TIME:
+            return self._store.get(key, None)
 
     def set(self, key: str, value: Any) -> None:
-        self._store.set(key, value)
+        with _ONE_CALL_AT_A_TIME:
+            self._store.set(key, value)
 
     def delete(self, key: str) -> None:
-        self._store.delete(key)
+        with _ONE_CALL_AT_A_TIME:
+            self._store.delete(key)
 
     def forget_earlier(self) -> None:
         # Airflow drops a task instance's state when a person clears it, which is what starts a new request: an
@@ -172,17 +182,22 @@ class BestEffort:
 
 
 def open_backend(context: Context, request: Request) -> Backend | None:
-    """Return where ``request``'s records live: the task state store (3.3+), ``durable_cache_path``, or none."""
-    store = context.get("task_state_store")  # type: ignore[call-overload]
-    if store is not None and all(callable(getattr(store, name, None)) for name in ("get", "set", "delete")):
-        return TaskStateStore(store)
+    """
+    Return where ``request``'s records live: ``durable_cache_path`` when set, else the task state store (3.3+).
+
+    A folder set by an admin wins on 3.3 too: it takes many writes at once, where the task state store's calls go
+    one at a time through the worker's supervisor (a dataset of thousands of rows writes two records a row).
+    """
     from airflow.configuration import conf
 
     root = conf.get(CONFIG_SECTION, CONFIG_OPTION, fallback=None)
-    if not root:
-        return None
-    from airflow_provider_imagen._task.storage import resolve_output_path
+    if root:
+        from airflow_provider_imagen._task.storage import resolve_output_path
 
-    base, _ = resolve_output_path(root)
-    folder = base / quote(request.dag_id, safe="") / quote(request.run_id, safe="")
-    return ObjectStorage(folder / quote(request.task_id, safe="") / str(request.map_index))
+        base, _ = resolve_output_path(root)
+        folder = base / quote(request.dag_id, safe="") / quote(request.run_id, safe="")
+        return ObjectStorage(folder / quote(request.task_id, safe="") / str(request.map_index))
+    store = context.get("task_state_store")  # type: ignore[call-overload]
+    if store is not None and all(callable(getattr(store, name, None)) for name in ("get", "set", "delete")):
+        return TaskStateStore(store)
+    return None
