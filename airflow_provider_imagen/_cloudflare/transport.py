@@ -143,7 +143,12 @@ class SpreadTransport(httpx.AsyncBaseTransport):
 
 
 class _AiohttpStream(httpx.AsyncByteStream):
-    """An aiohttp response body, its failures raised as httpx's."""
+    """
+    An aiohttp response body, its failures raised as httpx's.
+
+    Read whole, as one chunk: the provider's calls read every answer whole (an API answer, or a model's image
+    bytes), and one chunk saves the event loop a round of httpx's and aiohttp's iterators per piece received.
+    """
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -152,10 +157,11 @@ class _AiohttpStream(httpx.AsyncByteStream):
         import aiohttp
 
         try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+            body = await self._response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise aiohttp_error(exc) from exc
+        if body:
+            yield body
 
     async def aclose(self) -> None:
         self._response.release()  # back to the pool when read whole, else the connection is closed
