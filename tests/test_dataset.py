@@ -454,9 +454,34 @@ def test_a_first_try_reads_no_record_a_row_and_a_retry_does(imagen_emulator, tmp
         with pytest.raises(SystemExit):
             run(op, ti, store)
     assert [key for key in reads if "_image_" in key] == []  # the first try: the summary only
+    unsealed = 10 - len(list((tmp_path / "images").glob("SKU-*.json")))  # 5, or 4 if the row in flight sealed
     reads.clear()
     ti.retry()
     summary = run(op, ti, store)
     assert summary["generated"] + summary["reused"] == 10
     assert imagen_emulator.generations == 10  # the sixth row's image, paid for before the crash, is not paid again
-    assert len([key for key in reads if "_image_" in key]) == 5  # the rows the folder does not vouch for
+    assert len([key for key in reads if "_image_" in key]) == unsealed  # the rows the folder does not vouch for
+
+
+def test_rows_in_flight_when_reading_the_file_fails_are_finished_and_stored_not_abandoned(
+    imagen_emulator, tmp_path, monkeypatch
+):
+    """A generation in flight is paid for: an error reading the next rows waits for it, never closes it."""
+    from airflow_provider_imagen._task import dataset as dataset_module
+
+    real_to_row = dataset_module.to_row
+
+    def fails_in_the_second_chunk(index: int, *args: Any) -> Any:
+        if index == 6:  # the second chunk: the first chunk's generations are still running
+            raise OSError("the connection to the bucket was reset")
+        return real_to_row(index, *args)
+
+    monkeypatch.setattr(dataset_module, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(dataset_module, "to_row", fails_in_the_second_chunk)
+    imagen_emulator.configure(latency=0.5)
+    out = tmp_path / "images"
+    with pytest.raises(OSError, match="reset"):
+        run(dataset(items=rows(10), output_path=f"{out}/", max_concurrency=2))
+    assert imagen_emulator.wait_for_generations(4, timeout=10) == 4
+    assert sorted(p.name for p in out.glob("SKU-*.png")) == [f"SKU-000{n}.png" for n in range(4)]  # all stored
+    assert len(list(out.glob("SKU-*.json"))) == 4  # and sealed: a rerun reuses them

@@ -11,6 +11,7 @@ The folder the images go to, how a stored image is matched to its inputs, and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import io
@@ -363,6 +364,7 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
         AIOHTTP_WANTED.set(True)  # this loop's API and image clients: aiohttp, ~4x less CPU a request than httpcore
         job.generations = asyncio.Semaphore(op.max_concurrency)
         places = asyncio.Semaphore(in_flight(op.max_concurrency))  # rows read ahead wait for a place here
+        unrecorded: list[tuple[list[Row], list[asyncio.Task[tuple[str, Outcome, Any]]]]] = []  # oldest first
 
         async def one(row: Row) -> tuple[str, Outcome, Any]:
             try:
@@ -380,25 +382,36 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
                 tasks.append(asyncio.create_task(one(row)))
             return tasks
 
-        async def recorded(chunk: list[Row], tasks: list[asyncio.Task[tuple[str, Outcome, Any]]]) -> None:
-            for row, (status, outcome, made) in zip(chunk, await asyncio.gather(*tasks), strict=True):
+        async def record_oldest() -> None:
+            chunk, tasks = unrecorded[0]
+            results = await asyncio.gather(*tasks)  # a row's failure is its result; a worker's death is not
+            unrecorded.pop(0)
+            for row, (status, outcome, made) in zip(chunk, results, strict=True):
                 record(row, status, outcome, made)
                 del job.rows[row.index]
 
+        async def settle(chunk: list[Row], tasks: list[asyncio.Task[tuple[str, Outcome, Any]]]) -> None:
+            # After an error: wait for the chunk's rows (a generation in flight is paid for), note what they made.
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):  # the manifest may be what failed: the folder holds the images
+                for row, result in zip(chunk, results, strict=True):
+                    if isinstance(result, tuple):
+                        record(row, *result)
+
         pending = iter(rows())
-        running: tuple[list[Row], list[asyncio.Task[tuple[str, Outcome, Any]]]] | None = None
         try:
             # The next chunk starts while the last rows of the one before finish: the API never waits for a
             # chunk's slowest row. The manifest keeps the rows' order (two chunks in memory at most).
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(pending, CHUNK_ROWS))):
-                tasks = await started(chunk)
-                if running is not None:
-                    await recorded(*running)
-                running = chunk, tasks
-            if running is not None:
-                await recorded(*running)
+                unrecorded.append((chunk, await started(chunk)))
+                if len(unrecorded) > 1:
+                    await record_oldest()
+            while unrecorded:
+                await record_oldest()
         finally:
-            await hook.aclose()  # the clients belong to this loop, which ends here
+            for chunk, tasks in unrecorded:  # only after an error (reading the rows, writing the manifest)
+                await settle(chunk, tasks)
+            await hook.aclose()  # the clients belong to this loop, which ends here; nothing is in flight now
             await job.aclose()
             job.close()
 

@@ -226,16 +226,21 @@ class AsyncImageFetcher:
         :raises ImageDownloadError: as :func:`download_to_file` does.
         """
         import aiohttp
+        import yarl
 
         if not isinstance(url, str):
             raise ImageDownloadError("refusing to download the image: its URL is not a string")
         if self._session is None or self._session.closed:
             self._session = self._open_session()
-        timeout = aiohttp.ClientTimeout(sock_connect=self._timeout, sock_read=self._timeout)
+        # As httpx's timeout: a pooled connection (and the name's lookup), the connection, each read.
+        seconds = self._timeout
+        timeout = aiohttp.ClientTimeout(connect=seconds, sock_connect=seconds, sock_read=seconds)
         for _ in range(MAX_REDIRECTS + 1):
             await self._check(url)  # before each hop is connected to
+            # Sent as written: re-quoting could change the bytes a signed URL's signature covers.
+            target = yarl.URL(url, encoded=True)
             try:
-                async with self._session.get(url, allow_redirects=False, timeout=timeout) as response:
+                async with self._session.get(target, allow_redirects=False, timeout=timeout) as response:
                     location = response.headers.get("Location")
                     if response.status in _REDIRECTS and location:
                         url = urljoin(url, location)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -366,6 +367,8 @@ class ImageJob:
 
         async def run_all() -> list[Outcome]:
             AIOHTTP_WANTED.set(True)  # this loop's API client: aiohttp, less CPU a request than httpcore
+            # Records and stores block: a thread for each item in flight, not the default 6 on 2 cores.
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(max_concurrency, 64)))
             self.generations = asyncio.Semaphore(max_concurrency)
             try:
                 return await run_each(items, one, lambda _, err: Outcome(error=err), in_flight(max_concurrency))
