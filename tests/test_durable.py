@@ -494,3 +494,30 @@ def test_durable_cache_path_when_set_wins_over_the_task_state_store(tmp_path, mo
     monkeypatch.setenv("AIRFLOW__IMAGEN__DURABLE_CACHE_PATH", str(tmp_path / "records"))
     where = Ledger.open(context, retries=1, durable=True, log=logging.getLogger()).where
     assert where is not None and where.startswith(f"durable_cache_path file://{tmp_path}/records/durable/")
+
+
+def test_a_first_try_generates_a_batchs_prompts_in_order_one_at_a_time(imagen_emulator, monkeypatch):
+    """max_concurrency=1 is one prompt after the other, in order: a first try looks up no records on the way."""
+    import time as clock
+
+    from airflow_provider_imagen._task.job import ImageJob
+    from airflow_provider_imagen.hooks import CloudflareWorkersAIHook
+
+    real_reuse, real_generate = ImageJob.reuse, CloudflareWorkersAIHook.agenerate_image
+    order: list[str] = []
+
+    def slow_first_lookup(self: ImageJob, item: Any, *args: Any) -> Any:
+        if item.index == 0:
+            clock.sleep(0.3)  # a slow store: a lookup would let the second prompt reach the gate first
+        return real_reuse(self, item, *args)
+
+    async def noted(self: CloudflareWorkersAIHook, *args: Any, **kwargs: Any) -> Any:
+        order.append(kwargs["prompt"])
+        return await real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageJob, "reuse", slow_first_lookup)
+    monkeypatch.setattr(CloudflareWorkersAIHook, "agenerate_image", noted)
+    batch(prompts=PROMPTS[:3], max_concurrency=1).execute(
+        {"ti": TaskInstance(), "task_state_store": FakeTaskStateStore()}
+    )
+    assert order == PROMPTS[:3]

@@ -356,13 +356,17 @@ class ImageJob:
         Each is reused where an earlier try left it, generated otherwise; each image recorded as soon as it exists, so a
         crash keeps what completed. A prompt's failure is its :class:`Outcome`'s error, never the batch's.
         """
-        plans = [self.ledger.get(item.fingerprint, item.occurrence) for item in items]
+        # A first try has no records to read (each read may be a call to the task state store).
+        earlier = self.ledger.earlier_tries
+        plans = [self.ledger.get(item.fingerprint, item.occurrence) if earlier else None for item in items]
         # Before any request: what has no record must be generated (an expired URL is found only later).
         self.check_budget(sum(1 for plan in plans if plan is None or plan.get("image") is None))
         hook.settings  # noqa: B018 - read synchronously: see CloudflareWorkersAIHook.generate_images
 
         async def one(item: Item) -> Outcome:
-            outcome, regenerations = await asyncio.to_thread(self.reuse, item)
+            # A first try goes straight to the generations' gate, so the items reach it in order (one at a time
+            # with max_concurrency=1, as a user expects); a retry looks up each item's record first.
+            outcome, regenerations = await asyncio.to_thread(self.reuse, item) if earlier else (None, 0)
             return outcome if outcome is not None else await self.agenerate(hook, item, regenerations)
 
         async def run_all() -> list[Outcome]:
