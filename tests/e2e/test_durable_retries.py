@@ -161,11 +161,20 @@ def test_a_cleared_task_generates_again(airflow, emulator):
     assert generations(emulator, "durable cleared") == 1  # the retry reused it (and failed to store it too)
     assert records(airflow, "durable_cleared", run_id)  # kept while the task instance has not succeeded
     with airflow.client() as api:
-        response = api.post(
-            "/dags/durable_cleared/clearTaskInstances",
-            json={"dry_run": False, "dag_run_id": run_id, "task_ids": ["generate"], "only_failed": False},
-        )
-        response.raise_for_status()
+
+        def clear() -> None:
+            api.post(
+                "/dags/durable_cleared/clearTaskInstances",
+                json={"dry_run": False, "dag_run_id": run_id, "task_ids": ["generate"], "only_failed": False},
+            ).raise_for_status()
+
+        clear()
+        try:
+            wait_for(api, "durable_cleared", run_id, {"scheduled", "queued", "running", "success", "failed"}, 60)
+        except AssertionError:
+            # Airflow 3.1.8's scheduler once left the cleared run unscheduled (CI, 2026-12-04, after the executor's
+            # late event for try 1 arrived while try 2 ran); nothing of the provider runs before a task starts.
+            clear()
         ti = wait_for(api, "durable_cleared", run_id, {"success", "failed"})
     assert (ti["state"], ti["try_number"]) == ("success", 3)
     assert generations(emulator, "durable cleared") == 2  # a person asked for a new image
