@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -300,9 +299,8 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
 
     :return: the counts per status and the manifest's URI.
     """
-    from airflow_provider_imagen._cloudflare.batch import as_item_error, batch_error, in_flight
+    from airflow_provider_imagen._cloudflare.batch import as_item_error, batch_error
     from airflow_provider_imagen._cloudflare.rules import model_chain
-    from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
     from airflow_provider_imagen._task.job import Outcome
     from airflow_provider_imagen._task.keyed import FolderIndex, Manifest, default_manifest_name
     from airflow_provider_imagen._task.storage import resolve_output_path, task_instance_identity
@@ -359,11 +357,7 @@ def run_dataset(operator: Any, context: Any) -> dict[str, Any]:
         manifest.add(row, status, **fields, estimated_cost_usd=cost)
 
     async def run_all() -> None:
-        # Storing blocks (downloads, uploads, fsync): a thread for each row in flight, not the default 6 on 2 cores.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(op.max_concurrency, 64)))
-        AIOHTTP_WANTED.set(True)  # this loop's API and image clients: aiohttp, ~4x less CPU a request than httpcore
-        job.generations = asyncio.Semaphore(op.max_concurrency)
-        places = asyncio.Semaphore(in_flight(op.max_concurrency))  # rows read ahead wait for a place here
+        places = asyncio.Semaphore(job.open_loop(op.max_concurrency))  # rows read ahead wait for a place here
         unrecorded: list[tuple[list[Row], list[asyncio.Task[tuple[str, Outcome, Any]]]]] = []  # oldest first
 
         async def one(row: Row) -> tuple[str, Outcome, Any]:

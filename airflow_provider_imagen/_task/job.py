@@ -313,6 +313,19 @@ class ImageJob:
         self.generated_one(item, image, regenerations)
         return Outcome(image, self.stored_one(item, image, True, regenerations))
 
+    def open_loop(self, max_concurrency: int) -> int:
+        """
+        Set up the running event loop for this try's items; return how many items to keep in flight.
+
+        At most ``max_concurrency`` generations at once (:attr:`generations`), as many more items storing what they
+        made (:func:`~airflow_provider_imagen._cloudflare.batch.in_flight`), a thread for each (records and stores
+        block: not the default 6 threads on 2 cores), and aiohttp for the loop's API client.
+        """
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(max_concurrency, 64)))
+        AIOHTTP_WANTED.set(True)  # less CPU a request than httpcore
+        self.generations = asyncio.Semaphore(max_concurrency)
+        return in_flight(max_concurrency)
+
     async def agenerate_recorded(
         self, hook: CloudflareWorkersAIHook, item: Any, regenerations: int
     ) -> tuple[GeneratedImage, str | None]:
@@ -370,12 +383,9 @@ class ImageJob:
             return outcome if outcome is not None else await self.agenerate(hook, item, regenerations)
 
         async def run_all() -> list[Outcome]:
-            AIOHTTP_WANTED.set(True)  # this loop's API client: aiohttp, less CPU a request than httpcore
-            # Records and stores block: a thread for each item in flight, not the default 6 on 2 cores.
-            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(max_concurrency, 64)))
-            self.generations = asyncio.Semaphore(max_concurrency)
+            places = self.open_loop(max_concurrency)
             try:
-                return await run_each(items, one, lambda _, err: Outcome(error=err), in_flight(max_concurrency))
+                return await run_each(items, one, lambda _, err: Outcome(error=err), places)
             finally:
                 await hook.aclose()  # the client belongs to this loop, which ends here
 

@@ -10,7 +10,6 @@ keyed by ``key``: a batch is as large as an XCom can hold.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_imagen._task.dataset import MAX_NAMED, ItemSource, check_items, row_digest, rows_job, to_row
@@ -57,8 +56,7 @@ def run_keyed_batch(
     :raises SpendLimitError: when ``max_images`` or ``max_cost_usd`` would be exceeded (before any request, or once
         those in flight end).
     """
-    from airflow_provider_imagen._cloudflare.batch import in_flight, run_each
-    from airflow_provider_imagen._cloudflare.transport import AIOHTTP_WANTED
+    from airflow_provider_imagen._cloudflare.batch import run_each
     from airflow_provider_imagen._task.job import Outcome
     from airflow_provider_imagen._task.keyed import FolderIndex
     from airflow_provider_imagen._task.storage import resolve_output_path
@@ -76,12 +74,9 @@ def run_keyed_batch(
         return "failed", Outcome(error=err), None
 
     async def run_all() -> list[Result]:
-        # Storing blocks (downloads, uploads, fsync): a thread for each row in flight, as a dataset's.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(op.max_concurrency, 64)))
-        AIOHTTP_WANTED.set(True)  # this loop's API client: aiohttp, as a dataset's
-        job.generations = asyncio.Semaphore(op.max_concurrency)
+        places = job.open_loop(op.max_concurrency)
         try:
-            return await run_each(rows, lambda row: job.obtain(hook, row), failed, in_flight(op.max_concurrency))
+            return await run_each(rows, lambda row: job.obtain(hook, row), failed, places)
         finally:
             await hook.aclose()  # the clients belong to this loop, which ends here
             await job.aclose()
